@@ -5,22 +5,34 @@
 
     {"format": 1, "model": name, "model_kwargs": {...}, "num_classes": n, "task": ...,
      "frontend": {front-end config dict}, "sample_rate": sr, "input_length": samples,
-     "labels": [...], "metrics": {...}, "version": audiocnn version, "source": "..."}
+     "labels": [...], "metrics": {...}, "version": audiocnn version, "source": "...",
+     "tensor_sha256": hex digest of the weights (see tensor_digest)}
 
-``tag`` and ``evaluate`` need nothing else.
+``tag`` and ``evaluate`` need nothing else. safetensors checks the header but not the
+bytes of the tensors, so a flipped bit in a weight would load silently and tag with
+nonsense: every audiocnn checkpoint carries a digest of its tensors, and
+:func:`load_weights` (the one reader of weights here) refuses a file whose tensors no
+longer match it. Checkpoints written before the digest existed still load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from audiocnn.errors import CheckpointError
 from audiocnn.fileio import atomic_write_bytes
+
+log = logging.getLogger("audiocnn.checkpoint")
+
+#: Metadata key holding :func:`tensor_digest` of the weights.
+DIGEST_KEY = "tensor_sha256"
 
 
 def model_metadata(model, labels: list[str], metrics: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
@@ -46,12 +58,24 @@ def model_metadata(model, labels: list[str], metrics: dict[str, Any] | None = No
     return meta
 
 
+def tensor_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over every tensor in name order (name, dtype, shape, raw bytes): a property of
+    the weights themselves, so it is the same whatever order or padding the file uses."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode("utf-8"))
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | os.PathLike, model, meta: dict[str, Any]) -> Path:
-    """Write weights + metadata atomically as safetensors."""
+    """Write weights + metadata (with the weights' digest) atomically as safetensors."""
     from safetensors.torch import save
 
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {**meta, DIGEST_KEY: tensor_digest(state)}
     blob = save(state, metadata={"audiocnn": json.dumps(meta)})
     atomic_write_bytes(path, blob)
     return path
@@ -76,10 +100,33 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: corrupt audiocnn metadata ({exc})") from None
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
-    """Rebuild the model of a checkpoint; returns ``(model, metadata)`` in eval mode."""
+def load_weights(
+    path: str | os.PathLike, device: str | torch.device = "cpu", meta: dict[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
+    """The tensors of an audiocnn checkpoint, verified against the digest saved with them.
+
+    Every place that loads weights goes through here, so a damaged file is one clear
+    error rather than a model that runs and answers garbage.
+    """
     from safetensors.torch import load_file
 
+    path = Path(path)
+    meta = read_metadata(path) if meta is None else meta
+    try:
+        state = load_file(str(path), device=str(device))
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    expected = meta.get(DIGEST_KEY)
+    if expected is None:
+        log.debug("%s: written before checkpoints carried a tensor checksum; weights not verified", path)
+    elif tensor_digest(state) != expected:
+        again = "delete it to import it again" if meta.get("pretrained") else "re-download or retrain it"
+        raise CheckpointError(f"{path} is corrupt: tensor checksum mismatch; {again}")
+    return state
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """Rebuild the model of a checkpoint; returns ``(model, metadata)`` in eval mode."""
     from audiocnn.features.frontends import config_from_dict
     from audiocnn.models.registry import create_model
 
@@ -88,7 +135,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     kwargs = dict(meta.get("model_kwargs") or {})
     kwargs["frontend"] = config_from_dict(meta["frontend"])
     model = create_model(meta["model"], num_classes=meta["num_classes"], task=meta["task"], **kwargs)
-    state = load_file(str(path), device=str(map_location))
+    state = load_weights(path, map_location, meta)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(

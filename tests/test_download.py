@@ -176,11 +176,13 @@ def test_unsafe_tar_is_rejected_and_nothing_written(tmp_path, add):
     assert list(dest.rglob("*")) == []  # checked before anything is written
 
 
-def test_internal_symlink_is_allowed(tmp_path):
+def test_internal_symlink_is_refused_too(tmp_path):
+    # No dataset ships a link, and a later member could write through one: all are refused.
     archive = _tar_with(tmp_path, lambda tf: _link(tf, "fine/alias.txt", "ok.txt"))
     dest = tmp_path / "out"
-    extract_archive(archive, dest)
-    assert (dest / "fine" / "alias.txt").read_bytes() == b"ok"
+    with pytest.raises(UnsafeArchiveError, match="is a symbolic link"):
+        extract_archive(archive, dest)
+    assert list(dest.rglob("*")) == []
 
 
 @pytest.mark.parametrize("name", ["../escaped.txt", "/abs/escaped.txt", "a/../../escaped.txt", "..\\escaped.txt"])
@@ -200,7 +202,7 @@ def test_zip_symlink_escape_is_rejected(tmp_path):
         info = zipfile.ZipInfo("sub/link")
         info.external_attr = (0o120777 << 16)  # S_IFLNK
         zf.writestr(info, "../../outside")
-    with pytest.raises(UnsafeArchiveError, match="escapes"):
+    with pytest.raises(UnsafeArchiveError, match="is a symbolic link"):
         extract_archive(path, tmp_path / "out")
 
 

@@ -63,7 +63,11 @@ def prepare(
     name: Optional[str] = typer.Option(None, "--name", help="folder: name of the prepared dataset (folder under --data-dir)."),
     skip_checksum: bool = typer.Option(False, "--skip-checksum", help="Use files whose checksum does not match (warns)."),
     jobs: Optional[int] = typer.Option(None, "-j", "--jobs", help="Parallel processes for checking clips (default: all CPUs)."),
-    force: bool = typer.Option(False, "--force", help="Extract and rebuild the manifest even if already prepared."),
+    force: bool = typer.Option(
+        False, "--force",
+        help="Extract and rebuild the manifest even if already prepared; folder: replace a --name prepared from "
+        "another --source.",
+    ),
     features: str = typer.Option("none", "--features", help="Also extract features: waveform, mel, both or none."),
     seed: int = typer.Option(0, "--seed", help="Seed of random/stratified splits."),
     fmt: str = typer.Option("table", "--format", help="table or json (the `info` object)."),

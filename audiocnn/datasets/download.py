@@ -7,9 +7,11 @@
 - Retries with exponential backoff on dropped connections, timeouts and 5xx/429.
 - Atomic: the final name appears only once every byte is there and the digest matches.
 - Checksums (md5/sha1/sha256) are verified after download and before extraction.
-- Extraction refuses absolute paths, ``..`` and links escaping the target, reads split
-  archives (``mp3.zip.001..003``) as one stream without concatenating them on disk,
-  and leaves a completion marker so that only an unfinished extraction is redone.
+- Extraction refuses absolute paths, ``..``, links of any kind (no dataset ships one) and
+  writing through a symlink already on disk; a cut-off archive is one error naming it,
+  raised before anything is written. Split archives (``mp3.zip.001..003``) are read as
+  one stream without concatenating them on disk, and a completion marker means only an
+  unfinished extraction is redone.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import io
 import json
 import logging
 import os
-import posixpath
 import shutil
 import socket
 import stat
@@ -36,10 +37,17 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from audiocnn.errors import ChecksumError, DownloadError, UnsafeArchiveError
+from audiocnn.errors import ChecksumError, DatasetError, DownloadError, UnsafeArchiveError
 from audiocnn.fileio import atomic_write_bytes
 
 log = logging.getLogger("audiocnn.datasets")
+
+try:
+    import lzma
+
+    _LZMA_ERRORS: tuple[type[BaseException], ...] = (lzma.LZMAError,)
+except ImportError:  # a Python built without lzma reads no .tar.xz at all
+    _LZMA_ERRORS = ()
 
 #: Environment variable holding a mirror base URL used for every remote.
 MIRROR_ENV = "AUDIOCNN_MIRROR"
@@ -415,48 +423,103 @@ def open_archive_stream(paths: Sequence[str | os.PathLike]) -> io.BufferedReader
 
 
 # ---------------------------------------------------------------------------- extraction
-def _safe_member_path(dest: Path, name: str, archive: str) -> Path:
-    """Where ``name`` lands under ``dest``; raise if it would land outside."""
+# None of the datasets audiocnn knows (GTZAN, MTAT, FMA) ships a link, and a link is the
+# one member kind whose safety depends on what is already on disk (a symlink made by an
+# earlier member is followed by a later one), so links are refused outright rather than
+# resolved; every other member must name a plain path below the extraction folder.
+
+#: What reading a cut-off or damaged archive raises (gzip's BadGzipFile is an OSError).
+_READ_ERRORS: tuple[type[BaseException], ...] = (
+    tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError, *_LZMA_ERRORS,
+)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+
+
+class CorruptArchiveError(DatasetError):
+    """An archive ends early or its data does not decompress: re-fetch it.
+
+    ``archive`` is the name used in the message (the file, or the first part..last).
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, archive: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.archive = archive
+
+
+def _corrupt(archive: str, exc: BaseException | str, member: str | None = None) -> CorruptArchiveError:
+    where = f" at member {member!r}" if member else ""
+    detail = str(exc) or type(exc).__name__
+    return CorruptArchiveError(
+        f"{archive}: archive is truncated or corrupt{where} ({detail})",
+        hint="delete it and fetch a fresh copy; files already extracted are kept",
+        archive=archive,
+    )
+
+
+def _unwritable(path: Path, exc: OSError) -> DatasetError:
+    return DatasetError(f"{path}: cannot write ({exc.strerror or exc})",
+                        hint="check the free space and permissions of the data dir")
+
+
+def _member_parts(name: str, archive: str) -> list[str]:
+    """Path components of a member; an absolute name or a '..' is refused."""
     clean = name.replace("\\", "/")
     if clean.startswith("/") or (len(clean) > 1 and clean[1] == ":"):
         raise UnsafeArchiveError(f"{archive}: member {name!r} has an absolute path; refusing to extract")
     parts = [p for p in clean.split("/") if p not in ("", ".")]
-    if any(p == ".." for p in parts):
+    if ".." in parts:
         raise UnsafeArchiveError(f"{archive}: member {name!r} contains '..'; refusing to extract")
-    target = dest.joinpath(*parts) if parts else dest
-    return target
+    return parts
 
 
-def _inside(dest: Path, target: str) -> bool:
-    root = os.path.normpath(str(dest))
-    t = os.path.normpath(target)
-    return t == root or t.startswith(root + os.sep)
+def _refuse_link(archive: str, name: str, kind: str, target: str) -> UnsafeArchiveError:
+    return UnsafeArchiveError(
+        f"{archive}: member {name!r} is a {kind} (to {target!r}); dataset archives hold no links, "
+        "refusing to extract"
+    )
 
 
-def _check_link(dest: Path, member_name: str, link_target: str, *, hard: bool, archive: str) -> None:
-    if os.path.isabs(link_target) or link_target.startswith(("/", "\\")):
-        raise UnsafeArchiveError(
-            f"{archive}: link {member_name!r} points to absolute path {link_target!r}; refusing to extract"
-        )
-    base = str(dest) if hard else os.path.join(str(dest), posixpath.dirname(member_name.replace("\\", "/")))
-    resolved = os.path.join(base, link_target)
-    if not _inside(dest, resolved):
-        raise UnsafeArchiveError(
-            f"{archive}: link {member_name!r} -> {link_target!r} escapes the extraction folder; refusing to extract"
-        )
+def _check_on_disk(dest: Path, parts: list[str], archive: str, name: str) -> None:
+    """Refuse a member whose path below ``dest`` runs through a symbolic link already on disk
+    (left by an older extraction or put there by hand): writing would follow it out."""
+    path = dest
+    for part in parts:
+        path = path / part
+        if path.is_symlink():
+            raise UnsafeArchiveError(
+                f"{archive}: member {name!r} would be written through the symbolic link {path}; "
+                "refusing to extract",
+                hint=f"delete {path} and run the command again",
+            )
+        if not path.exists():
+            return
+
+
+def _iter_tar(tf: tarfile.TarFile, archive: str) -> Iterator[tarfile.TarInfo]:
+    """The members of ``tf``; reading past a cut-off end is a :class:`CorruptArchiveError`."""
+    it = iter(tf)
+    while True:
+        try:
+            member = next(it)
+        except StopIteration:
+            return
+        except _READ_ERRORS as exc:
+            raise _corrupt(archive, exc) from None
+        yield member
 
 
 def check_tar_members(tf: tarfile.TarFile, dest: Path, archive: str) -> list[tarfile.TarInfo]:
+    """Every member, checked before anything is written: links, devices, absolute names,
+    '..' and paths through an on-disk symlink refuse the whole archive."""
     members = []
-    for m in tf:
-        _safe_member_path(dest, m.name, archive)
-        if m.issym():
-            _check_link(dest, m.name, m.linkname, hard=False, archive=archive)
-        elif m.islnk():
-            _safe_member_path(dest, m.linkname, archive)
-            _check_link(dest, m.name, m.linkname, hard=True, archive=archive)
-        elif not (m.isfile() or m.isdir()):
+    for m in _iter_tar(tf, archive):
+        parts = _member_parts(m.name, archive)
+        if m.issym() or m.islnk():
+            raise _refuse_link(archive, m.name, "symbolic link" if m.issym() else "hard link", m.linkname)
+        if not (m.isfile() or m.isdir()):
             raise UnsafeArchiveError(f"{archive}: member {m.name!r} is a device or fifo; refusing to extract")
+        _check_on_disk(dest, parts, archive, m.name)
         members.append(m)
     return members
 
@@ -465,13 +528,21 @@ def _zip_is_symlink(info: zipfile.ZipInfo) -> bool:
     return stat.S_ISLNK(info.external_attr >> 16)
 
 
+def _zip_link_target(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
+    try:
+        return zf.read(info)[:256].decode("utf-8", "replace")
+    except _READ_ERRORS:
+        return "?"
+
+
 def check_zip_members(zf: zipfile.ZipFile, dest: Path, archive: str) -> list[zipfile.ZipInfo]:
+    """Like :func:`check_tar_members`; a zip carries a symlink as unix mode S_IFLNK."""
     members = zf.infolist()
     for info in members:
-        _safe_member_path(dest, info.filename, archive)
+        parts = _member_parts(info.filename, archive)
         if _zip_is_symlink(info):
-            target = zf.read(info).decode("utf-8", "replace")
-            _check_link(dest, info.filename, target, hard=False, archive=archive)
+            raise _refuse_link(archive, info.filename, "symbolic link", _zip_link_target(zf, info))
+        _check_on_disk(dest, parts, archive, info.filename)
     return members
 
 
@@ -480,6 +551,36 @@ def _want(name: str, members: Iterable[str] | None) -> bool:
         return True
     clean = name.replace("\\", "/").lstrip("./")
     return any(clean == m or clean.startswith(m.rstrip("/") + "/") for m in members)
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
+
+
+def _write_member(opener: Callable[[], Any], target: Path, archive: str, name: str) -> None:
+    """Copy one member to ``target`` without following a symbolic link there; a read error
+    is the archive's fault (corrupt), a write error the disk's (one line either way)."""
+    try:
+        src = opener()
+    except _READ_ERRORS as exc:
+        raise _corrupt(archive, exc, name) from None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with src, os.fdopen(fd, "wb") as out:
+            while True:
+                try:
+                    block = src.read(CHUNK)
+                except _READ_ERRORS as exc:
+                    raise _corrupt(archive, exc, name) from None
+                if not block:
+                    break
+                out.write(block)
+    except OSError as exc:
+        raise _unwritable(target, exc) from None
 
 
 def extract_archive(
@@ -491,94 +592,105 @@ def extract_archive(
 ) -> int:
     """Safely extract a tar(.gz/.bz2/.xz) or zip (possibly split in parts) into ``dest``.
 
-    Every member is checked before anything is written, so an unsafe archive leaves
-    ``dest`` untouched. ``members`` restricts extraction to these names or folders.
-    Returns the number of files written.
+    Every member is checked before anything is written, so an unsafe or cut-off archive
+    leaves ``dest`` as it was. ``members`` restricts extraction to these names or
+    folders. Returns the number of files written.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     paths = [Path(p) for p in paths]
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    label = paths[0].name if len(paths) == 1 else f"{paths[0].name}..{paths[-1].suffix.lstrip('.')}"
+    _make_dir(dest)
+    label = str(paths[0]) if len(paths) == 1 else f"{paths[0]}..{paths[-1].suffix.lstrip('.')}"
     wanted = list(members) if members is not None else None
-
     stream = open_archive_stream(paths)
     try:
-        if zipfile.is_zipfile(stream):
-            stream.seek(0)
+        if _is_zip(stream, label):
             return _extract_zip(stream, dest, label, wanted, progress)
-        stream.seek(0)
-        try:
-            tf = tarfile.open(fileobj=stream, mode="r:*")
-        except tarfile.TarError as exc:
-            raise UnsafeArchiveError(f"{label}: not a zip or tar archive ({exc})") from None
-        with tf:
-            checked = check_tar_members(tf, dest, label)
-        stream.seek(0)
-        with tarfile.open(fileobj=stream, mode="r:*") as tf:
-            return _extract_tar(tf, checked, dest, label, wanted, progress)
+        return _extract_tar(stream, dest, label, wanted, progress)
     finally:
         stream.close()
+
+
+def _is_zip(stream, label: str) -> bool:
+    """True for a zip; a file that starts like a zip but has no central directory was cut off."""
+    is_zip = zipfile.is_zipfile(stream)
+    stream.seek(0)
+    head = stream.read(4)
+    stream.seek(0)
+    if not is_zip and head == b"PK\x03\x04":
+        raise _corrupt(label, "a zip without its central directory: the file ends early")
+    return is_zip
 
 
 def _extract_zip(stream, dest: Path, label: str, wanted, progress: bool) -> int:
     try:
         zf = zipfile.ZipFile(stream)
-    except zipfile.BadZipFile as exc:
-        raise UnsafeArchiveError(f"{label}: corrupt zip archive ({exc})") from None
+    except _READ_ERRORS as exc:
+        raise _corrupt(label, exc) from None
     with zf:
         infos = [i for i in check_zip_members(zf, dest, label) if _want(i.filename, wanted)]
         total = sum(i.file_size for i in infos)
         n = 0
-        with byte_progress(total, f"extracting {label}", progress) as advance:
+        with byte_progress(total, f"extracting {Path(label).name}", progress) as advance:
             for info in infos:
-                target = _safe_member_path(dest, info.filename, label)
+                target = dest.joinpath(*_member_parts(info.filename, label))
                 if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
+                    _make_dir(target)
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    with zf.open(info) as src, open(target, "wb") as out:
-                        shutil.copyfileobj(src, out, CHUNK)
-                except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
-                    raise UnsafeArchiveError(f"{label}: member {info.filename!r} is corrupt ({exc})") from None
+                _write_member(lambda info=info: zf.open(info), target, label, info.filename)
                 advance(info.file_size)
                 n += 1
     return n
 
 
-def _extract_tar(tf: tarfile.TarFile, checked, dest: Path, label: str, wanted, progress: bool) -> int:
+def _open_tar(stream, label: str) -> tarfile.TarFile:
+    stream.seek(0)
+    try:
+        return tarfile.open(fileobj=stream, mode="r:*")
+    except _READ_ERRORS as exc:
+        stream.seek(0)
+        head = stream.read(512)
+        if head.startswith(_COMPRESSED_MAGIC) or head[257:262] == b"ustar":
+            raise _corrupt(label, exc) from None
+        raise CorruptArchiveError(f"{label}: not a zip or tar archive ({exc})", archive=label) from None
+
+
+class _LastRead:
+    """A tar's file object that keeps what its last read returned. tarfile takes the end of
+    the data for the end of the archive, so a tar cut at a 512-byte block boundary looks
+    whole; only the end-of-archive marker (a zero block) tells the two apart."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.last = b""
+
+    def read(self, n: int = -1) -> bytes:
+        self.last = self._raw.read(n)
+        return self.last
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+def _extract_tar(stream, dest: Path, label: str, wanted, progress: bool) -> int:
+    """Two passes: check every member (nothing written), then write the files and folders."""
+    with _open_tar(stream, label) as tf:
+        tf.fileobj = tail = _LastRead(tf.fileobj)
+        checked = check_tar_members(tf, dest, label)
+        if tail.last != bytes(tarfile.BLOCKSIZE):
+            raise _corrupt(label, "it ends without the end-of-archive marker")
     total = sum(m.size for m in checked if m.isfile() and _want(m.name, wanted))
     n = 0
-    with byte_progress(total, f"extracting {label}", progress) as advance:
-        for m in tf:
-            if not _want(m.name, wanted):
-                continue
-            target = _safe_member_path(dest, m.name, label)
+    with _open_tar(stream, label) as tf, byte_progress(total, f"extracting {Path(label).name}", progress) as advance:
+        for m in _iter_tar(tf, label):
+            if not _want(m.name, wanted) or not (m.isfile() or m.isdir()):
+                continue  # links were refused by the check; nothing but files and folders is made
+            target = dest.joinpath(*_member_parts(m.name, label))
             if m.isdir():
-                target.mkdir(parents=True, exist_ok=True)
+                _make_dir(target)
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if m.issym() or m.islnk():
-                # Already checked to stay inside dest.
-                if target.exists() or target.is_symlink():
-                    target.unlink()
-                if m.issym():
-                    os.symlink(m.linkname, target)
-                else:
-                    src = _safe_member_path(dest, m.linkname, label)
-                    if src.exists():
-                        shutil.copy2(src, target)
-                n += 1
-                continue
-            if not m.isfile():
-                continue
-            src = tf.extractfile(m)
-            if src is None:
-                continue
-            with src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out, CHUNK)
+            _write_member(lambda m=m: tf.extractfile(m), target, label, m.name)
             advance(m.size)
             n += 1
     return n

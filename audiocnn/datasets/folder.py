@@ -6,11 +6,22 @@ from a CSV with columns ``path,labels[,split]`` where ``labels`` is ``;``-separa
 Paths in the CSV are relative to DIR (or absolute). Without a ``split`` column the
 split is a seeded 80/10/10 stratified one. Audio stays where it is: the manifest's
 audio root is DIR's absolute path.
+
+The CSV is UTF-8 (a byte-order mark is fine) or UTF-16 with its byte-order mark, as
+spreadsheets save "Unicode text"; any other encoding is refused with the line and byte
+offset of the first byte that is not UTF-8.
+
+Every clip must lie inside DIR once symbolic links are resolved, in both modes: a link
+to a file elsewhere is refused with its name (the dataset would depend on files outside
+the folder it was prepared from); a link within DIR is fine. The sub-folder scan does
+not descend into linked folders.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import logging
 from pathlib import Path
 
@@ -103,6 +114,7 @@ def _scan_subfolders(root: Path) -> list[tuple[str, str, list[str], str | None]]
         if "/" not in rel:
             loose += 1
             continue
+        _check_inside(p, root)
         label = rel.split("/", 1)[0]
         rows.append((_clip_id(rel), rel, [label], None))
     if loose:
@@ -111,8 +123,46 @@ def _scan_subfolders(root: Path) -> list[tuple[str, str, list[str], str | None]]
     return rows
 
 
+def _check_inside(path: Path, root: Path, *, where: str | None = None) -> str:
+    """``path`` relative to ``root`` once links are resolved; refused when it leads outside."""
+    real = path.resolve()
+    try:
+        return real.relative_to(root).as_posix()
+    except ValueError:
+        prefix = f"{where}: " if where else ""
+        raise DatasetError(
+            f"{prefix}{path} is outside the source folder {root} (it resolves to {real})",
+            hint="copy the file into the folder, or pass the folder that holds it as --source",
+        ) from None
+
+
+def _decode_csv(path: Path) -> str:
+    """The text of a labels CSV: UTF-8 (BOM or not) or UTF-16 with a BOM, else one line."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the labels CSV ({exc.strerror or exc})") from None
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{path}: broken UTF-16 at byte offset {exc.start}; save the file as UTF-8") from None
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    if b"\x00" in data[:4096]:
+        raise DatasetError(f"{path}: holds NUL bytes (UTF-16 without a byte-order mark?); save the file as UTF-8")
+    try:
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = skip + exc.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise DatasetError(
+            f"{path}:{line}: not UTF-8 (byte 0x{data[offset]:02x} at byte offset {offset}); save the file as UTF-8",
+            hint="a spreadsheet saves it so with 'CSV UTF-8'",
+        ) from None
+
+
 def _read_labels_csv(path: Path, root: Path) -> list[tuple[str, str, list[str], str | None]]:
-    with open(path, encoding="utf-8-sig", newline="") as fh:
+    with io.StringIO(_decode_csv(path), newline="") as fh:
         reader = csv.DictReader(fh)
         fields = [f.strip().lower() for f in (reader.fieldnames or [])]
         if "path" not in fields or "labels" not in fields:
@@ -124,11 +174,7 @@ def _read_labels_csv(path: Path, root: Path) -> list[tuple[str, str, list[str], 
             if not raw_path:
                 raise DatasetError(f"{path}:{lineno}: empty path")
             p = Path(raw_path).expanduser()
-            full = p if p.is_absolute() else root / p
-            try:
-                rel = full.resolve().relative_to(root).as_posix()
-            except ValueError:
-                raise DatasetError(f"{path}:{lineno}: {raw_path} is outside the source folder {root}") from None
+            rel = _check_inside(p if p.is_absolute() else root / p, root, where=f"{path}:{lineno}")
             labels = [lab.strip() for lab in (rec.get(names["labels"]) or "").split(";") if lab.strip()]
             if not labels:
                 raise DatasetError(f"{path}:{lineno}: {raw_path} has no label")

@@ -14,6 +14,7 @@ import os
 import re
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -21,6 +22,7 @@ from typing import Any, Iterable, Sequence
 from audiocnn.datasets import probe as _probe
 from audiocnn.datasets.splits import stratified_split, stratum_keys  # noqa: F401 (re-exported)
 from audiocnn.datasets.download import (
+    CorruptArchiveError,
     Remote,
     count_progress,
     download_file,
@@ -33,6 +35,7 @@ from audiocnn.datasets.download import (
     verify_file,
     write_marker,
 )
+from audiocnn.datasets.lock import prepare_lock
 from audiocnn.datasets.manifest import (
     MANIFEST_NAME,
     SPLITS,
@@ -234,30 +237,12 @@ def _fingerprint(spec: DatasetSpec, ctx: PrepareContext) -> dict[str, Any]:
     return fp
 
 
-def prepare_dataset(
-    name: str,
-    data_dir: str | os.PathLike,
-    *,
-    source: str | Sequence[str] | None = None,
-    split_scheme: str | None = None,
-    skip_checksum: bool = False,
-    jobs: int | None = None,
-    force: bool = False,
-    task: str | None = None,
-    labels_file: str | os.PathLike | None = None,
-    dataset_name: str | None = None,
-    progress: bool = True,
-    features: str = "none",
-    seed: int = 0,
-) -> Manifest:
-    """Download (or take from ``source``), verify, extract and write the manifest.
-
-    The dataset folder is ``data_dir/<dataset_name or name>``. Running it again with the
-    same options returns the existing manifest without touching anything (``force``
-    redoes extraction and the manifest; verified downloads are kept).
-    """
-    spec = get_dataset(name)
-    jobs = resolve_jobs(jobs)
+def _check_options(
+    spec: DatasetSpec, *, features: str, split_scheme: str | None, task: str | None,
+    labels_file: str | os.PathLike | None, dataset_name: str | None,
+) -> tuple[str, str]:
+    """Refuse bad option values before anything is touched; returns (split scheme, task)."""
+    name = spec.name
     if features not in FEATURE_KINDS:
         raise UsageError(f"--features {features}: expected one of {', '.join(FEATURE_KINDS)}")
     scheme = split_scheme or spec.default_split_scheme
@@ -284,53 +269,174 @@ def prepare_dataset(
             )
         if spec.needs_name and dataset_name in list_datasets():
             raise UsageError(f"--name {dataset_name}: that is a built-in dataset's name; pick another")
-    sources = [source] if isinstance(source, str) else list(source or [])
-    labels_path = Path(labels_file).expanduser() if labels_file is not None else None
-    if labels_path is not None and not labels_path.is_file():
+    if labels_file is not None and not Path(labels_file).expanduser().is_file():
         raise UsageError(f"--labels {labels_file}: no such file")
+    return scheme, chosen_task
 
-    dataset_dir = Path(data_dir) / (dataset_name or spec.name)
+
+def _not_writable(path: Path, exc: OSError) -> DatasetError:
+    """The folder ``path`` (or its nearest existing parent) cannot be written."""
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    return DatasetError(
+        f"{existing}: not writable ({exc.strerror or exc}); prepare writes the dataset there",
+        hint="pass --data-dir with a writable folder, or fix its permissions",
+    )
+
+
+def _is_done(ctx: PrepareContext, fingerprint: dict[str, Any]) -> bool:
+    done = read_marker(ctx.state_dir, PREPARE_MARKER)
+    return (not ctx.force and done is not None and done.get("fingerprint") == fingerprint
+            and manifest_path(ctx.dataset_dir).is_file())
+
+
+def _check_same_source(spec: DatasetSpec, ctx: PrepareContext) -> None:
+    """A named user dataset is not silently replaced by one from another folder."""
+    if not spec.needs_name or ctx.force or not ctx.sources:
+        return
+    header = _read_header(ctx.dataset_dir)
+    old = ((header or {}).get("extra") or {}).get("source")
+    if not old:
+        return
+    new = str(Path(ctx.sources[0]).expanduser().resolve())
+    if os.path.normpath(old) != os.path.normpath(new):
+        raise UsageError(
+            f"--name {ctx.name}: {ctx.dataset_dir} was prepared from {old}, not from --source {new}",
+            hint="pass --force to replace it, or pick another --name",
+        )
+
+
+def prepare_dataset(
+    name: str,
+    data_dir: str | os.PathLike,
+    *,
+    source: str | Sequence[str] | None = None,
+    split_scheme: str | None = None,
+    skip_checksum: bool = False,
+    jobs: int | None = None,
+    force: bool = False,
+    task: str | None = None,
+    labels_file: str | os.PathLike | None = None,
+    dataset_name: str | None = None,
+    progress: bool = True,
+    features: str = "none",
+    seed: int = 0,
+) -> Manifest:
+    """Download (or take from ``source``), verify, extract and write the manifest.
+
+    The dataset folder is ``data_dir/<dataset_name or name>``. Running it again with the
+    same options returns the existing manifest without touching anything (``force``
+    redoes extraction and the manifest; verified downloads are kept). One prepare of a
+    dataset runs at a time (see :mod:`audiocnn.datasets.lock`).
+    """
+    spec = get_dataset(name)
+    jobs = resolve_jobs(jobs)
+    scheme, chosen_task = _check_options(spec, features=features, split_scheme=split_scheme, task=task,
+                                         labels_file=labels_file, dataset_name=dataset_name)
     ctx = PrepareContext(
         name=dataset_name or spec.name,
-        dataset_dir=dataset_dir,
-        sources=sources,
+        dataset_dir=Path(data_dir) / (dataset_name or spec.name),
+        sources=[source] if isinstance(source, str) else list(source or []),
         mirror=mirror_from_env(),
         split_scheme=scheme,
         task=chosen_task,
         skip_checksum=skip_checksum,
         force=force,
         progress=progress,
-        labels_file=labels_path,
+        labels_file=Path(labels_file).expanduser() if labels_file is not None else None,
         seed=seed,
         task_explicit=task is not None,
     )
     fingerprint = _fingerprint(spec, ctx)
-    done = read_marker(ctx.state_dir, PREPARE_MARKER)
-    if not force and done is not None and done.get("fingerprint") == fingerprint \
-            and manifest_path(dataset_dir).is_file():
-        manifest = read_manifest(dataset_dir)
-        log.info("%s is already prepared in %s; nothing to do (use --force to prepare it again)",
-                 ctx.name, dataset_dir)
-        _extract_features(dataset_dir, features, jobs, progress)
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(prepare_lock(ctx.state_dir, ctx.name))
+        except OSError as exc:
+            if _is_done(ctx, fingerprint) and features == "none":
+                return _already_prepared(ctx)  # a read-only copy, prepared already: fine
+            raise _not_writable(ctx.state_dir, exc) from None
+        _check_same_source(spec, ctx)
+        if _is_done(ctx, fingerprint):
+            manifest = _already_prepared(ctx)
+        else:
+            manifest = _prepare_now(spec, ctx, fingerprint, jobs)
+        _extract_features(ctx.dataset_dir, features, jobs, progress)
         return manifest
 
-    dataset_dir.mkdir(parents=True, exist_ok=True)
+
+def _already_prepared(ctx: PrepareContext) -> Manifest:
+    log.info("%s is already prepared in %s; nothing to do (use --force to prepare it again)",
+             ctx.name, ctx.dataset_dir)
+    return read_manifest(ctx.dataset_dir)
+
+
+def _prepare_now(spec: DatasetSpec, ctx: PrepareContext, fingerprint: dict[str, Any], jobs: int) -> Manifest:
+    """acquire -> collect -> probe -> manifest -> marker, under the lock."""
     from audiocnn.datasets.download import clear_marker
 
     clear_marker(ctx.state_dir, PREPARE_MARKER)
-    spec.acquire(ctx)
+    try:
+        spec.acquire(ctx)
+    except CorruptArchiveError as exc:
+        raise _corrupt_with_next_step(exc, ctx) from None
     collected = spec.collect(ctx)
     manifest = _finish(spec, ctx, collected, jobs)
-    write_manifest(manifest, dataset_dir)
+    write_manifest(manifest, ctx.dataset_dir)
     write_marker(ctx.state_dir, PREPARE_MARKER, {"fingerprint": fingerprint, "clips": len(manifest.clips)})
     counts = manifest.split_counts()
     log.info(
         "%s: %d clips (train %d, valid %d, test %d), %d excluded; manifest %s",
         ctx.name, len(manifest.clips), counts["train"], counts["valid"], counts["test"],
-        len(manifest.excluded), manifest_path(dataset_dir),
+        len(manifest.excluded), manifest_path(ctx.dataset_dir),
     )
-    _extract_features(dataset_dir, features, jobs, progress)
+    for warning in split_warnings(manifest):
+        log.warning("WARNING: %s", warning)
     return manifest
+
+
+def _corrupt_with_next_step(exc: CorruptArchiveError, ctx: PrepareContext) -> CorruptArchiveError:
+    """The same error with the step that fixes it: a download is fetched again once
+    deleted; a file given with --source must be replaced by its owner."""
+    if exc.archive.startswith(str(ctx.downloads_dir)):
+        what = exc.archive if ".." not in Path(exc.archive).name else f"its parts in {ctx.downloads_dir}"
+        hint = f"delete {what} and run the same command again to download it anew"
+    else:
+        hint = "download a fresh copy and pass it with --source"
+    return CorruptArchiveError(exc.message, hint=f"{hint}; files already extracted are kept", archive=exc.archive)
+
+
+def split_warnings(manifest: Manifest) -> list[str]:
+    """Why training or evaluating on ``manifest`` would be meaningless: one label only,
+    an empty valid/test split, labels whose ROC-AUC is undefined on a split. Said at
+    prepare time, not discovered later as loss 0 and AUC NaN."""
+    counts = manifest.split_counts()
+    present = sorted({lab for c in manifest.clips for lab in c.labels})
+    out = []
+    if len(present) < 2:
+        out.append(f"{manifest.name}: every clip has the one label {present[0]!r}: a model learns nothing "
+                   "and ROC-AUC is undefined; add clips of at least one other label")
+    empty = [s for s in ("valid", "test") if counts[s] == 0]
+    if empty:
+        out.append(
+            f"{manifest.name}: the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty "
+            f"(train {counts['train']}, valid {counts['valid']}, test {counts['test']}): training cannot "
+            "choose its best epoch and evaluation has nothing to score (ROC-AUC undefined); give every "
+            "label at least 3 clips (10 for a full 80/10/10 split), or a split column in --labels"
+        )
+    for split in ("valid", "test"):
+        n = counts[split]
+        if n == 0 or len(present) < 2:
+            continue
+        positives = Counter(lab for c in manifest.split(split) for lab in c.labels)
+        undefined = [lab for lab in manifest.labels if positives[lab] in (0, n)]
+        if undefined:
+            out.append(
+                f"{manifest.name}: ROC-AUC is undefined on the {split} split for {len(undefined)} of "
+                f"{len(manifest.labels)} labels (no positive or no negative clip there: "
+                f"{', '.join(undefined[:5])}{', ...' if len(undefined) > 5 else ''})"
+            )
+    return out
 
 
 def _finish(spec: DatasetSpec, ctx: PrepareContext, collected: Collected, jobs: int) -> Manifest:

@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from audiocnn.checkpoint import model_metadata, read_metadata, save_checkpoint
+from audiocnn.checkpoint import load_weights, model_metadata, read_metadata, save_checkpoint
 from audiocnn.config import TrainConfig, save_config
 from audiocnn.errors import CheckpointError, ConfigError, DatasetError
 from audiocnn.fileio import atomic_write_bytes
@@ -102,8 +102,6 @@ def build_model(config: TrainConfig, labels: Sequence[str], task: str, data_dir:
 
     if not config.init:
         return create_model(config.model, num_classes=len(labels), task=task, **config.model_kwargs), None
-    from safetensors.torch import load_file
-
     path = resolve_init(config.init, data_dir)
     meta = read_metadata(path)
     if config.model and config.model != meta["model"]:
@@ -115,7 +113,7 @@ def build_model(config: TrainConfig, labels: Sequence[str], task: str, data_dir:
     kwargs.update(config.model_kwargs)
     kwargs["frontend"] = config_from_dict(meta["frontend"])
     model = create_model(meta["model"], num_classes=meta["num_classes"], task=meta["task"], **kwargs)
-    state = load_file(str(path))
+    state = load_weights(path, meta=meta)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -713,10 +711,8 @@ def _train(config: TrainConfig, run_dir: Path, *, data_dir: Path, device: torch.
 
 
 def _load_best(model: nn.Module, path: Path, device: torch.device) -> None:
-    from safetensors.torch import load_file
-
     if path.is_file():
-        model.load_state_dict(load_file(str(path), device=str(device)))
+        model.load_state_dict(load_weights(path, device))
 
 
 def _tensorboard(run_dir: Path, config: TrainConfig):
