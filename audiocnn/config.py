@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -108,6 +109,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check values that a type alone cannot; raises ConfigError naming the key."""
+        _check_finite(self)
         if not self.dataset:
             raise ConfigError("config key 'dataset' is required", hint="add `--set dataset=NAME`")
         if not self.model and not self.init:
@@ -144,6 +146,7 @@ class TrainConfig:
             raise ConfigError(f"config key 'schedule.sgd_lrs' must be a non-empty list of positive rates, got {s.sgd_lrs}")
         if self.early_stopping.patience < 1:
             raise ConfigError(f"config key 'early_stopping.patience' must be >= 1, got {self.early_stopping.patience}")
+        _check_ranges(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,6 +154,42 @@ class TrainConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+#: numpy's global seed must be in [0, 2**32)
+MAX_SEED = 2**32 - 1
+
+
+def _check_finite(obj: Any, prefix: str = "") -> None:
+    """No NaN or infinity anywhere: ``lr=nan`` compares False with every bound, so the
+    range checks alone would let it through (and training would silently learn nothing)."""
+    for f in dataclasses.fields(obj):
+        key, value = prefix + f.name, getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, key + ".")
+            continue
+        items = value if isinstance(value, list) else [value]
+        for v in items:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}")
+
+
+def _check_ranges(cfg: "TrainConfig") -> None:
+    """Ranges of the numeric keys :meth:`TrainConfig.validate` does not check itself."""
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(f"config key 'seed' must be in [0, {MAX_SEED}], got {cfg.seed}")
+    if not 0.0 <= cfg.momentum < 1.0:
+        raise ConfigError(f"config key 'momentum' must be in [0, 1), got {cfg.momentum}")
+    if cfg.weight_decay < 0:
+        raise ConfigError(f"config key 'weight_decay' must be >= 0, got {cfg.weight_decay}")
+    s = cfg.schedule
+    if s.min_lr < 0:
+        raise ConfigError(f"config key 'schedule.min_lr' must be >= 0, got {s.min_lr}")
+    if s.adam_epochs < 0 or s.sgd_epochs < 1:
+        raise ConfigError(f"config keys 'schedule.adam_epochs' must be >= 0 and 'schedule.sgd_epochs' >= 1, "
+                          f"got {s.adam_epochs} and {s.sgd_epochs}")
+    if cfg.early_stopping.min_delta < 0:
+        raise ConfigError(f"config key 'early_stopping.min_delta' must be >= 0, got {cfg.early_stopping.min_delta}")
 
 
 def _choice(key: str, value: Any, valid: tuple[str, ...]) -> None:
@@ -286,10 +325,12 @@ def _expand_shorthand(key: str, value: Any, prefix: str) -> dict[str, Any]:
 
 def parse_value(text: str) -> Any:
     """A `--set` value as a YAML scalar (or flow list/mapping)."""
+    if not text.strip():
+        return None
     try:
-        return yaml.safe_load(text) if text.strip() else None
+        return yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot parse value {text!r} as YAML ({exc.__class__.__name__})") from None
+        raise ConfigError(f"cannot parse value {text!r} as YAML ({_yaml_problem(exc)})") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -348,14 +389,72 @@ def config_from_mapping(data: dict[str, Any] | None, overrides: list[str] | None
     return _build(TrainConfig, raw).validate()
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping: plain YAML keeps the
+    last one silently, so ``lr: 0.1`` ... ``lr: 0.001`` would train with whichever came last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+            except TypeError:  # unhashable key: let SafeLoader report it
+                continue
+            if first is not None:
+                raise _DuplicateKey(key, first, key_node.start_mark.line + 1)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, line: int) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.first, self.line = key, first, line
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, _DuplicateKey):
+        return f"duplicate key {exc.key!r}"
+    return getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def _yaml_error(where: str, exc: yaml.YAMLError) -> ConfigError:
+    """One line with the file, line and column of a YAML error."""
+    if isinstance(exc, _DuplicateKey):
+        return ConfigError(f"{where}:{exc.line}: duplicate key {exc.key!r} (first given on line {exc.first})",
+                           hint="keep one of them")
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+    return ConfigError(f"{where}{at}: not valid YAML ({_yaml_problem(exc)})")
+
+
+def load_yaml_text(text: str, where: str = "<string>") -> Any:
+    """Parse YAML with duplicate keys rejected; ConfigError says where it is wrong."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(where, exc) from None
+
+
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file", hint="see the files in configs/")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text "
+            f"(byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+            hint="save the file as UTF-8",
+        ) from None
+    data = load_yaml_text(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -25,18 +25,24 @@ from typing import Any
 import numpy as np
 
 from audiocnn.errors import CheckpointError, DatasetError, UsageError
+from audiocnn.fileio import ensure_writable_dir
 
 log = logging.getLogger("audiocnn.evaluate")
 
 SPLITS = ("train", "valid", "test")
 
 
-def resolve_target(target: str | os.PathLike) -> tuple[Path, Path | None, dict[str, Any] | None]:
-    """``(checkpoint, run_dir or None, run config dict or None)``."""
+def resolve_target(target: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+                   ) -> tuple[Path, Path | None, dict[str, Any] | None]:
+    """``(checkpoint, run_dir or None, run config dict or None)``; with ``data_dir``, the
+    pretrained names ``tag`` accepts (``musicnn-mtt``...) resolve as they do there."""
     from audiocnn.config import read_yaml
+    from audiocnn.pretrained import is_pretrained_name, resolve_model
     from audiocnn.training.loop import BEST_NAME, CONFIG_NAME
 
-    p = Path(target)
+    if data_dir is not None and is_pretrained_name(str(target)) and not Path(target).exists():
+        return resolve_model(str(target), data_dir), None, None
+    p = Path(target).expanduser()
     if p.is_dir():
         ckpt = p / BEST_NAME
         if not ckpt.is_file():
@@ -48,7 +54,39 @@ def resolve_target(target: str | os.PathLike) -> tuple[Path, Path | None, dict[s
         run_dir = p.parent if (p.parent / CONFIG_NAME).is_file() else None
         cfg = read_yaml(p.parent / CONFIG_NAME) if run_dir else None
         return p, run_dir, cfg
-    raise CheckpointError(f"{p}: no such run folder or checkpoint file")
+    raise CheckpointError(f"{p}: no such run folder or checkpoint file",
+                          hint="pass a run folder, a .safetensors file or a name from `audiocnn pretrained list`")
+
+
+def _dataset_name(dataset: str | None, meta: dict[str, Any], run_cfg: dict[str, Any] | None, target: Any) -> str:
+    """The prepared dataset to evaluate on: ``--dataset``, else the one the model was
+    trained on. A pretrained model's ``dataset`` is a description ("MagnaTagATune"), not
+    a prepared folder, so it needs ``--dataset``; the hint names the matching one."""
+    if dataset:
+        return dataset
+    if not meta.get("pretrained"):
+        name = meta.get("dataset") or (run_cfg or {}).get("dataset")
+        if name:
+            return name
+        raise UsageError(f"{target}: the checkpoint does not say which dataset it was trained on",
+                         hint="pass --dataset NAME")
+    trained_on = meta.get("dataset") or "another dataset"
+    hint = "pass --dataset NAME of a dataset prepared with `audiocnn prepare` (see `audiocnn datasets`)"
+    match = _registered_dataset(trained_on)
+    if match:
+        hint = f"e.g. `audiocnn prepare {match}`, then `audiocnn evaluate {target} --dataset {match}`"
+    raise UsageError(f"{target}: a pretrained model (trained on {trained_on} outside audiocnn) names no prepared "
+                     "dataset to evaluate on", hint=hint)
+
+
+def _registered_dataset(title: str) -> str | None:
+    """The registered dataset whose title starts with ``title``, if any."""
+    from audiocnn.datasets.registry import get_dataset, list_datasets
+
+    for name in list_datasets():
+        if str(getattr(get_dataset(name), "title", "")).lower().startswith(title.lower()):
+            return name
+    return None
 
 
 def _label_map(model_labels: list[str], data_labels: list[str], task: str, dataset: str) -> tuple[list[str], list[int]]:
@@ -96,12 +134,12 @@ def evaluate(
 
     if split not in SPLITS:
         raise UsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    ckpt, run_dir, run_cfg = resolve_target(target)
+    ckpt, run_dir, run_cfg = resolve_target(target, data_dir)
+    if out_dir is not None:  # before the model loads and every clip is scored
+        ensure_writable_dir(out_dir, "--out")
     model, meta = load_checkpoint(ckpt, map_location="cpu")
-    name = dataset or meta.get("dataset") or (run_cfg or {}).get("dataset")
-    if not name:
-        raise UsageError(f"{ckpt}: the checkpoint does not say which dataset it was trained on",
-                         hint="pass --dataset NAME")
+    name = _dataset_name(dataset, meta, run_cfg, target)
+    out = Path(out_dir) if out_dir else ensure_writable_dir(_default_out(ckpt, run_dir, name, split, meta))
     if eval_chunks is None:
         eval_chunks = int((run_cfg or {}).get("eval_chunks") or meta.get("eval_chunks") or 16)
     if eval_chunks < 1:
@@ -149,8 +187,6 @@ def evaluate(
         log.warning("%d label(s) left out of the macro averages: %s", len(metrics["excluded_labels"]),
                     ", ".join(f"{e['label']} ({e['reason']})" for e in metrics["excluded_labels"][:10]))
 
-    out = Path(out_dir) if out_dir else _default_out(ckpt, run_dir, name, split, meta)
-    out.mkdir(parents=True, exist_ok=True)
     metrics["out_dir"] = str(out)
     _write_outputs(out, metrics, targets, scores, labels, task, run_dir / METRICS_NAME if run_dir else None, plots)
     return metrics

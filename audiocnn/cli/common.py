@@ -56,6 +56,35 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: object) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``...): a file name with
+    a newline must not split a table row or a one-line error, nor one with an escape
+    sequence reprogram the terminal."""
+    out = []
+    for ch in str(text):
+        code = ord(ch)
+        if code < 0x20 or 0x7F <= code < 0xA0 or code in (0x2028, 0x2029):
+            out.append(_ESCAPES.get(ch) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def writable_dir(option: str, folder: Path) -> Path:
+    """Create ``folder`` for an output option and check it can be written, before any slow
+    work (root ignores permission bits, so this also probes with a real file)."""
+    from audiocnn.errors import UsageError
+    from audiocnn.fileio import FileWriteError, ensure_writable_dir
+
+    try:
+        return ensure_writable_dir(folder, option)
+    except FileWriteError as exc:
+        raise UsageError(exc.message, hint=exc.hint) from None
+
+
 def log(message: str) -> None:
     """A progress/log line on stderr."""
     err_console().print(message, highlight=False)

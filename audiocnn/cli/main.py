@@ -83,7 +83,8 @@ def run(argv: Optional[list[str]] = None) -> int:
     except AudiocnnError as exc:
         if common.state.verbose:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        # one line whatever the message holds (a file name with a newline, say)
+        print(f"error: {common.printable(exc)}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:
         return 0

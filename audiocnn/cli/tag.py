@@ -22,8 +22,9 @@ DEFAULT_TABLE_TOP_K = 5
 
 
 def _progress(message: str) -> None:
-    # Plain write, not rich: file names may contain [brackets] that rich reads as markup.
-    sys.stderr.write(message + "\n")
+    # Plain write, not rich: file names may contain [brackets] that rich reads as markup;
+    # control characters in them are escaped so one message stays one line.
+    sys.stderr.write(common.printable(message) + "\n")
     sys.stderr.flush()
 
 
@@ -35,11 +36,11 @@ def _table(result, top_k: int) -> str:
     )
     note = ", zero-padded: shorter than one window" if result.padded else ""
     head = (
-        f"{result.path}  [{result.duration:.1f} s, {result.num_windows} window"
+        f"{common.printable(result.path)}  [{result.duration:.1f} s, {result.num_windows} window"
         f"{'s' if result.num_windows != 1 else ''} of {result.window_seconds:.2f} s{note}; "
-        f"{result.aggregate} of {kind}; model {result.model}]"
+        f"{result.aggregate} of {kind}; model {common.printable(result.model)}]"
     )
-    tags = result.tags[:top_k]
+    tags = [(common.printable(t), s) for t, s in result.tags[:top_k]]
     width = max([len(t) for t, _ in tags] + [3])
     lines = [head, f"  {'#':>2}  {'tag':<{width}}  score"]
     for i, (t, s) in enumerate(tags, 1):
@@ -82,11 +83,8 @@ def tag(
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     for opt, folder in (("--taggram", taggram_dir), ("--embeddings", embeddings_dir)):
-        if folder is not None:
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise UsageError(f"{opt} {folder}: cannot create the folder ({exc.strerror or exc})") from None
+        if folder is not None:  # before the model loads: fail in a second, not after it
+            common.writable_dir(opt, folder)
     t0 = time.perf_counter()
     from audiocnn import inference  # torch: only once there is work to do
 
@@ -145,10 +143,13 @@ def tag(
             sys.stdout.write(_table(res, top_k or DEFAULT_TABLE_TOP_K) + "\n")
         sys.stdout.flush()
         _progress(f"[{i}/{len(files)}] {path}: {res.num_windows} windows, {res.duration:.1f} s")
-    _progress(
-        f"tagged {len(files) - (failed - len(problems))} of {len(files)} files in "
-        f"{time.perf_counter() - t0:.1f} s" + (f"; {failed} failed" if failed else "")
-    )
+    _progress(_summary(len(files) + len(problems), failed, time.perf_counter() - t0))
     if failed:
         raise typer.Exit(1)
 
+
+def _summary(total: int, failed: int, seconds: float) -> str:
+    """``tagged N of TOTAL files``: missing and undecodable inputs count in the total, so
+    tagged + failed is always the total."""
+    return (f"tagged {total - failed} of {total} file{'s' if total != 1 else ''} in {seconds:.1f} s"
+            + (f"; {failed} failed" if failed else ""))

@@ -3,6 +3,7 @@ and audiocnn.evaluation)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import List, Optional
@@ -27,16 +28,37 @@ def train(
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --run-dir (default: the newest run of this config) from last.pt."
     ),
+    restart: bool = typer.Option(
+        False, "--restart", help="Start the run in --run-dir over: remove its earlier training state and results first."
+    ),
 ) -> None:
     """Train a model from an experiment config; resumable (--resume), multi-GPU with torchrun."""
+    from audiocnn.training.runlock import run_lock
+
+    if resume and restart:
+        raise UsageError("--resume and --restart contradict each other", hint="pass one of them")
+    if restart and not run_dir:
+        raise UsageError("--restart needs the --run-dir to start over", hint="pass --run-dir DIR")
+    cfg, rd = _resolve_run(config, list(overrides or []), run_dir, resume)
+    # Only one process of a torchrun job guards (and may clear) the folder.
+    with run_lock(rd) if _is_main() else contextlib.nullcontext(rd):
+        result = _train_in(cfg, rd, config, device=device, resume=resume, restart=restart)
+    if result.best_epoch is not None and _is_main():
+        best = result.best_metric
+        best_s = "n/a" if best is None or (isinstance(best, float) and math.isnan(best)) else f"{best:.4f}"
+        common.log(f"best {result.monitor} {best_s} at epoch {result.best_epoch}; run folder {result.run_dir}")
+        common.log(f"next: audiocnn evaluate {result.run_dir} --split test")
+        typer.echo(str(result.run_dir))
+
+
+def _resolve_run(config: str, sets: list[str], run_dir: Optional[str], resume: bool):
+    """(validated config, run folder) of a train command line."""
     from audiocnn.config import config_from_mapping, load_config, read_yaml
     from audiocnn.training.distributed import env_world_size
     from audiocnn.training.loop import CONFIG_NAME, default_run_dir, latest_run_dir
-    from audiocnn.training.loop import train as run_training
 
     cfg_path = Path(config)
     name = cfg_path.stem
-    sets = list(overrides or [])
     if resume:
         rd = Path(run_dir) if run_dir else latest_run_dir(name)
         if rd is None:
@@ -44,24 +66,41 @@ def train(
         saved = rd / CONFIG_NAME
         # the run's own resolved config is authoritative; --set may still change e.g. epochs
         cfg = config_from_mapping(read_yaml(saved), sets) if saved.is_file() else load_config(cfg_path, sets)
-    else:
-        cfg = load_config(cfg_path, sets)
-        if run_dir:
-            rd = Path(run_dir)
-        elif env_world_size() > 1:
-            raise UsageError("with torchrun every process must agree on the run folder", hint="pass --run-dir DIR")
-        else:
-            rd = _unique(default_run_dir(name))
-        if (rd / "last.pt").is_file():
-            raise UsageError(f"{rd} already holds a run", hint="add --resume to continue it, or choose another --run-dir")
-    result = run_training(cfg, rd, data_dir=common.state.data_dir, device=device, resume=resume,
-                          progress=True)
-    if result.best_epoch is not None and _is_main():
-        best = result.best_metric
-        best_s = "n/a" if best is None or (isinstance(best, float) and math.isnan(best)) else f"{best:.4f}"
-        common.log(f"best {result.monitor} {best_s} at epoch {result.best_epoch}; run folder {result.run_dir}")
-        common.log(f"next: audiocnn evaluate {result.run_dir} --split test")
-        typer.echo(str(result.run_dir))
+        return cfg, rd
+    cfg = load_config(cfg_path, sets)
+    if run_dir:
+        return cfg, Path(run_dir)
+    if env_world_size() > 1:
+        raise UsageError("with torchrun every process must agree on the run folder", hint="pass --run-dir DIR")
+    return cfg, _unique(default_run_dir(name))
+
+
+def _train_in(cfg, rd: Path, config: str, *, device: str, resume: bool, restart: bool):
+    """Run the training in ``rd`` (its lock held): refuse to overwrite an earlier run
+    unless asked to resume or restart it."""
+    from audiocnn.errors import CheckpointError
+    from audiocnn.training.loop import LAST_NAME
+    from audiocnn.training.loop import train as run_training
+    from audiocnn.training.runlock import clear_run, holds_run
+
+    if restart and _is_main():
+        clear_run(rd)
+    elif not resume and not restart and holds_run(rd):
+        raise UsageError(
+            f"{rd} already holds a run",
+            hint="add --resume to continue it, --restart to start it over, or choose another --run-dir",
+        )
+    try:
+        return run_training(cfg, rd, data_dir=common.state.data_dir, device=device, resume=resume, progress=True)
+    except CheckpointError as exc:
+        if resume and exc.message.startswith(str(rd / LAST_NAME)) and "--restart" in (exc.hint or ""):
+            # name the real config file in the way out
+            raise CheckpointError(
+                exc.message,
+                hint=f"start the run folder over with `audiocnn train {config} --run-dir {rd} --restart`, "
+                "or train into a fresh --run-dir",
+            ) from None
+        raise
 
 
 def _is_main() -> bool:

@@ -46,6 +46,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from audiocnn.errors import AudiocnnError, ConfigError, FeatureError
+from audiocnn.fileio import FileWriteError, atomic_write_bytes, fsync_dir, held_lock
 from audiocnn.features.frontends import (
     FrontendConfig,
     MelConfig,
@@ -127,13 +128,11 @@ def manifest_fingerprint(manifest: Any) -> str:
 def _write_json(path: Path, obj: Any, *, durable: bool = True) -> None:
     """Atomic JSON write; ``durable=False`` skips the fsync where losing the file to a
     power cut only means redoing work (a chunk's commit record)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, ensure_ascii=False)
-        if durable:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    try:
+        atomic_write_bytes(path, data, durable=durable)
+    except FileWriteError as exc:
+        raise _StoreWriteError(exc.message) from None
 
 
 def _read_json(path: Path) -> Any:
@@ -142,34 +141,34 @@ def _read_json(path: Path) -> Any:
 
 
 def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_dir(path)
 
 
 @contextlib.contextmanager
 def _store_lock(path: Path) -> Iterator[None]:
-    """One extraction per store at a time (two writers would interleave parts)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no advisory locks, run unguarded
+    """One extraction per store at a time (two writers would interleave parts). The lock
+    records the holder's PID; feature workers do not inherit it (see audiocnn.fileio), so
+    a killed run never leaves its store locked."""
+
+    def busy(pid: int | None) -> FeatureError:
+        who = f" (PID {pid})" if pid else ""
+        return FeatureError(
+            f"{path}: another audiocnn process{who} is extracting these features right now",
+            hint="wait for it to finish",
+        )
+
+    with held_lock(path / ".lock", busy):
         yield
-        return
-    fh = open(path / ".lock", "w")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise FeatureError(
-                f"{path}: another `audiocnn features` is writing this store right now",
-                hint="wait for it to finish",
-            ) from None
-        yield
-    finally:
-        fh.close()
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temp files of a killed run (workers die mid-write): nobody else writes the store
+    while we hold its lock, so they are garbage."""
+    for folder in (path, path / "parts"):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp*"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
 
 
 # -- the store (reading) ---------------------------------------------------------------------
@@ -352,16 +351,45 @@ def open_store(dataset_dir: str | os.PathLike, config: FrontendConfig) -> Featur
 _worker_state: dict[str, Any] = {}
 
 
-def _init_worker(queue: Any, in_child: bool) -> None:
+def _init_worker(queue: Any, in_child: bool, parent: int | None = None) -> None:
     _worker_state.clear()
     _worker_state["queue"] = queue
     _worker_state["done"] = 0
+    _worker_state["parent"] = parent if in_child else None
     crash = os.environ.get(CRASH_ENV) if in_child else None
     _worker_state["crash_after"] = int(crash) if crash else None
     if in_child:
+        if parent is not None:
+            _die_with_parent(parent)
         import torch
 
         torch.set_num_threads(1)
+
+
+#: prctl(2) option: signal sent to this process when its parent dies (Linux)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker whose parent was killed (``kill -9``) would go on extracting for minutes
+    with nobody to merge its chunks: ask the kernel to kill it with its parent (Linux);
+    elsewhere :func:`_check_parent` between clips is the fallback."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+            pass
+    _check_parent()  # the parent may have died before prctl took effect
+
+
+def _check_parent() -> None:
+    parent = _worker_state.get("parent")
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)  # orphaned: the run is gone, its next run redoes this chunk
 
 
 def _tick() -> None:
@@ -372,6 +400,7 @@ def _tick() -> None:
     crash = _worker_state.get("crash_after")
     if crash is not None and _worker_state["done"] >= crash:
         os._exit(17)  # simulated crash: no cleanup, no commit of the chunk in flight
+    _check_parent()
 
 
 def _quantize(y: np.ndarray) -> np.ndarray:
@@ -405,59 +434,82 @@ def _clip_mel(config: MelConfig, blocks: Iterator[np.ndarray]) -> tuple[np.ndarr
 
 def _extract_chunk(task: dict[str, Any]) -> dict[str, Any]:
     """Extract one chunk of clips and commit it; returns the chunk record."""
-    from audiocnn.audio import iter_audio_blocks
-
+    _check_parent()
     root = Path(task["store"])
     config = config_from_dict(task["config"])
     name = task["name"]
     parts = root / "parts"
     bin_path = parts / f"{name}.bin"
     tmp_path = parts / f".{name}.bin.tmp{os.getpid()}"
-    sr = int(config.sample_rate)
-    min_len = task["min_seconds"] * sr
     dtype, dim = _storage(config)
-    clips: list[dict[str, Any]] = []
-    failures: list[dict[str, Any]] = []
-    with open(tmp_path, "wb") as fh:
-        for clip_id, path in task["clips"]:
-            start = fh.tell()
-            samples = 0
+    try:
+        try:
+            fh = open(tmp_path, "wb")
+        except OSError as exc:
+            raise _StoreWriteError(f"{tmp_path}: cannot write the feature store ({exc.strerror or exc})") from None
+        with fh:
+            clips, failures = _extract_clips(fh, task, config)
             try:
-                blocks = iter_audio_blocks(path, sr, _BLOCK_SECONDS)
-                if not isinstance(config, MelConfig):
-                    for y in blocks:  # streamed: one block in memory, whatever the length
-                        samples += len(y)
-                        _write(fh, _quantize(y))
-                    _check_length(path, samples, min_len, sr)
-                    length = samples
-                else:
-                    feats, samples = _clip_mel(config, blocks)
-                    _check_length(path, samples, min_len, sr)
-                    if not np.isfinite(feats).all():
-                        raise FeatureError(f"{path}: the mel front-end produced NaN or infinity")
-                    rows = np.clip(feats.T, -_FP16_MAX, _FP16_MAX).astype(dtype)
-                    _write(fh, np.ascontiguousarray(rows))
-                    length = feats.shape[1]
-                clips.append({"id": clip_id, "length": int(length)})
-            except _StoreWriteError:
-                raise
-            except (AudiocnnError, OSError, ValueError, RuntimeError) as exc:
-                fh.seek(start)
-                fh.truncate()
-                failures.append({"id": clip_id, "path": str(path), "reason": _reason(exc, path)})
-            _tick()
-        fh.flush()
-        os.fsync(fh.fileno())
-        size = fh.tell()
-    expected = sum(c["length"] for c in clips) * dim * dtype.itemsize
-    if size != expected:  # pragma: no cover - would be a bug in the writer above
-        raise FeatureError(f"{bin_path}: wrote {size} bytes, expected {expected}")
-    os.replace(tmp_path, bin_path)
+                fh.flush()
+                os.fsync(fh.fileno())
+            except OSError as exc:
+                raise _StoreWriteError(f"{tmp_path}: cannot write the feature store ({exc.strerror or exc})") from None
+            size = fh.tell()
+        expected = sum(c["length"] for c in clips) * dim * dtype.itemsize
+        if size != expected:  # pragma: no cover - would be a bug in the writer above
+            raise FeatureError(f"{bin_path}: wrote {size} bytes, expected {expected}")
+        try:
+            os.replace(tmp_path, bin_path)
+        except OSError as exc:
+            raise _StoreWriteError(f"{bin_path}: cannot write the feature store ({exc.strerror or exc})") from None
+    except BaseException:
+        with contextlib.suppress(OSError):  # never leave a chunk's worth of disk behind
+            tmp_path.unlink()
+        raise
     record = {"split": task["split"], "chunk": task["chunk"], "clips": clips, "failures": failures}
     # The data was fsynced above; the record needs only to be atomic: if a power cut
     # loses it, the chunk is simply extracted again.
     _write_json(parts / f"{name}.json", record, durable=False)
     return record
+
+
+def _extract_clips(fh: Any, task: dict[str, Any], config: FrontendConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Append each clip of the chunk to ``fh``; a bad clip is truncated away and listed."""
+    from audiocnn.audio import iter_audio_blocks
+
+    sr = int(config.sample_rate)
+    min_len = task["min_seconds"] * sr
+    dtype, _dim = _storage(config)
+    clips: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    for clip_id, path in task["clips"]:
+        start = fh.tell()
+        samples = 0
+        try:
+            blocks = iter_audio_blocks(path, sr, _BLOCK_SECONDS)
+            if not isinstance(config, MelConfig):
+                for y in blocks:  # streamed: one block in memory, whatever the length
+                    samples += len(y)
+                    _write(fh, _quantize(y))
+                _check_length(path, samples, min_len, sr)
+                length = samples
+            else:
+                feats, samples = _clip_mel(config, blocks)
+                _check_length(path, samples, min_len, sr)
+                if not np.isfinite(feats).all():
+                    raise FeatureError(f"{path}: the mel front-end produced NaN or infinity")
+                rows = np.clip(feats.T, -_FP16_MAX, _FP16_MAX).astype(dtype)
+                _write(fh, np.ascontiguousarray(rows))
+                length = feats.shape[1]
+            clips.append({"id": clip_id, "length": int(length)})
+        except _StoreWriteError:
+            raise
+        except (AudiocnnError, OSError, ValueError, RuntimeError) as exc:
+            fh.seek(start)
+            fh.truncate()
+            failures.append({"id": clip_id, "path": str(path), "reason": _reason(exc, path)})
+        _tick()
+    return clips, failures
 
 
 class _StoreWriteError(FeatureError):
@@ -468,7 +520,7 @@ def _write(fh: Any, data: np.ndarray) -> None:
     try:
         fh.write(data.tobytes())
     except OSError as exc:
-        raise _StoreWriteError(f"{fh.name}: cannot write the feature store ({exc})") from exc
+        raise _StoreWriteError(f"{fh.name}: cannot write the feature store ({exc.strerror or exc})") from None
 
 
 def _check_length(path: Any, samples: int, min_len: float, sr: int) -> None:
@@ -550,24 +602,71 @@ def extract_features(
     manifest = read_manifest(dataset_dir)
     path = store_dir(dataset_dir, config)
     fingerprint = manifest_fingerprint(manifest)
-    path.mkdir(parents=True, exist_ok=True)
+    finished = _finished_store(path, config, fingerprint)
+    if finished is not None:  # no lock needed to read: works on a read-only data folder too
+        log.info("%s: already extracted", path)
+        return finished
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FeatureError(f"{path}: cannot create the feature store folder ({exc.strerror or exc})") from None
     with _store_lock(path):
-        meta = _start_store(path, manifest, config, fingerprint, chunk_clips or DEFAULT_CHUNK_CLIPS)
-        if (path / "complete.json").is_file():
-            log.info("%s: already extracted", path)
-            return FeatureStore(path)
-        tasks = _plan(manifest, int(meta["chunk_clips"]))
-        parts = path / "parts"
-        parts.mkdir(exist_ok=True)
-        merging = _merging_splits(path, meta)
-        todo = [t for t in tasks if t["split"] not in merging and not _chunk_done(parts, t)]
-        total_clips = sum(len(t["clips"]) for t in tasks)
-        done_clips = total_clips - sum(len(t["clips"]) for t in todo)
-        if todo:
-            if done_clips:
-                log.info("%s: resuming, %d of %d clips already extracted", path, done_clips, total_clips)
-            _run_tasks(path, config, todo, jobs, min_seconds, progress, done_clips, total_clips)
-        return _finish(path, meta, tasks, manifest, config, max_failure_fraction)
+        try:
+            return _extract_locked(path, manifest, config, fingerprint, jobs=jobs, min_seconds=min_seconds,
+                                   max_failure_fraction=max_failure_fraction, progress=progress,
+                                   chunk_clips=chunk_clips or DEFAULT_CHUNK_CLIPS)
+        except OSError as exc:  # the merge or a marker could not be written (disk full...)
+            raise FeatureError(
+                f"{path}: cannot write the feature store ({exc.strerror or exc}); extracted chunks are kept",
+                hint=f"free some disk space and run `{features_command(dataset_dir, config)}` again",
+            ) from None
+        except _StoreWriteError as exc:
+            if exc.hint:
+                raise
+            raise FeatureError(
+                exc.message, hint=f"free some disk space and run `{features_command(dataset_dir, config)}` again"
+            ) from None
+
+
+def _finished_store(path: Path, config: FrontendConfig, fingerprint: str) -> FeatureStore | None:
+    """The store at ``path`` when it is complete and made from this manifest and config."""
+    if not (path / "complete.json").is_file():
+        return None
+    try:
+        meta = _read_json(path / "store.json")
+    except (OSError, json.JSONDecodeError):
+        return None
+    if meta.get("format") != STORE_FORMAT or meta.get("config") != config.to_dict() \
+            or meta.get("manifest_fingerprint") != fingerprint:
+        return None
+    try:
+        return FeatureStore(path)
+    except FeatureError:
+        return None
+
+
+def _extract_locked(
+    path: Path, manifest: Any, config: FrontendConfig, fingerprint: str, *, jobs: int | None,
+    min_seconds: float, max_failure_fraction: float, progress: bool, chunk_clips: int,
+) -> FeatureStore:
+    """The body of :func:`extract_features`, run while holding the store's lock."""
+    meta = _start_store(path, manifest, config, fingerprint, chunk_clips)
+    if (path / "complete.json").is_file():
+        log.info("%s: already extracted", path)
+        return FeatureStore(path)
+    _remove_stale_temps(path)
+    tasks = _plan(manifest, int(meta["chunk_clips"]))
+    parts = path / "parts"
+    parts.mkdir(exist_ok=True)
+    merging = _merging_splits(path, meta)
+    todo = [t for t in tasks if t["split"] not in merging and not _chunk_done(parts, t)]
+    total_clips = sum(len(t["clips"]) for t in tasks)
+    done_clips = total_clips - sum(len(t["clips"]) for t in todo)
+    if todo:
+        if done_clips:
+            log.info("%s: resuming, %d of %d clips already extracted", path, done_clips, total_clips)
+        _run_tasks(path, config, todo, jobs, min_seconds, progress, done_clips, total_clips)
+    return _finish(path, meta, tasks, manifest, config, max_failure_fraction)
 
 
 def _merging_splits(path: Path, meta: dict[str, Any]) -> set[str]:
@@ -695,7 +794,7 @@ def _run_tasks(
     ctx = mp.get_context(method)
     queue = ctx.Queue()
     pool = cf.ProcessPoolExecutor(
-        max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(queue, True)
+        max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(queue, True, os.getpid())
     )
     try:
         futures = {pool.submit(_extract_chunk, t) for t in payload}
@@ -784,9 +883,10 @@ def _finish(
     for split in meta["splits"]:
         _merge_split(path, split, records.get(split, []), dim * dtype.itemsize)
     lines = "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failures)
-    tmp = path / ".failures.jsonl.tmp"
-    tmp.write_text(lines, encoding="utf-8")
-    os.replace(tmp, path / "failures.jsonl")
+    try:
+        atomic_write_bytes(path / "failures.jsonl", lines.encode("utf-8"))
+    except FileWriteError as exc:
+        raise _StoreWriteError(exc.message) from None
     counts = {s: sum(len(r["clips"]) for r in records.get(s, [])) for s in meta["splits"]}
     summary = {"clips": counts, "failures": len(failures), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     _write_json(path / "complete.json", summary)

@@ -5,21 +5,31 @@ history (metrics.csv is regenerated from it, so the CSV can never hold an epoch 
 ``last.pt`` does not) and the RNG states of python, numpy and torch. Written atomically
 (temp file + rename) once per epoch, so a kill at any moment leaves the previous epoch's
 file intact.
+
+The state before that is kept as ``last.prev.pt`` (a hard link, so it costs no disk
+space until the next ``last.pt`` replaces it): should ``last.pt`` ever be unreadable (a
+torn copy, a disk fault), ``--resume`` continues from the epoch before instead of losing
+the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from audiocnn.fileio import atomic_write_bytes
 from audiocnn.errors import CheckpointError
+from audiocnn.fileio import FileWriteError, atomic_write_bytes, temp_path
+
+log = logging.getLogger("audiocnn.train")
 
 STATE_FORMAT = 1
 
@@ -46,26 +56,102 @@ def set_rng_state(state: dict[str, Any]) -> None:
             pass
 
 
+def previous_path(path: str | os.PathLike) -> Path:
+    """``last.pt`` -> ``last.prev.pt``: the state saved before ``path``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def _looks_complete(path: Path) -> bool:
+    """Cheap check that ``path`` is a whole torch file (a zip with its central directory
+    at the end): a truncated or empty file must never become the fallback."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return bool(zf.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+def _keep_previous(path: Path) -> None:
+    """Make ``last.prev.pt`` the current ``last.pt`` (which stays in place until the new
+    one has been renamed over it)."""
+    if not _looks_complete(path):
+        return  # keep the older, good previous state rather than a broken one
+    prev = previous_path(path)
+    tmp = temp_path(prev)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        try:
+            os.link(path, tmp)
+        except OSError:  # no hard links here (some network or FUSE file systems): copy
+            atomic_write_bytes(prev, path.read_bytes())
+            return
+        os.replace(tmp, prev)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise CheckpointError(f"{prev}: cannot keep the previous training state ({exc.strerror or exc})") from None
+
+
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``path`` atomically, keeping the state it replaces as ``last.prev.pt``.
+
+    Raises CheckpointError (one line: path and cause) when the disk is full or the folder
+    read-only; no temp file is left and the states already written stay readable.
+    """
     path = Path(path)
     buf = io.BytesIO()
     torch.save({"format": STATE_FORMAT, **state}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    try:
+        if path.is_file():
+            _keep_previous(path)
+        atomic_write_bytes(path, buf.getvalue())
+    except FileWriteError as exc:
+        raise CheckpointError(
+            f"{exc.message} (training state after epoch {state.get('epoch', '?')})",
+            hint=f"free some disk space, then continue with `audiocnn train CONFIG --run-dir {path.parent} --resume`",
+        ) from None
     return path
 
 
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        # our own file (it holds RNG states and python objects, so not weights_only)
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated or not a torch file
+        cause = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else 'empty'}"
+        if path.is_file() and path.stat().st_size == 0:
+            cause = "empty file"
+        raise CheckpointError(f"{path}: unreadable training state ({cause})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path}: not an audiocnn training state (format {STATE_FORMAT})")
+    return state
+
+
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The state in ``path`` or, when that is unreadable or missing, the previous one
+    (``last.prev.pt``) with a warning. CheckpointError names the file and the way out."""
     path = Path(path)
-    if not path.is_file():
+    prev = previous_path(path)
+    if not path.is_file() and not prev.is_file():
         raise CheckpointError(
             f"{path}: no such file; nothing to resume",
             hint="start the run without --resume, or pass the --run-dir of an earlier run",
         )
     try:
-        # our own file (it holds RNG states and python objects, so not weights_only)
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated or not a torch file
-        raise CheckpointError(f"{path}: unreadable training state ({exc.__class__.__name__}: {exc})") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{path}: not an audiocnn training state (format {STATE_FORMAT})")
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such file")
+        return _read_state(path)
+    except CheckpointError as exc:
+        first = exc
+    restart = (f"start the run folder over with `audiocnn train CONFIG --run-dir {path.parent} --restart`, "
+               "or train into a fresh --run-dir")
+    if not prev.is_file():
+        raise CheckpointError(f"{first.message}; there is no {prev.name} to fall back on", hint=restart)
+    try:
+        state = _read_state(prev)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{first.message}; {exc.message}", hint=restart) from None
+    log.warning("%s; resuming from the previous state %s (after epoch %s)", first.message, prev, state.get("epoch"))
     return state
