@@ -94,6 +94,9 @@ class TrainConfig:
     workers: int = 2
     eval_chunks: int = 16
     eval_batch_size: int = 4  # clips per validation batch (each with eval_chunks crops)
+    # training batches whose average replaces BatchNorm running statistics before each
+    # validation (training/batchnorm.py); 0 keeps the running averages of the steps
+    bn_stats_batches: int = 64
     crop_frames: Optional[int] = None  # None: the model's native input length
     init: Optional[str] = None  # checkpoint path or pretrained model name
     freeze_backbone: bool = False
@@ -127,6 +130,8 @@ class TrainConfig:
                 raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
         if self.workers < 0:
             raise ConfigError(f"config key 'workers' must be >= 0, got {self.workers}")
+        if self.bn_stats_batches < 0:
+            raise ConfigError(f"config key 'bn_stats_batches' must be >= 0, got {self.bn_stats_batches}")
         if self.lr <= 0:
             raise ConfigError(f"config key 'lr' must be > 0, got {self.lr}")
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -73,3 +73,7 @@ class CheckpointError(AudiocnnError):
 
 class DeviceError(AudiocnnError):
     """The requested compute device is not available."""
+
+
+class TrainingError(AudiocnnError):
+    """Training cannot go on (e.g. the loss became NaN or infinite)."""

@@ -17,7 +17,7 @@ from torch import nn
 
 from audiocnn.errors import ModelError
 from audiocnn.features.frontends import FrontendConfig, MelConfig
-from audiocnn.models.base import ModelSpec, TaggingModel
+from audiocnn.models.base import ModelSpec, TaggingModel, coerce_frontend
 from audiocnn.models.registry import register_model
 
 # TensorFlow's batch-norm defaults (tf.compat.v1.layers.batch_normalization), which the
@@ -195,7 +195,7 @@ class MusiCNN(TaggingModel):
         dropout: float = 0.5,
         input_length: int | None = None,
     ) -> None:
-        config = frontend if frontend is not None else musicnn_frontend()
+        config = coerce_frontend(frontend) or musicnn_frontend()
         if not isinstance(config, MelConfig):
             raise ModelError("musicnn needs a mel front-end (frontend: {kind: mel, ...})")
         super().__init__(num_classes, task, config)

@@ -16,7 +16,7 @@ from torch import nn
 
 from audiocnn.errors import ModelError
 from audiocnn.features.frontends import FrontendConfig, MelConfig
-from audiocnn.models.base import ModelSpec, TaggingModel
+from audiocnn.models.base import ModelSpec, TaggingModel, coerce_frontend
 from audiocnn.models.musicnn import (
     MUSICNN_INPUT_LENGTH,
     musicnn_frontend,
@@ -105,7 +105,7 @@ class VGG(TaggingModel):
         dense_dropout: float = 0.5,
         input_length: int | None = None,
     ) -> None:
-        config = frontend if frontend is not None else musicnn_frontend()
+        config = coerce_frontend(frontend) or musicnn_frontend()
         if not isinstance(config, MelConfig):
             raise ModelError("vgg needs a mel front-end (frontend: {kind: mel, ...})")
         super().__init__(num_classes, task, config)

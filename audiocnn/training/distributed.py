@@ -97,3 +97,11 @@ def shard_indices(n: int, info: DistInfo) -> list[int]:
     """Round-robin share of ``n`` evaluation items for this rank: no padding, so no clip is
     counted twice when ``n`` is not a multiple of the world size."""
     return list(range(info.rank, n, info.world_size))
+
+
+def all_reduce_mean_(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Replace ``tensor`` (on this rank's device) in place by its mean over the ranks."""
+    if info.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor.div_(info.world_size)
+    return tensor

@@ -38,6 +38,8 @@ from audiocnn.config import TrainConfig, save_config
 from audiocnn.errors import CheckpointError, ConfigError, DatasetError
 from audiocnn.fileio import atomic_write_bytes
 from audiocnn.training import distributed as D
+from audiocnn.training import health as H
+from audiocnn.training.batchnorm import recompute_batchnorm_stats
 from audiocnn.training.metrics import compute_metrics, summary
 from audiocnn.training.schedule import EarlyStopping, LRSchedule, build_optimizer, is_better, set_lr
 from audiocnn.training.state import load_state, rng_state, save_state, set_rng_state
@@ -49,7 +51,7 @@ LAST_NAME = "last.pt"
 CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.csv"
 # metrics.csv columns that measure the machine, not the model (differ between re-runs)
-TIMING_COLUMNS = ("time_s", "samples_per_s", "data_wait")
+TIMING_COLUMNS = ("time_s", "samples_per_s", "data_wait", "bn_stats_s")
 
 
 @dataclass
@@ -590,34 +592,16 @@ def _train(config: TrainConfig, run_dir: Path, *, data_dir: Path, device: torch.
             model.train()
             set_train_mode(raw_model, config.freeze_backbone)
             bar.start(f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch)
-            loss_sum, n_seen, wait = 0.0, 0, 0.0
-            t_wait = time.perf_counter()
-            for step, (x, y) in enumerate(train_loader):
-                if step >= steps_per_epoch:
-                    break
-                wait += time.perf_counter() - t_wait
-                x = x.to(device, non_blocking=cuda)
-                y = y.to(device, non_blocking=cuda)
-                with autocast():
-                    logits = model(x, from_features=True)
-                loss = loss_fn(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if config.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                b = x.shape[0]
-                loss_sum += float(loss.detach()) * b
-                n_seen += b
-                elapsed = time.perf_counter() - t0
-                bar.update(1, f"loss {loss_sum / n_seen:.4f}  {n_seen * info.world_size / max(elapsed, 1e-9):.1f} samples/s")
-                t_wait = time.perf_counter()
-            if cuda:
-                torch.cuda.synchronize(device)
+            guard = _Guard(run_dir, epoch, has_state=(run_dir / LAST_NAME).is_file())
+            loss_sum, n_seen, wait = _train_epoch(
+                model, train_loader, steps=steps_per_epoch, device=device, autocast=autocast, loss_fn=loss_fn,
+                optimizer=optimizer, scaler=scaler, params=params, grad_clip=config.grad_clip, bar=bar,
+                info=info, guard=guard,
+            )
+            H.check_weights(params, epoch=epoch + 1, run_dir=run_dir, last_good_epoch=epoch, has_state=guard.has_state)
             train_time = time.perf_counter() - t0
             loss_sum, n_seen = D.all_reduce_sum([loss_sum, float(n_seen)], info)
+            bn_time = _refresh_batchnorm(raw_model, train_loader, config, steps_per_epoch, device, autocast, info)
 
             # ---- validation (song level), gathered across ranks
             bar.start("validating", len(valid_loader))
@@ -642,6 +626,7 @@ def _train(config: TrainConfig, run_dir: Path, *, data_dir: Path, device: torch.
                 "time_s": time.perf_counter() - t0,
                 "samples_per_s": n_seen / max(train_time, 1e-9),
                 "data_wait": wait / max(train_time, 1e-9),
+                "bn_stats_s": bn_time,
             })
             history.append(row)
 
@@ -694,6 +679,9 @@ def _train(config: TrainConfig, run_dir: Path, *, data_dir: Path, device: torch.
                 f"  acc {row['accuracy']:.4f}" if "accuracy" in row else "", lr, row["samples_per_s"],
                 "  *best*" if improved else "",
             )
+            note = H.overfitting_note(history)
+            if note:
+                log.warning("epoch %d: %s", epoch + 1, note)
             if stopped_early:
                 log.info("early stopping: no improvement of %s for %d epochs", monitor, early.patience)
 
@@ -708,6 +696,72 @@ def _train(config: TrainConfig, run_dir: Path, *, data_dir: Path, device: torch.
             log.warning("could not plot training curves: %s", exc)
     return TrainResult(run_dir=run_dir, best_epoch=best_epoch, best_metric=best_metric, monitor=monitor,
                        epochs_run=len(history), stopped_early=stopped_early, history=history)
+
+
+
+@dataclass
+class _Guard:
+    """What a divergence message needs to say where the last good state is."""
+
+    run_dir: Path
+    epoch: int  # 0-based epoch being trained; epochs finished before it are good
+    has_state: bool
+
+
+def _train_epoch(model: nn.Module, loader: DataLoader, *, steps: int, device: torch.device, autocast,
+                 loss_fn: TaggingLoss, optimizer, scaler, params, grad_clip: float | None, bar: _Progress,
+                 info: D.DistInfo, guard: _Guard) -> tuple[float, int, float]:
+    """One epoch of optimisation steps; returns (summed loss, examples seen, seconds waiting
+    for data). Stops the run on a NaN or infinite loss (every rank at the same step)."""
+    cuda = device.type == "cuda"
+    loss_sum, n_seen, wait = 0.0, 0, 0.0
+    t0 = t_wait = time.perf_counter()
+    for step, (x, y) in enumerate(loader):
+        if step >= steps:
+            break
+        wait += time.perf_counter() - t_wait
+        x = x.to(device, non_blocking=cuda)
+        y = y.to(device, non_blocking=cuda)
+        with autocast():
+            logits = model(x, from_features=True)
+        loss = loss_fn(logits, y)
+        value = float(loss.detach())
+        if info.enabled:  # one rank's NaN stops them all, or the others would wait forever
+            value = D.all_reduce_sum([value], info)[0]
+        H.check_loss(value, epoch=guard.epoch + 1, step=step + 1, run_dir=guard.run_dir,
+                     last_good_epoch=guard.epoch, has_state=guard.has_state)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        b = x.shape[0]
+        loss_sum += float(loss.detach()) * b
+        n_seen += b
+        elapsed = time.perf_counter() - t0
+        bar.update(1, f"loss {loss_sum / n_seen:.4f}  {n_seen * info.world_size / max(elapsed, 1e-9):.1f} samples/s")
+        t_wait = time.perf_counter()
+    if cuda:
+        torch.cuda.synchronize(device)
+    return loss_sum, n_seen, wait
+
+
+def _refresh_batchnorm(model: nn.Module, loader: DataLoader, config: TrainConfig, steps: int,
+                       device: torch.device, autocast, info: D.DistInfo) -> float:
+    """Recompute the BatchNorm statistics of the trained layers (training/batchnorm.py)
+    from this epoch's training crops; returns the seconds it took."""
+    t = time.perf_counter()
+    cuda = device.type == "cuda"
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            return model(x.to(device, non_blocking=cuda), from_features=True)
+
+    recompute_batchnorm_stats(model, (x for x, _y in loader), max_batches=min(config.bn_stats_batches, steps),
+                              forward=forward, info=info)
+    return time.perf_counter() - t
 
 
 def _load_best(model: nn.Module, path: Path, device: torch.device) -> None:
