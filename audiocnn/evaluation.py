@@ -115,65 +115,47 @@ def evaluate(
     dataset: str | None = None,
     eval_chunks: int | None = None,
     device: str = "auto",
-    batch_size: int = 4,
+    batch_size: int | None = None,
     workers: int = 0,
     out_dir: str | os.PathLike | None = None,
     plots: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a run folder or checkpoint on ``split``; returns the metrics dict (also
-    written as ``metrics.json`` in the output folder, whose path is under ``"out_dir"``)."""
-    from audiocnn.checkpoint import load_checkpoint
-    from audiocnn.datasets.manifest import read_manifest
-    from audiocnn.devices import resolve_device
-    from audiocnn.features.dataset import StoreDataset
-    from audiocnn.features.store import extract_features
-    from audiocnn.training import distributed as D
-    from audiocnn.training.loop import METRICS_NAME, eval_loader, gather_predictions, make_autocast, predict_clips
-    from audiocnn.training.metrics import compute_metrics, to_multi_hot
+    written as ``metrics.json`` in the output folder, whose path is under ``"out_dir"``).
 
+    Each clip is scored by :class:`audiocnn.inference.Tagger` from its audio file, exactly
+    as ``audiocnn tag`` scores it (same decoding, windows and aggregation; with
+    ``eval_chunks=N``, as ``audiocnn tag --chunks N``), so the per-clip scores written to
+    ``scores.csv`` are the numbers ``tag`` prints. ``workers`` is accepted for API
+    compatibility; decoding happens in this process.
+    """
+    from audiocnn.datasets.manifest import read_manifest
+    from audiocnn.inference import Tagger
+    from audiocnn.training.loop import METRICS_NAME
+    from audiocnn.training.metrics import compute_metrics
+
+    del workers
     if split not in SPLITS:
         raise UsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if eval_chunks is not None and eval_chunks < 1:
+        raise UsageError(f"--eval-chunks must be >= 1, got {eval_chunks}")
     ckpt, run_dir, run_cfg = resolve_target(target, data_dir)
     if out_dir is not None:  # before the model loads and every clip is scored
         ensure_writable_dir(out_dir, "--out")
-    model, meta = load_checkpoint(ckpt, map_location="cpu")
+    tagger = Tagger(ckpt, device=device, batch_size=batch_size, data_dir=data_dir)
+    meta = tagger.meta
     name = _dataset_name(dataset, meta, run_cfg, target)
     out = Path(out_dir) if out_dir else ensure_writable_dir(_default_out(ckpt, run_dir, name, split, meta))
-    if eval_chunks is None:
-        eval_chunks = int((run_cfg or {}).get("eval_chunks") or meta.get("eval_chunks") or 16)
-    if eval_chunks < 1:
-        raise UsageError(f"--eval-chunks must be >= 1, got {eval_chunks}")
-    crop = (run_cfg or {}).get("crop_frames") or model.input_frames
-
-    dataset_dir = Path(data_dir) / name
-    manifest = read_manifest(dataset_dir)
+    manifest = read_manifest(Path(data_dir) / name)
     if manifest.split_counts().get(split, 0) == 0:
         raise DatasetError(f"dataset {name!r} has no clips in its {split!r} split",
                            hint=f"see `audiocnn info {name}`")
     task = meta["task"]
     labels, columns = _label_map(list(meta["labels"]), list(manifest.labels), task, name)
-    data_index = {n: i for i, n in enumerate(manifest.labels)}
-    data_cols = [data_index[n] for n in labels]
-
-    dev = resolve_device(device)
-    model.to(dev)
-    store = extract_features(dataset_dir, model.frontend_config, progress=progress)
-    ds = StoreDataset(store, split, mode="eval", crop_frames=int(crop), eval_chunks=eval_chunks)
-    if len(ds) == 0:
-        raise DatasetError(f"feature store of {name!r} has no usable clips in {split!r}")
-    amp = make_autocast(dev, None)
-    loader = eval_loader(ds, range(len(ds)), batch_size=batch_size, workers=workers, pin_memory=dev.type == "cuda")
-    part = predict_clips(model, loader, device=dev, task=task, autocast=amp, non_blocking=dev.type == "cuda")
-    pred = gather_predictions(part, D.DistInfo())
-    scores = pred["scores"][:, columns]
-    targets = pred["targets"]
-    if targets.ndim == 2 or task == "multi-label":
-        targets = to_multi_hot(targets, len(manifest.labels))[:, data_cols]
-    else:
-        # single-label: class indices in dataset order -> indices in ``labels`` order
-        remap = np.array([labels.index(n) for n in manifest.labels])
-        targets = remap[targets.astype(np.int64)]
+    clips, scores = score_clips(tagger, manifest, split, eval_chunks=eval_chunks, progress=progress)
+    targets = _targets(manifest, clips, labels, task)
+    scores = scores[:, columns]
     metrics = compute_metrics(targets, scores, task, labels)
     metrics.update({
         "split": split,
@@ -181,15 +163,65 @@ def evaluate(
         "checkpoint": str(ckpt),
         "model": meta["model"],
         "task": task,
+        "framing": "windows" if eval_chunks is None else "chunks",
         "eval_chunks": eval_chunks,
+        "n_failed": manifest.split_counts().get(split, 0) - len(clips),
     })
     if metrics["excluded_labels"]:
         log.warning("%d label(s) left out of the macro averages: %s", len(metrics["excluded_labels"]),
                     ", ".join(f"{e['label']} ({e['reason']})" for e in metrics["excluded_labels"][:10]))
 
     metrics["out_dir"] = str(out)
+    _write_scores(out / "scores.csv", clips, scores, labels)
     _write_outputs(out, metrics, targets, scores, labels, task, run_dir / METRICS_NAME if run_dir else None, plots)
     return metrics
+
+
+def score_clips(tagger, manifest, split: str, *, eval_chunks: int | None = None,
+                progress: bool = False) -> tuple[list, np.ndarray]:
+    """``(clips scored, scores (n, model labels))`` of a split, each clip tagged from its
+    audio file; a clip that no longer decodes is logged and left out."""
+    from audiocnn.datasets.download import count_progress
+    from audiocnn.errors import AudioDecodeError
+
+    clips, rows = [], []
+    todo = manifest.split(split)
+    with count_progress(len(todo), f"evaluating {split}", progress) as advance:
+        for clip in todo:
+            try:
+                rows.append(tagger.tag_file(manifest.audio_path(clip), chunks=eval_chunks).scores)
+                clips.append(clip)
+            except (AudioDecodeError, OSError) as exc:
+                log.warning("skipping %s: %s", clip.id, exc)
+            advance(1)
+    if not clips:
+        raise DatasetError(f"no clip of the {split!r} split could be decoded")
+    return clips, np.stack(rows).astype(np.float32)
+
+
+def _targets(manifest, clips: list, labels: list[str], task: str) -> np.ndarray:
+    """Targets in ``labels`` order: class indices (single-label) or multi-hot rows."""
+    pos = {n: i for i, n in enumerate(labels)}
+    if task == "single-label":
+        return np.asarray([pos[c.labels[0]] for c in clips], dtype=np.int64)
+    y = np.zeros((len(clips), len(labels)), dtype=np.int64)
+    for i, c in enumerate(clips):
+        for lab in c.labels:
+            if lab in pos:
+                y[i, pos[lab]] = 1
+    return y
+
+
+def _write_scores(path: Path, clips: list, scores: np.ndarray, labels: list[str]) -> None:
+    """One row per clip: id, path and the score of every label (what ``tag`` prints)."""
+    from audiocnn.fileio import atomic_write_bytes
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "path", *labels])
+    for clip, row in zip(clips, scores):
+        w.writerow([clip.id, clip.path, *(f"{float(v):.8f}" for v in row)])
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def _default_out(ckpt: Path, run_dir: Path | None, dataset: str, split: str, meta: dict[str, Any]) -> Path:

@@ -142,6 +142,7 @@ class _Windower:
         self.start = 0  # absolute index of buf[..., 0]
         self.next = 0  # absolute start of the next window
         self.peak = 0
+        self.starts: list[int] = []
 
     def push(self, chunk: np.ndarray) -> Iterator[np.ndarray]:
         if chunk.shape[-1] == 0:
@@ -158,11 +159,47 @@ class _Windower:
         self.peak = max(self.peak, buf.shape[-1])
         while self.next + self.size <= self.start + buf.shape[-1]:
             s = self.next - self.start
+            self.starts.append(self.next)
             yield buf[..., s : s + self.size]
             self.next += self.hop
         drop = min(buf.shape[-1], self.next - self.start)
         self.buf = buf[..., drop:]
         self.start += drop
+
+    def finish(self) -> Iterator[np.ndarray]:
+        """No window is left: a tail shorter than a window is not scored."""
+        return iter(())
+
+
+class _EvenChunks:
+    """``n`` windows spread evenly over the whole song, the first at its start and the
+    last ending at its end: the song-level protocol of the tagging papers (e.g. 16 chunks
+    per clip), which training's validation uses (``eval_chunks``). It needs the song's
+    length, so it holds the song's features (fine for dataset clips, not for hour-long
+    files: the default framing streams)."""
+
+    def __init__(self, size: int, n: int) -> None:
+        self.size, self.n = int(size), int(n)
+        self.parts: list[np.ndarray] = []
+        self.peak = 0
+        self.starts: list[int] = []
+
+    def push(self, chunk: np.ndarray) -> Iterator[np.ndarray]:
+        if chunk.shape[-1]:
+            self.parts.append(chunk)
+        return iter(())
+
+    def finish(self) -> Iterator[np.ndarray]:
+        x = np.concatenate(self.parts, axis=-1)
+        self.parts = []
+        self.peak = x.shape[-1]
+        room = max(0, x.shape[-1] - self.size)
+        for s in np.rint(np.linspace(0, room, self.n)).astype(np.int64):
+            w = x[..., s : s + self.size]
+            if w.shape[-1] < self.size:
+                w = np.pad(w, [(0, 0)] * (w.ndim - 1) + [(0, self.size - w.shape[-1])])
+            self.starts.append(int(s))
+            yield w
 
 
 def _song_framing_supported(frontend: torch.nn.Module) -> bool:
@@ -336,23 +373,27 @@ class Tagger:
         return_taggram: bool = False,
         return_embeddings: bool = False,
         framing: str = "auto",
+        chunks: int | None = None,
     ) -> TagResult:
         """Tag one whole song; raises :class:`AudioDecodeError` if it cannot be decoded.
 
         ``window``/``hop`` in seconds (default: the model's native input, no overlap);
         ``aggregate`` combines the per-window probabilities (mean or max); ``top_k``
-        limits ``tags`` (``scores`` always has every label).
+        limits ``tags`` (``scores`` always has every label). ``chunks=N`` scores N windows
+        spread evenly over the song instead (the papers' protocol, see :class:`_EvenChunks`).
         """
         if aggregate not in AGGREGATES:
             raise UsageError(f"--aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
         if top_k is not None and int(top_k) < 1:
             raise UsageError(f"--top-k must be >= 1, got {top_k}")
+        if chunks is not None and (int(chunks) < 1 or hop is not None):
+            raise UsageError(f"--chunks must be >= 1 and cannot be combined with --hop, got {chunks}")
         plan = self.plan(window, hop, framing)
         custom = window is not None
         p = Path(path)
         self.stats = StreamStats()
         info: dict[str, Any] = {"samples": 0, "padded": False}
-        windower = _Windower(plan.size, plan.hop)
+        windower = _Windower(plan.size, plan.hop) if chunks is None else _EvenChunks(plan.size, int(chunks))
         mel = MelStream(self.model.frontend, self.device) if plan.framing == "song" else None
         rows: list[np.ndarray] = []
         embs: list[np.ndarray] = []
@@ -365,16 +406,17 @@ class Tagger:
                 embs.append(emb)
             batch.clear()
 
-        def feed(chunk: np.ndarray) -> None:
-            for w in windower.push(chunk):
+        def feed(windows: Iterator[np.ndarray]) -> None:
+            for w in windows:
                 batch.append(w)
                 if len(batch) >= self.batch_size:
                     flush()
 
         for block in self._blocks(p, plan.min_samples, info):
-            feed(mel.push(block) if mel is not None else block)
+            feed(windower.push(mel.push(block) if mel is not None else block))
         if mel is not None:
-            feed(mel.finish())
+            feed(windower.push(mel.finish()))
+        feed(windower.finish())
         if batch:
             flush()
         self.stats.max_buffered = max(windower.peak, mel.peak if mel is not None else 0)
@@ -403,7 +445,7 @@ class Tagger:
             aggregate=aggregate,
             framing=plan.framing,
             padded=bool(info["padded"]),
-            window_starts=(np.arange(n) * plan.hop_seconds).astype(np.float64),
+            window_starts=(np.asarray(windower.starts, dtype=np.float64) * plan.unit_seconds),
             taggram=taggram if return_taggram else None,
             embeddings=np.concatenate(embs).astype(np.float32) if return_embeddings else None,
         )

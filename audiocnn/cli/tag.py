@@ -74,6 +74,9 @@ def tag(
     framing: str = typer.Option(
         "auto", "--framing", help="song: cut the whole-song log-mel into patches (mel models, musicnn's way); window: run the front-end per window; auto: song where possible."
     ),
+    chunks: Optional[int] = typer.Option(
+        None, "--chunks", help="Score N windows spread evenly over each file (the papers' protocol, = `evaluate --eval-chunks N`) instead of consecutive windows.", show_default=False
+    ),
 ) -> None:
     """Tag whole songs: top tags per file, optionally the taggram over time and embeddings."""
     if fmt not in FORMATS:
@@ -115,6 +118,7 @@ def tag(
             return_taggram=taggram_dir is not None,
             return_embeddings=embeddings_dir is not None,
             framing=framing,
+            chunks=chunks,
         ),
         1,
     ):

@@ -124,9 +124,9 @@ def evaluate(
     split: str = typer.Option("test", "--split", help="train, valid or test."),
     fmt: str = typer.Option("table", "--format", help="table or json."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Evaluate on this prepared dataset (default: the one it was trained on)."),
-    eval_chunks: Optional[int] = typer.Option(None, "--eval-chunks", help="Chunks averaged per clip (default: the run's, 16)."),
+    eval_chunks: Optional[int] = typer.Option(None, "--eval-chunks", help="Score N evenly spaced windows per clip (the papers' protocol, = `tag --chunks N`); default: the windows `tag` uses."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda (or cuda:N) or mps."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Clips per batch (each with eval-chunks crops)."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Windows per model batch."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder for metrics.json, per_tag.csv and plots."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG plots."),
 ) -> None:
@@ -141,7 +141,8 @@ def evaluate(
                  device=device, batch_size=batch_size, out_dir=out, plots=not no_plots, progress=True)
     if fmt == "json":
         keys = ["roc_auc_macro", "pr_auc_macro", "roc_auc_micro", "pr_auc_micro", "accuracy", "balanced_accuracy",
-                "n_clips", "split", "dataset", "model", "task", "checkpoint", "eval_chunks", "n_labels",
+                "f1_macro", "f1_micro", "n_clips", "split", "dataset", "model", "task", "checkpoint", "framing",
+                "eval_chunks", "n_labels",
                 "n_labels_scored", "excluded_labels", "out_dir"]
         common.print_json({k: _clean(m[k]) for k in keys if k in m})
         return
@@ -157,10 +158,12 @@ def _clean(v):
 def _print_table(m: dict) -> None:
     from rich.table import Table
 
-    t = Table(title=f"{m['model']} on {m['dataset']} / {m['split']} ({m['n_clips']} clips, {m['eval_chunks']} chunks each)")
+    framing = f"{m['eval_chunks']} chunks each" if m.get("eval_chunks") else "windows as `tag`"
+    t = Table(title=f"{m['model']} on {m['dataset']} / {m['split']} ({m['n_clips']} clips, {framing})")
     t.add_column("metric")
     t.add_column("value", justify="right")
-    for key in ("roc_auc_macro", "pr_auc_macro", "roc_auc_micro", "pr_auc_micro", "accuracy", "balanced_accuracy"):
+    for key in ("roc_auc_macro", "pr_auc_macro", "roc_auc_micro", "pr_auc_micro", "accuracy", "balanced_accuracy",
+                "f1_macro", "f1_micro"):
         if key in m:
             v = m[key]
             t.add_row(key, "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}")

@@ -95,7 +95,32 @@ def compute_metrics(
             out["pr_auc_micro"] = float(average_precision_score(yt, ys))
     if task == "single-label":
         out.update(_single_label_metrics(np.asarray(targets), scores, n_labels))
+    elif n:
+        out.update(f1_at(y_true, scores, F1_THRESHOLD))
     return out
+
+
+#: decision threshold of the multi-label F1 reported next to the AUCs
+F1_THRESHOLD = 0.5
+
+
+def f1_at(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Macro F1 (over the labels with a positive clip) and micro F1 of the decisions
+    ``score >= threshold``: what a user acting on the tags gets, which AUCs do not show."""
+    pred = scores >= threshold
+    truth = y_true.astype(bool)
+    tp = (pred & truth).sum(axis=0).astype(np.float64)
+    fp = (pred & ~truth).sum(axis=0).astype(np.float64)
+    fn = (~pred & truth).sum(axis=0).astype(np.float64)
+    denom = 2 * tp + fp + fn
+    per = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    has_pos = truth.sum(axis=0) > 0
+    micro_den = 2 * tp.sum() + fp.sum() + fn.sum()
+    return {
+        "f1_threshold": float(threshold),
+        "f1_macro": float(per[has_pos].mean()) if has_pos.any() else float("nan"),
+        "f1_micro": float(2 * tp.sum() / micro_den) if micro_den else float("nan"),
+    }
 
 
 def _single_label_metrics(targets: np.ndarray, scores: np.ndarray, n_labels: int) -> dict[str, Any]:
@@ -126,5 +151,6 @@ def _f(x: float) -> float | None:
 
 def summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """The scalar part (what goes into a checkpoint's metadata or a CSV row)."""
-    keys = ("roc_auc_macro", "pr_auc_macro", "roc_auc_micro", "pr_auc_micro", "accuracy", "balanced_accuracy", "n_clips")
+    keys = ("roc_auc_macro", "pr_auc_macro", "roc_auc_micro", "pr_auc_micro", "accuracy", "balanced_accuracy",
+            "f1_macro", "f1_micro", "n_clips")
     return {k: metrics[k] for k in keys if k in metrics}
