@@ -95,3 +95,15 @@ def _only_loopback_network(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's training runs (steadier on a shared 2-core machine);
+    use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -1,7 +1,7 @@
 """musicnn's pretrained models ported to audiocnn: numbers match the original TensorFlow code.
 
-Reference outputs live in ``shared/reference/musicnn/`` beside the checkout (override with
-$AUDIOCNN_MUSICNN_REFERENCE); the weights come from the installed ``musicnn`` package.
+Reference outputs live in ``tests/data/musicnn/`` (a copy of the project's reference data;
+override with $AUDIOCNN_MUSICNN_REFERENCE); the weights come from the installed ``musicnn`` package.
 Tests needing either skip with the reason when it is missing.
 """
 
@@ -35,7 +35,7 @@ NAMES = list(MUSICNN_MODELS)
 
 def reference_dir() -> Path:
     env = os.environ.get("AUDIOCNN_MUSICNN_REFERENCE")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "reference" / "musicnn"
+    return Path(env) if env else Path(__file__).resolve().parent / "data" / "musicnn"
 
 
 @pytest.fixture(scope="module")

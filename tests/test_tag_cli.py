@@ -188,7 +188,7 @@ def test_unknown_model_name_is_one_line(capsys, music, tmp_path):
 
 def _reference_dir() -> Path:
     env = os.environ.get("AUDIOCNN_MUSICNN_REFERENCE")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "reference" / "musicnn"
+    return Path(env) if env else Path(__file__).resolve().parent / "data" / "musicnn"
 
 
 def _musicnn_ready() -> str | None:
