@@ -115,13 +115,15 @@ def _no_symlinks(folder: Path) -> list[Path]:
     return [Path(d) / n for d, dirs, files in os.walk(folder) for n in dirs + files if os.path.islink(Path(d) / n)]
 
 
-@pytest.mark.parametrize("fmt", ["tar", "tar.gz", "zip"])
-@pytest.mark.parametrize("attack", sorted(ATTACKS))
+# every attack in every format, except a hard link in a zip (the format has none)
+CASES = [(fmt, attack) for fmt in ("tar", "tar.gz", "zip") for attack in sorted(ATTACKS)
+         if not (fmt == "zip" and attack == "hardlink")]
+
+
+@pytest.mark.parametrize("fmt,attack", CASES)
 def test_links_and_escaping_names_refuse_the_whole_archive(tmp_path, fmt, attack):
     members, culprit = ATTACKS[attack]
     if fmt == "zip":
-        if attack == "hardlink":
-            pytest.skip("a zip cannot hold a hard link")
         members = _zip_members(members)
     archive = make_archive(tmp_path / "src", fmt, members)
     dest = tmp_path / "top" / "mid" / "raw"

@@ -324,6 +324,22 @@ def test_atomic_write_removes_its_temp_file_and_keeps_the_old_one(tmp_path, monk
     assert target.read_bytes() == b"old"
 
 
+def test_a_plot_that_cannot_be_written_leaves_no_temp_file(tmp_path, monkeypatch):
+    from audiocnn.training import plots
+
+    per_tag = [{"label": "a", "roc_auc": 0.9, "pr_auc": 0.8, "n_positive": 3}]
+    target = tmp_path / "per_tag_roc_auc.png"
+    plots.plot_per_tag_auc(per_tag, target)
+    before = target.read_bytes()
+    enospc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "replace", lambda *a, **k: (_ for _ in ()).throw(enospc))
+    with pytest.raises(fileio.FileWriteError):
+        plots.plot_per_tag_auc(per_tag, target)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["per_tag_roc_auc.png"]
+    assert target.read_bytes() == before
+
+
 class _FullFile:
     """A writable file on a full disk: every write fails with ENOSPC."""
 

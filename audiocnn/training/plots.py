@@ -7,12 +7,15 @@ no global state or GUI backend is touched (safe in worker processes and tests).
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from audiocnn.fileio import atomic_write_bytes
 
 
 def _figure(width: float, height: float):
@@ -27,10 +30,10 @@ def _figure(width: float, height: float):
 def _save(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
     fig.tight_layout()
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())  # no temp file is left behind when a write fails
     return path
 
 
