@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -53,6 +53,31 @@ class AudioInfo:
 
 def is_audio_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in AUDIO_EXTENSIONS
+
+
+def is_hidden_name(name: str) -> bool:
+    """Names starting with a dot: ``.git``, ``.DS_Store``, macOS's ``._song.mp3`` copies of
+    resource forks (not audio, though they carry an audio extension)."""
+    return name.startswith(".")
+
+
+def find_audio_files(folder: str | os.PathLike) -> list[Path]:
+    """Audio files under ``folder``, recursively, sorted (folder by folder, as ``Path``
+    objects order): what ``tag`` reads from a folder argument and ``prepare folder`` from
+    its sub-folders.
+
+    One rule for both: hidden files and folders below ``folder`` are skipped, linked
+    folders are not entered, a link to a file counts as the file (callers that must stay
+    inside ``folder`` check where it leads), and only :data:`AUDIO_EXTENSIONS` count.
+    """
+    found = []
+    for parent, dirs, files in os.walk(folder):  # followlinks=False: linked folders are listed, not entered
+        dirs[:] = [d for d in dirs if not is_hidden_name(d)]
+        for name in files:
+            path = Path(parent, name)
+            if not is_hidden_name(name) and is_audio_path(path) and path.is_file():
+                found.append(path)
+    return sorted(found)
 
 
 def _open(path: Path) -> sf.SoundFile:

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from audiocnn.constants import DEFAULT_MODEL
+
 ROOT = Path(__file__).resolve().parents[1]
 TF_WALL_S = 7.0
 TF_PEAK_MIB = 780.0
@@ -121,7 +123,7 @@ def top_tags(stdout: str, k: int = 5) -> list[list[str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="musicnn-mtt")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "audiocnn-bench-tag")
     ap.add_argument("--data-dir", type=Path, default=None, help="audiocnn data dir (pretrained models)")
@@ -166,18 +168,21 @@ def main() -> None:
         tf_top = [str(ref["tags"][i]) for i in np.argsort(-ref["taggram"].mean(axis=0))[:5]]
         _, _, _, out, _ = run_cli([*base, str(reference_dir() / "chorale.flac")], env)
         ours = top_tags(out)[0]
-        ref_note = f"top-5 on chorale.flac: ours {ours} vs TensorFlow {tf_top}: {'same' if ours == tf_top else 'DIFFERENT'}"
+        same = "same" if ours == tf_top else "DIFFERENT"
+        ref_note = f"top-5 on chorale.flac: ours {ours} vs TensorFlow {tf_top}: {same}"
 
     cpu = os.cpu_count()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\naudiocnn tag benchmark: model {opts.model}, {cpu} CPUs, load average {load:.1f} at the end, "
           f"median of {opts.repeat} runs, fresh process each")
-    print(f"{'run':<28} {'wall s':>8} {'min s':>7} {'CPU s':>7} {'peak MiB':>9} {'TF wall/ours':>12} {'ours/TF mem':>11}")
+    print(f"{'run':<28} {'wall s':>8} {'min s':>7} {'CPU s':>7} {'peak MiB':>9} {'TF wall/ours':>12} "
+          f"{'ours/TF mem':>11}")
     for r in rows:
         is_song = r["run"].startswith(f"{opts.song_seconds:.0f} s")
         speed = f"{TF_WALL_S / r['wall_s']:.1f}x" if is_song else ""
         mem = f"{r['peak_mib'] / TF_PEAK_MIB:.2f}" if is_song else ""
-        print(f"{r['run']:<28} {r['wall_s']:>8.2f} {r['wall_min_s']:>7.2f} {r['cpu_s']:>7.2f} {r['peak_mib']:>9.0f} {speed:>12} {mem:>11}")
+        print(f"{r['run']:<28} {r['wall_s']:>8.2f} {r['wall_min_s']:>7.2f} {r['cpu_s']:>7.2f} "
+              f"{r['peak_mib']:>9.0f} {speed:>12} {mem:>11}")
     print(f"(TensorFlow musicnn tagger, 318 s track: ~{TF_WALL_S:.0f} s wall, ~{TF_PEAK_MIB:.0f} MiB peak)")
     print(ref_note)
 

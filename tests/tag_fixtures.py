@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from audiocnn.checkpoint import model_metadata, save_checkpoint
 from audiocnn.features.frontends import MelConfig, WaveformConfig
 from audiocnn.models.base import ModelSpec, TaggingModel
+from audiocnn.models.checkpoint import model_metadata, save_checkpoint
 from audiocnn.models.registry import create_model, register_model
 
 SR = 8000

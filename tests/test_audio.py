@@ -8,11 +8,11 @@ import librosa
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import synth_tone, write_audio
 
 import audiocnn
-from audiocnn.audio import audio_info, iter_audio_blocks, load_audio
+from audiocnn.audio import audio_info, find_audio_files, iter_audio_blocks, load_audio
 from audiocnn.errors import AudioDecodeError
-from conftest import synth_tone, write_audio
 
 ALL_FILES = [
     "mono22k.wav",
@@ -167,3 +167,36 @@ def test_mp3_offsets_and_blocks_are_sample_exact(tmp_path: Path, sr: int) -> Non
     joined = np.concatenate(list(iter_audio_blocks(p, sr, block_seconds=2.0)))
     assert joined.shape == whole.shape
     assert np.max(np.abs(joined - whole)) < 1e-6
+
+
+# ----------------------------------------------------------------------------- finding files
+
+
+def _touch(*paths: Path) -> None:
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")  # the finder goes by name, it does not decode
+
+
+def test_find_audio_files_skips_hidden_names_and_sorts_folder_by_folder(tmp_path: Path) -> None:
+    root = tmp_path / ".music"  # the folder asked for may itself be hidden
+    _touch(root / "b.wav", root / "A.FLAC", root / "a" / "z.mp3", root / "a-c" / "x.ogg",
+           root / "a" / "deep" / "y.opus",
+           root / "notes.txt", root / "cover.jpg", root / "noext",
+           root / "._b.wav",  # macOS resource-fork copy: not audio despite its extension
+           root / ".DS_Store", root / ".cache" / "c.wav", root / "a" / ".git" / "d.mp3")
+    found = find_audio_files(root)
+    assert [p.relative_to(root).as_posix() for p in found] == [
+        "A.FLAC", "a/deep/y.opus", "a/z.mp3", "a-c/x.ogg", "b.wav"]
+    assert all(root in p.parents for p in found)  # as found, not resolved
+    assert find_audio_files(str(root)) == found  # a str works as well as a Path
+    assert find_audio_files(tmp_path / "missing") == [] and find_audio_files(root / "cover.jpg") == []
+
+
+def test_find_audio_files_counts_linked_files_but_does_not_enter_linked_folders(tmp_path: Path) -> None:
+    root, elsewhere = tmp_path / "music", tmp_path / "elsewhere"
+    _touch(root / "rock" / "own.wav", elsewhere / "far.wav", elsewhere / "sub" / "deeper.wav")
+    (root / "rock" / "alias.wav").symlink_to(elsewhere / "far.wav")  # a link to a file: a file
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)  # a linked folder: not entered
+    (root / "rock" / "broken.wav").symlink_to(tmp_path / "gone.wav")  # leads nowhere: skipped
+    assert [p.relative_to(root).as_posix() for p in find_audio_files(root)] == ["rock/alias.wav", "rock/own.wav"]

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import synth_tone, write_audio
 from tag_fixtures import SR, make_checkpoint
 
 from audiocnn.devices import resolve_device
 from audiocnn.errors import AudioDecodeError, CheckpointError, DeviceError, ModelError, UsageError
 from audiocnn.features.frontends import MelConfig
-from audiocnn.inference import Tagger, expand_audio_paths, resolve_checkpoint
+from audiocnn.pretrained import resolve_model
+from audiocnn.tagging import Tagger, expand_audio_paths, tag_command
 
 torch.set_num_threads(1)
 
@@ -35,7 +35,8 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
         "reflect": make_checkpoint(
             d / "reflect.safetensors",
             "test-probe-mel",
-            frontend=MelConfig(sample_rate=SR, n_fft=256, hop_length=128, n_mels=16, compression="db", pad_mode="reflect"),
+            frontend=MelConfig(sample_rate=SR, n_fft=256, hop_length=128, n_mels=16, compression="db",
+                               pad_mode="reflect"),
         ),
         "fixed": make_checkpoint(d / "fixed.safetensors", "test-fixed-mel", labels=["a", "b"]),
     }
@@ -209,15 +210,16 @@ def test_corrupt_and_missing_files(ckpts, song, tmp_path):
 
 
 def test_checkpoint_resolution(ckpts, tmp_path):
-    assert resolve_checkpoint(ckpts["mel"]) == ckpts["mel"]
+    data = tmp_path / "data"
+    assert resolve_model(ckpts["mel"], data) == ckpts["mel"]
     with pytest.raises(CheckpointError, match="no such checkpoint"):
-        resolve_checkpoint(tmp_path / "nope.safetensors")
+        resolve_model(tmp_path / "nope.safetensors", data)
     with pytest.raises(CheckpointError, match="no best.safetensors"):
-        resolve_checkpoint(tmp_path)
+        resolve_model(tmp_path, data)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "best.safetensors").write_bytes(ckpts["mel"].read_bytes())
-    assert resolve_checkpoint(run_dir) == run_dir / "best.safetensors"
+    assert resolve_model(run_dir, data) == run_dir / "best.safetensors"
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError, match="junk.safetensors"):
@@ -250,6 +252,36 @@ def test_expand_paths_files_folders_globs(tmp_path):
     )
     assert files == [b, a]  # sorted, deduplicated, recursive, audio only
     assert len(problems) == 3 and "nope.wav" in problems[0] and "no audio" in problems[1]
+
+
+def test_expand_paths_skips_hidden_files_in_folders_but_not_named_ones(tmp_path):
+    music = tmp_path / "music"
+    kept = write_audio(music / "one.wav", synth_tone(0.1, SR), SR)
+    fork = write_audio(music / "._one.wav", synth_tone(0.1, SR), SR)  # what macOS leaves on other disks
+    stash = write_audio(music / ".stash" / "two.wav", synth_tone(0.1, SR), SR)
+    assert expand_audio_paths([str(music)]) == ([kept], [])
+    assert expand_audio_paths([str(music / "*.wav")]) == ([kept], [])  # globs skip hidden names too
+    assert expand_audio_paths([str(fork), str(music / ".stash")]) == ([fork, stash], [])  # asked for by name
+
+
+def test_tag_command_runs_the_whole_tag_command(ckpts, song, tmp_path):
+    """What `audiocnn tag` does, without printing: results and files per song, one error
+    line per failed input, a summary that counts them, option errors before the first song."""
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk")
+    seen, lines = [], []
+    summary = tag_command([song, bad, tmp_path / "gone.wav"], model=ckpts["mel"], device="cpu", top_k=2,
+                          taggram_dir=tmp_path / "tg", on_result=seen.append, report=lines.append)
+    assert [o.path for o in seen] == [song] and len(seen[0].result.tags) == 2
+    assert seen[0].files == {"taggram": tmp_path / "tg" / "song.taggram.npy"} and seen[0].files["taggram"].is_file()
+    assert (summary.total, summary.failed) == (3, 2) and str(summary).startswith("tagged 1 of 3 files in ")
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 2 and "gone.wav" in errors[0] and "bad.wav" in errors[1]
+    with pytest.raises(UsageError, match="nothing to tag"):
+        tag_command([tmp_path / "gone.wav"], model=ckpts["mel"], report=lines.append)
+    with pytest.raises(UsageError, match="aggregate"):
+        tag_command([song], model=ckpts["mel"], device="cpu", aggregate="median", on_result=seen.append)
+    assert len(seen) == 1
 
 
 def test_stats_record_blocks(ckpts, song):

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import synth_tone, write_audio
 from tag_fixtures import SR, make_checkpoint
 
@@ -31,7 +30,8 @@ def ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ckpt_single(tmp_path_factory) -> Path:
     return make_checkpoint(
-        tmp_path_factory.mktemp("ckpt1") / "genre.safetensors", "test-probe-wave", labels=["blues", "pop"], task="single-label"
+        tmp_path_factory.mktemp("ckpt1") / "genre.safetensors", "test-probe-wave", labels=["blues", "pop"],
+        task="single-label",
     )
 
 
@@ -67,7 +67,8 @@ def test_json_one_object_per_file_from_a_folder(capsys, ckpt, music):
 
 
 def test_csv_one_row_per_file_one_column_per_label(capsys, ckpt, music):
-    code, out, err = _tag(capsys, str(music / "a.wav"), str(music / "sub" / "*.flac"), "--model", str(ckpt), "--format", "csv")
+    code, out, err = _tag(capsys, str(music / "a.wav"), str(music / "sub" / "*.flac"), "--model", str(ckpt),
+                          "--format", "csv")
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [Path(r["path"]).name for r in rows] == ["a.wav", "b.flac"]
@@ -120,7 +121,8 @@ def test_a_corrupt_file_is_reported_and_skipped(capsys, ckpt, music, tmp_path):
 
 
 def test_missing_path_fails_but_others_are_tagged(capsys, ckpt, music, tmp_path):
-    code, out, err = _tag(capsys, str(tmp_path / "nope.wav"), str(music / "a.wav"), "--model", str(ckpt), "--format", "json")
+    code, out, err = _tag(capsys, str(tmp_path / "nope.wav"), str(music / "a.wav"), "--model", str(ckpt),
+                          "--format", "json")
     assert code == 1 and len(out.splitlines()) == 1 and "nope.wav: no such file" in err
     code, out, err = _tag(capsys, str(tmp_path / "*.wav"), "--model", str(ckpt))
     assert code == 2 and out == "" and "nothing to tag" in err
@@ -129,14 +131,16 @@ def test_missing_path_fails_but_others_are_tagged(capsys, ckpt, music, tmp_path)
 def test_taggram_and_embeddings_files(capsys, ckpt, music, tmp_path):
     tg, emb = tmp_path / "tg", tmp_path / "emb"
     code, out, err = _tag(
-        capsys, str(music), "--model", str(ckpt), "--format", "json", "--taggram", str(tg), "--embeddings", str(emb), "--hop", "0.5"
+        capsys, str(music), "--model", str(ckpt), "--format", "json", "--taggram", str(tg), "--embeddings", str(emb),
+        "--hop", "0.5",
     )
     assert code == 0, err
     objs = {Path(o["path"]).stem: o for o in map(json.loads, out.splitlines())}
     for stem in ("a", "b", "c"):
         a = np.load(tg / f"{stem}.taggram.npy")
         assert a.shape == (objs[stem]["windows"], len(LABELS)) and ((a >= 0) & (a <= 1)).all()
-        np.testing.assert_allclose(a.mean(axis=0)[LABELS.index(objs[stem]["tags"][0]["tag"])], objs[stem]["tags"][0]["score"], atol=1e-5)
+        best = objs[stem]["tags"][0]
+        np.testing.assert_allclose(a.mean(axis=0)[LABELS.index(best["tag"])], best["score"], atol=1e-5)
         rows = list(csv.reader((tg / f"{stem}.taggram.csv").open()))
         assert rows[0] == ["start_s", "end_s", *LABELS] and len(rows) == a.shape[0] + 1
         assert float(rows[2][0]) == pytest.approx(0.496)  # hop 0.5 s -> 31 frames of 16 ms
@@ -149,7 +153,8 @@ def test_taggram_and_embeddings_files(capsys, ckpt, music, tmp_path):
 def test_same_stem_in_two_folders_gets_two_outputs(capsys, ckpt, tmp_path):
     write_audio(tmp_path / "x" / "song.wav", synth_tone(1.2, SR, seed=4), SR)
     write_audio(tmp_path / "y" / "song.wav", synth_tone(1.2, SR, seed=5), SR)
-    code, _, _ = _tag(capsys, str(tmp_path / "x"), str(tmp_path / "y"), "--model", str(ckpt), "--taggram", str(tmp_path / "tg"))
+    code, _, _ = _tag(capsys, str(tmp_path / "x"), str(tmp_path / "y"), "--model", str(ckpt),
+                      "--taggram", str(tmp_path / "tg"))
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "tg").glob("*.npy")) == ["song-2.taggram.npy", "song.taggram.npy"]
 
@@ -217,7 +222,8 @@ def musicnn_data_dir(tmp_path_factory) -> Path:
 def test_musicnn_mtt_reproduces_the_reference_taggram(capsys, musicnn_data_dir):
     ref_dir = _reference_dir()
     ref = np.load(ref_dir / "chorale.MTT_musicnn.npz")
-    code = run(["--data-dir", str(musicnn_data_dir), "tag", str(ref_dir / "chorale.flac"), "--model", "musicnn-mtt", "--format", "json"])
+    code = run(["--data-dir", str(musicnn_data_dir), "tag", str(ref_dir / "chorale.flac"), "--model", "musicnn-mtt",
+                "--format", "json"])
     cap = capsys.readouterr()
     assert code == 0, cap.err
     got = json.loads(cap.out)
@@ -237,7 +243,8 @@ def test_shipped_example_gives_the_first_reference_patches(capsys, musicnn_data_
     reference's first five patches."""
     example = Path(__file__).resolve().parents[1] / "examples" / "chorale.flac"
     ref = np.load(_reference_dir() / "chorale.MTT_musicnn.npz")
-    code = run(["--data-dir", str(musicnn_data_dir), "tag", str(example), "--format", "json", "--taggram", str(tmp_path)])
+    code = run(["--data-dir", str(musicnn_data_dir), "tag", str(example), "--format", "json",
+                "--taggram", str(tmp_path)])
     cap = capsys.readouterr()
     assert code == 0, cap.err
     assert json.loads(cap.out)["windows"] == 5

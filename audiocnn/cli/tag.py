@@ -1,24 +1,32 @@
 """`audiocnn tag`: tag whole songs with a pretrained model or any trained checkpoint.
 
-Parsing and printing only; the work is :class:`audiocnn.inference.Tagger`. torch and the
+Parsing and printing only; the work is :func:`audiocnn.tagging.tag_command`. torch and the
 model are imported inside the command so that ``audiocnn --help`` stays fast.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
+from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
 from audiocnn.cli import common
 from audiocnn.cli.main import app
-from audiocnn.errors import AudiocnnError, UsageError
+from audiocnn.constants import DEFAULT_MODEL, Aggregate, Framing
+from audiocnn.errors import UsageError
 
-FORMATS = ("table", "json", "csv")
 DEFAULT_TABLE_TOP_K = 5
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
 
 
 def _progress(message: str) -> None:
@@ -26,6 +34,12 @@ def _progress(message: str) -> None:
     # control characters in them are escaped so one message stays one line.
     sys.stderr.write(common.printable(message) + "\n")
     sys.stderr.flush()
+
+
+def _seconds(value: Optional[float]) -> Optional[float]:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise typer.BadParameter(f"must be a positive number of seconds, got {value:g}")
+    return value
 
 
 def _table(result, top_k: int) -> str:
@@ -50,110 +64,60 @@ def _table(result, top_k: int) -> str:
 
 @app.command("tag")
 def tag(
-    paths: List[str] = typer.Argument(..., help="Audio files, folders (searched recursively) or globs.", show_default=False),
-    model: str = typer.Option(
-        "musicnn-mtt", "--model", "-m", help="Pretrained model name (see `audiocnn pretrained list`) or a .safetensors checkpoint."
-    ),
-    top_k: Optional[int] = typer.Option(
-        None, "--top-k", "-k", help="Tags to show per file [default: 5 for table, all for json].", show_default=False
-    ),
-    fmt: str = typer.Option("table", "--format", "-f", help="table, json (one object per line per file) or csv (one row per file, one column per label)."),
-    window: Optional[float] = typer.Option(None, "--window", help="Window length in seconds [default: the model's input length].", show_default=False),
-    hop: Optional[float] = typer.Option(None, "--hop", help="Hop between windows in seconds [default: the window, no overlap].", show_default=False),
-    aggregate: str = typer.Option("mean", "--aggregate", help="How window scores combine per song: mean or max."),
-    taggram_dir: Optional[Path] = typer.Option(
-        None, "--taggram", help="Write per-window scores (.npy, .csv) and a taggram image (.png) per file here.", show_default=False
-    ),
-    embeddings_dir: Optional[Path] = typer.Option(
-        None, "--embeddings", help="Write penultimate features per window (.npy) per file here.", show_default=False
-    ),
+    paths: list[str] = typer.Argument(..., help="Audio files, folders (searched recursively) or globs.",
+                                      show_default=False),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Pretrained model name (see `audiocnn "
+                              "pretrained list`) or a .safetensors checkpoint."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", "-k", min=1, show_default=False,
+                                        help="Tags to show per file [default: 5 for table, all for json]."),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f",
+                                     help="table, json (one object per line per file) or csv (one row per file, "
+                                          "one column per label)."),
+    window: Optional[float] = typer.Option(None, "--window", callback=_seconds, show_default=False,
+                                           help="Window length in seconds [default: the model's input length]."),
+    hop: Optional[float] = typer.Option(None, "--hop", callback=_seconds, show_default=False,
+                                        help="Hop between windows in seconds [default: the window, no overlap]."),
+    aggregate: Aggregate = typer.Option(Aggregate.mean, "--aggregate",
+                                        help="How window scores combine per song: mean or max."),
+    taggram_dir: Optional[Path] = typer.Option(None, "--taggram", show_default=False,
+                                               help="Write per-window scores (.npy, .csv) and a taggram image (.png) "
+                                                    "per file here."),
+    embeddings_dir: Optional[Path] = typer.Option(None, "--embeddings", show_default=False,
+                                                  help="Write penultimate features per window (.npy) per file here."),
     device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps."),
-    batch_size: Optional[int] = typer.Option(
-        None, "--batch-size", help="Windows per forward pass [default: 1 on CPU, 32 on GPU].", show_default=False
-    ),
-    framing: str = typer.Option(
-        "auto", "--framing", help="song: cut the whole-song log-mel into patches (mel models, musicnn's way); window: run the front-end per window; auto: song where possible."
-    ),
-    chunks: Optional[int] = typer.Option(
-        None, "--chunks", help="Score N windows spread evenly over each file (the papers' protocol, = `evaluate --eval-chunks N`) instead of consecutive windows.", show_default=False
-    ),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, show_default=False,
+                                             help="Windows per forward pass [default: 1 on CPU, 32 on GPU]."),
+    framing: Framing = typer.Option(Framing.auto, "--framing",
+                                    help="song: cut the whole-song log-mel into patches (mel models, musicnn's way); "
+                                         "window: run the front-end per window; auto: song where possible."),
+    chunks: Optional[int] = typer.Option(None, "--chunks", min=1, show_default=False,
+                                         help="Score N windows spread evenly over each file (the papers' protocol, "
+                                              "= `evaluate --eval-chunks N`) instead of consecutive windows."),
 ) -> None:
     """Tag whole songs: top tags per file, optionally the taggram over time and embeddings."""
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if top_k is not None and top_k < 1:
-        raise UsageError(f"--top-k must be >= 1, got {top_k}")
-    if batch_size is not None and batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    if chunks is not None and hop is not None:
+        raise UsageError(f"--chunks {chunks} cannot be combined with --hop: chunks are spread evenly over each file")
     for opt, folder in (("--taggram", taggram_dir), ("--embeddings", embeddings_dir)):
         if folder is not None:  # before the model loads: fail in a second, not after it
             common.writable_dir(opt, folder)
-    t0 = time.perf_counter()
-    from audiocnn import inference  # torch: only once there is work to do
+    started = time.perf_counter()
+    from audiocnn.tagging import ResultWriter, tag_command  # deferred: torch, only once there is work to do
 
-    files, problems = inference.expand_audio_paths(paths)
-    for line in problems:
-        _progress(f"error: {line}")
-    if not files:
-        raise UsageError("nothing to tag: none of the given paths is an audio file or holds one")
+    writer = None if fmt is OutputFormat.table else ResultWriter(sys.stdout, fmt.value)
+    table_k = top_k or DEFAULT_TABLE_TOP_K
 
-    tagger = inference.Tagger(model, device=device, batch_size=batch_size, data_dir=common.state.data_dir)
-    # Validate window/hop/aggregate once, before the first file.
-    tagger.plan(window, hop, framing)
-    if aggregate not in inference.AGGREGATES:
-        raise UsageError(f"--aggregate must be one of {', '.join(inference.AGGREGATES)}, got {aggregate!r}")
-    _progress(f"model {tagger.name} ({tagger.task}, {len(tagger.labels)} labels) loaded in "
-              f"{time.perf_counter() - t0:.1f} s; tagging {len(files)} file{'s' if len(files) != 1 else ''}")
-
-    failed = len(problems)
-    used_stems: set[str] = set()
-    header_done = False
-    for i, (path, res) in enumerate(
-        tagger.tag_files(
-            files,
-            window=window,
-            hop=hop,
-            aggregate=aggregate,
-            top_k=top_k if fmt != "table" else (top_k or DEFAULT_TABLE_TOP_K),
-            return_taggram=taggram_dir is not None,
-            return_embeddings=embeddings_dir is not None,
-            framing=framing,
-            chunks=chunks,
-        ),
-        1,
-    ):
-        if isinstance(res, AudiocnnError):
-            failed += 1
-            _progress(f"error: {res}")
-            continue
-        extra: dict[str, str] = {}
-        if taggram_dir is not None or embeddings_dir is not None:
-            stem = inference.output_stem(path, used_stems)
-            if taggram_dir is not None:
-                written = inference.write_taggram(res, taggram_dir, stem)
-                extra["taggram"] = str(written[0])
-            if embeddings_dir is not None:
-                extra["embeddings"] = str(inference.write_embeddings(res, embeddings_dir, stem))
-        if fmt == "json":
-            import json
-
-            sys.stdout.write(json.dumps({**res.to_dict(), **extra}, ensure_ascii=False) + "\n")
-        elif fmt == "csv":
-            if not header_done:
-                sys.stdout.write(inference.results_csv_header(res.labels) + "\n")
-                header_done = True
-            sys.stdout.write(inference.result_csv_row(res) + "\n")
+    def show(outcome) -> None:
+        if writer is None:
+            sys.stdout.write(_table(outcome.result, table_k) + "\n")
         else:
-            sys.stdout.write(_table(res, top_k or DEFAULT_TABLE_TOP_K) + "\n")
+            writer.write(outcome.result, outcome.files)
         sys.stdout.flush()
-        _progress(f"[{i}/{len(files)}] {path}: {res.num_windows} windows, {res.duration:.1f} s")
-    _progress(_summary(len(files) + len(problems), failed, time.perf_counter() - t0))
-    if failed:
+
+    summary = tag_command(
+        paths, model=model, data_dir=common.state.data_dir, device=device, batch_size=batch_size,
+        window=window, hop=hop, aggregate=aggregate, framing=framing, chunks=chunks,
+        top_k=table_k if writer is None else top_k, taggram_dir=taggram_dir, embeddings_dir=embeddings_dir,
+        on_result=show, report=_progress, started=started,
+    )
+    if summary.failed:
         raise typer.Exit(1)
-
-
-def _summary(total: int, failed: int, seconds: float) -> str:
-    """``tagged N of TOTAL files``: missing and undecodable inputs count in the total, so
-    tagged + failed is always the total."""
-    return (f"tagged {total - failed} of {total} file{'s' if total != 1 else ''} in {seconds:.1f} s"
-            + (f"; {failed} failed" if failed else ""))

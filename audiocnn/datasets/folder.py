@@ -13,8 +13,9 @@ offset of the first byte that is not UTF-8.
 
 Every clip must lie inside DIR once symbolic links are resolved, in both modes: a link
 to a file elsewhere is refused with its name (the dataset would depend on files outside
-the folder it was prepared from); a link within DIR is fine. The sub-folder scan does
-not descend into linked folders.
+the folder it was prepared from); a link within DIR is fine. The sub-folder scan is
+:func:`audiocnn.audio.find_audio_files`, the one `tag` uses for folders: hidden files and
+folders are skipped and linked folders are not entered.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import io
 import logging
 from pathlib import Path
 
-from audiocnn.audio import is_audio_path
+from audiocnn.audio import find_audio_files
 from audiocnn.datasets.registry import Candidate, Collected, DatasetSpec, PrepareContext, register_dataset
 from audiocnn.datasets.splits import stratified_split, stratum_keys
 from audiocnn.errors import DatasetError, UsageError
@@ -107,9 +108,7 @@ def _clip_id(rel: str) -> str:
 def _scan_subfolders(root: Path) -> list[tuple[str, str, list[str], str | None]]:
     rows = []
     loose = 0
-    for p in sorted(root.rglob("*")):
-        if not p.is_file() or not is_audio_path(p) or any(part.startswith(".") for part in p.relative_to(root).parts):
-            continue
+    for p in find_audio_files(root):
         rel = p.relative_to(root).as_posix()
         if "/" not in rel:
             loose += 1

@@ -5,7 +5,7 @@ into windows of the model's input length as it streams, so memory does not grow 
 song's length: at most one decoded block, the samples or frames of one unfinished window,
 and one batch of windows are held; only the small per-window score rows are kept.
 
-Two ways to frame a song:
+Two ways to frame a song (:class:`audiocnn.constants.Framing`):
 
 - ``"song"`` (default for mel models): compute the log-mel of the *whole song* block by
   block and cut it into patches of ``model.input_frames`` frames, hop in frames. This is
@@ -23,36 +23,29 @@ one window, and the result says so (``padded``).
 
 from __future__ import annotations
 
-import glob
-import io
-import logging
 import math
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from audiocnn.audio import AUDIO_EXTENSIONS, is_audio_path, iter_audio_blocks
-from audiocnn.errors import (
-    AudioDecodeError,
-    AudiocnnError,
-    CheckpointError,
-    ModelError,
-    UsageError,
-)
+from audiocnn.audio import iter_audio_blocks
+from audiocnn.constants import DEFAULT_MODEL, SINGLE_LABEL, Aggregate, Framing, default_data_dir
+from audiocnn.devices import resolve_device
+from audiocnn.errors import AudiocnnError, AudioDecodeError, CheckpointError, ModelError, UsageError
 from audiocnn.features.frontends import MelConfig, MelStream
-from audiocnn.fileio import atomic_write_bytes
+from audiocnn.models.base import TaggingModel
+from audiocnn.models.checkpoint import load_checkpoint
+from audiocnn.pretrained import resolve_model
 
-log = logging.getLogger("audiocnn")
-
-DEFAULT_MODEL = "musicnn-mtt"
-AGGREGATES = ("mean", "max")
-FRAMINGS = ("auto", "song", "window")
 CPU_BATCH_SIZE = 1
 ACCELERATOR_BATCH_SIZE = 32
+
 
 @dataclass
 class TagResult:
@@ -97,7 +90,7 @@ class TagResult:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class WindowPlan:
     """How one song is cut: units are frames (song framing) or samples (window framing)."""
 
     framing: str
@@ -124,6 +117,15 @@ class StreamStats:
     max_buffered: int = 0  # samples or frames held for unfinished windows
     max_batch: int = 0  # windows stacked at once
     extra: dict[str, int] = field(default_factory=dict)
+
+
+def _choice(kind: type[Enum], value: Any, name: str) -> str:
+    """``value`` as the plain string of one of ``kind``'s members; a UsageError naming
+    ``name`` and the valid values otherwise."""
+    try:
+        return kind(value).value
+    except ValueError:
+        raise UsageError(f"{name} must be one of {', '.join(m.value for m in kind)}, got {value!r}") from None
 
 
 # --------------------------------------------------------------------------- streaming
@@ -213,20 +215,9 @@ def _song_framing_supported(frontend: torch.nn.Module) -> bool:
     )
 
 
-# --------------------------------------------------------------------------- model lookup
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get("AUDIOCNN_DATA_DIR")
-    return Path(env) if env else Path("data")
-
-
-def resolve_checkpoint(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Path:
-    """A checkpoint file as given, a training run folder (its ``best.safetensors``), or a
-    pretrained model name resolved (and imported on first use) by :mod:`audiocnn.pretrained`."""
-    from audiocnn.pretrained import resolve_model
-
-    return resolve_model(name_or_path, Path(data_dir) if data_dir is not None else default_data_dir())
+def _positive_seconds(value: float | None, name: str) -> None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise UsageError(f"{name} must be a positive number of seconds, got {value}")
 
 
 # --------------------------------------------------------------------------- tagger
@@ -236,7 +227,9 @@ class Tagger:
     """A model loaded once and ready to tag any number of songs.
 
     ``checkpoint_or_name``: a ``.safetensors`` checkpoint (from ``audiocnn train`` or
-    ``audiocnn pretrained import``) or a pretrained name such as ``musicnn-mtt``.
+    ``audiocnn pretrained import``), a training run folder, or a pretrained name such as
+    ``musicnn-mtt`` (see :func:`audiocnn.pretrained.resolve_model`; pretrained models live
+    under ``data_dir``, by default :func:`audiocnn.constants.default_data_dir`).
     """
 
     def __init__(
@@ -249,11 +242,8 @@ class Tagger:
         block_seconds: float = 30.0,
         num_threads: int | None = None,
     ) -> None:
-        from audiocnn.checkpoint import load_checkpoint
-        from audiocnn.devices import resolve_device
-
         if batch_size is not None and int(batch_size) < 1:
-            raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+            raise UsageError(f"batch_size (--batch-size) must be >= 1, got {batch_size}")
         if not block_seconds > 0:
             raise UsageError(f"block_seconds must be > 0, got {block_seconds}")
         if num_threads is not None:
@@ -266,7 +256,7 @@ class Tagger:
             batch_size = CPU_BATCH_SIZE if self.device.type == "cpu" else ACCELERATOR_BATCH_SIZE
         self.batch_size = int(batch_size)
         self.block_seconds = float(block_seconds)
-        self.path = resolve_checkpoint(checkpoint_or_name, data_dir)
+        self.path = resolve_model(checkpoint_or_name, default_data_dir() if data_dir is None else data_dir)
         given = str(checkpoint_or_name)
         self.name = given if not Path(given).expanduser().is_file() else str(self.path)
         model, meta = load_checkpoint(self.path, map_location="cpu")
@@ -278,11 +268,9 @@ class Tagger:
                 f"{self.path}: {len(self.labels)} labels for a model with {model.num_classes} outputs"
             )
         self.task: str = model.task
-        self.activation = "softmax" if self.task == "single-label" else "sigmoid"
+        self.activation = "softmax" if self.task == SINGLE_LABEL else "sigmoid"
         self.sample_rate = int(model.sample_rate)
         self.stats = StreamStats()
-        from audiocnn.models.base import TaggingModel
-
         # head(embed(x)) is forward(x) unless a model overrides forward; then run both.
         self._forward_is_head_of_embed = type(model).forward is TaggingModel.forward
 
@@ -292,34 +280,145 @@ class Tagger:
     def input_seconds(self) -> float:
         return self.model.input_length / self.sample_rate
 
-    def plan(self, window: float | None = None, hop: float | None = None, framing: str = "auto") -> _Plan:
+    def plan(self, window: float | None = None, hop: float | None = None,
+             framing: str | Framing = Framing.auto) -> WindowPlan:
         """Window and hop of ``tag_file`` in frames or samples (see the module docstring)."""
-        if framing not in FRAMINGS:
-            raise UsageError(f"framing must be one of {', '.join(FRAMINGS)}, got {framing!r}")
-        if window is not None and not (window > 0 and math.isfinite(window)):
-            raise UsageError(f"--window must be a positive number of seconds, got {window}")
-        if hop is not None and not (hop > 0 and math.isfinite(hop)):
-            raise UsageError(f"--hop must be a positive number of seconds, got {hop}")
+        framing = _choice(Framing, framing, "framing")
+        _positive_seconds(window, "window")
+        _positive_seconds(hop, "hop")
         m, sr = self.model, self.sample_rate
         song_ok = _song_framing_supported(m.frontend)
-        if framing == "song" and not song_ok:
+        if framing == Framing.song and not song_ok:
             raise UsageError(
                 f"model {self.name!r}: song framing needs a mel front-end with a per-frame "
-                "compression; use framing='window'"
+                "compression; use framing='window' (--framing window)"
             )
-        use_song = song_ok if framing == "auto" else framing == "song"
-        if use_song:
+        if song_ok if framing == Framing.auto else framing == Framing.song:
             c = m.frontend_config
             unit = c.hop_length / sr
             size = int(m.input_frames) if window is None else max(1, int(round(window / unit)))
             step = size if hop is None else max(1, int(round(hop / unit)))
             need = (size - 1) * c.hop_length if c.center else (size - 1) * c.hop_length + c.n_fft
-            return _Plan("song", size, step, unit, max(need, c.n_fft))
+            return WindowPlan(Framing.song.value, size, step, unit, max(need, c.n_fft))
         size = int(m.input_length) if window is None else max(1, int(round(window * sr)))
         step = size if hop is None else max(1, int(round(hop * sr)))
-        return _Plan("window", size, step, 1.0 / sr, size)
+        return WindowPlan(Framing.window.value, size, step, 1.0 / sr, size)
+
+    def check(self, *, window: float | None = None, hop: float | None = None,
+              aggregate: str | Aggregate = Aggregate.mean, top_k: int | None = None,
+              framing: str | Framing = Framing.auto, chunks: int | None = None) -> WindowPlan:
+        """The plan ``tag_file`` follows with these options, or the UsageError naming the
+        option at fault: call it once before many files to fail before the first."""
+        _choice(Aggregate, aggregate, "aggregate")
+        if top_k is not None and int(top_k) < 1:
+            raise UsageError(f"top_k must be >= 1, got {top_k}")
+        if chunks is not None and (int(chunks) < 1 or hop is not None):
+            raise UsageError(f"chunks must be >= 1 and cannot be combined with hop, got {chunks}")
+        return self.plan(window, hop, framing)
 
     # ------------------------------------------------------------------ tagging
+
+    def tag_file(
+        self,
+        path: str | os.PathLike,
+        *,
+        window: float | None = None,
+        hop: float | None = None,
+        aggregate: str | Aggregate = Aggregate.mean,
+        top_k: int | None = None,
+        return_taggram: bool = False,
+        return_embeddings: bool = False,
+        framing: str | Framing = Framing.auto,
+        chunks: int | None = None,
+    ) -> TagResult:
+        """Tag one whole song; raises :class:`AudioDecodeError` if it cannot be decoded.
+
+        ``window``/``hop`` in seconds (default: the model's native input, no overlap);
+        ``aggregate`` combines the per-window probabilities (mean or max); ``top_k``
+        limits ``tags`` (``scores`` always has every label). ``chunks=N`` scores N windows
+        spread evenly over the song instead (the papers' protocol, see :class:`_EvenChunks`).
+        """
+        plan = self.check(window=window, hop=hop, aggregate=aggregate, top_k=top_k, framing=framing, chunks=chunks)
+        windower = _Windower(plan.size, plan.hop) if chunks is None else _EvenChunks(plan.size, int(chunks))
+        taggram, embeddings, info = self._stream(Path(path), plan, windower, return_embeddings, window is not None)
+        aggregate = _choice(Aggregate, aggregate, "aggregate")
+        scores = taggram.mean(axis=0) if aggregate == Aggregate.mean else taggram.max(axis=0)
+        order = sorted(range(len(self.labels)), key=lambda i: (-float(scores[i]), i))
+        if top_k is not None:
+            order = order[: int(top_k)]
+        return TagResult(
+            path=str(path),
+            model=self.name,
+            architecture=str(self.meta.get("model", "")),
+            task=self.task,
+            activation=self.activation,
+            labels=list(self.labels),
+            scores=scores.astype(np.float32),
+            tags=[(self.labels[i], float(scores[i])) for i in order],
+            duration=info["samples"] / self.sample_rate,
+            sample_rate=self.sample_rate,
+            num_windows=taggram.shape[0],
+            window_seconds=plan.window_seconds,
+            hop_seconds=plan.hop_seconds,
+            aggregate=aggregate,
+            framing=plan.framing,
+            padded=bool(info["padded"]),
+            window_starts=(np.asarray(windower.starts, dtype=np.float64) * plan.unit_seconds),
+            taggram=taggram if return_taggram else None,
+            embeddings=embeddings,
+        )
+
+    def tag_files(
+        self, paths: Iterable[str | os.PathLike], **kwargs: Any
+    ) -> Iterator[tuple[Path, TagResult | AudiocnnError]]:
+        """Tag songs one after another; a file that cannot be decoded yields its error
+        instead of stopping the others."""
+        for path in paths:
+            try:
+                yield Path(path), self.tag_file(path, **kwargs)
+            except AudioDecodeError as exc:
+                yield Path(path), exc
+            except OSError as exc:
+                yield Path(path), AudioDecodeError(f"{path}: cannot read ({exc.strerror or exc})")
+
+    # ------------------------------------------------------------------ internals
+
+    def _stream(self, path: Path, plan: WindowPlan, windower: _Windower | _EvenChunks, want_emb: bool,
+                custom: bool) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+        """Decode, frame and score one song: ``(taggram, embeddings or None, info)``."""
+        self.stats = StreamStats()
+        info: dict[str, Any] = {"samples": 0, "padded": False}
+        from_features = plan.framing == Framing.song
+        mel = MelStream(self.model.frontend, self.device) if from_features else None
+        rows: list[np.ndarray] = []
+        embs: list[np.ndarray] = []
+        batch: list[np.ndarray] = []
+
+        def flush() -> None:
+            proba, emb = self._run(batch, from_features, want_emb, custom)
+            rows.append(proba)
+            if emb is not None:
+                embs.append(emb)
+            batch.clear()
+
+        def feed(windows: Iterator[np.ndarray]) -> None:
+            for w in windows:
+                batch.append(w)
+                if len(batch) >= self.batch_size:
+                    flush()
+
+        for block in self._blocks(path, plan.min_samples, info):
+            feed(windower.push(mel.push(block) if mel is not None else block))
+        if mel is not None:
+            feed(windower.push(mel.finish()))
+        feed(windower.finish())
+        if batch:
+            flush()
+        self.stats.max_buffered = max(windower.peak, mel.peak if mel is not None else 0)
+        if not rows:  # cannot happen for a decodable file: padding guarantees a window
+            raise AudioDecodeError(f"{path}: no complete window could be cut from the audio")
+        embeddings = np.concatenate(embs).astype(np.float32) if want_emb else None
+        return np.concatenate(rows).astype(np.float32), embeddings, info
 
     def _blocks(self, path: Path, min_samples: int, info: dict[str, Any]) -> Iterator[np.ndarray]:
         total = 0
@@ -353,7 +452,7 @@ class Tagger:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(
                 f"model {self.name!r} cannot take windows of shape {tuple(x.shape[1:])} ({first})",
-                hint=f"leave out --window to use its native {self.input_seconds:.2f} s",
+                hint=f"leave out window (--window) to use its native {self.input_seconds:.2f} s",
             ) from None
         if proba.shape != (x.shape[0], len(self.labels)):
             raise ModelError(
@@ -361,276 +460,3 @@ class Tagger:
                 f"expected {(x.shape[0], len(self.labels))}"
             )
         return proba, emb
-
-    def tag_file(
-        self,
-        path: str | os.PathLike,
-        *,
-        window: float | None = None,
-        hop: float | None = None,
-        aggregate: str = "mean",
-        top_k: int | None = None,
-        return_taggram: bool = False,
-        return_embeddings: bool = False,
-        framing: str = "auto",
-        chunks: int | None = None,
-    ) -> TagResult:
-        """Tag one whole song; raises :class:`AudioDecodeError` if it cannot be decoded.
-
-        ``window``/``hop`` in seconds (default: the model's native input, no overlap);
-        ``aggregate`` combines the per-window probabilities (mean or max); ``top_k``
-        limits ``tags`` (``scores`` always has every label). ``chunks=N`` scores N windows
-        spread evenly over the song instead (the papers' protocol, see :class:`_EvenChunks`).
-        """
-        if aggregate not in AGGREGATES:
-            raise UsageError(f"--aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
-        if top_k is not None and int(top_k) < 1:
-            raise UsageError(f"--top-k must be >= 1, got {top_k}")
-        if chunks is not None and (int(chunks) < 1 or hop is not None):
-            raise UsageError(f"--chunks must be >= 1 and cannot be combined with --hop, got {chunks}")
-        plan = self.plan(window, hop, framing)
-        custom = window is not None
-        p = Path(path)
-        self.stats = StreamStats()
-        info: dict[str, Any] = {"samples": 0, "padded": False}
-        windower = _Windower(plan.size, plan.hop) if chunks is None else _EvenChunks(plan.size, int(chunks))
-        mel = MelStream(self.model.frontend, self.device) if plan.framing == "song" else None
-        rows: list[np.ndarray] = []
-        embs: list[np.ndarray] = []
-        batch: list[np.ndarray] = []
-
-        def flush() -> None:
-            proba, emb = self._run(batch, plan.framing == "song", return_embeddings, custom)
-            rows.append(proba)
-            if emb is not None:
-                embs.append(emb)
-            batch.clear()
-
-        def feed(windows: Iterator[np.ndarray]) -> None:
-            for w in windows:
-                batch.append(w)
-                if len(batch) >= self.batch_size:
-                    flush()
-
-        for block in self._blocks(p, plan.min_samples, info):
-            feed(windower.push(mel.push(block) if mel is not None else block))
-        if mel is not None:
-            feed(windower.push(mel.finish()))
-        feed(windower.finish())
-        if batch:
-            flush()
-        self.stats.max_buffered = max(windower.peak, mel.peak if mel is not None else 0)
-        if not rows:  # cannot happen for a decodable file: padding guarantees a window
-            raise AudioDecodeError(f"{p}: no complete window could be cut from the audio")
-        taggram = np.concatenate(rows).astype(np.float32)
-        scores = taggram.mean(axis=0) if aggregate == "mean" else taggram.max(axis=0)
-        order = sorted(range(len(self.labels)), key=lambda i: (-float(scores[i]), i))
-        if top_k is not None:
-            order = order[: int(top_k)]
-        n = taggram.shape[0]
-        return TagResult(
-            path=str(path),
-            model=self.name,
-            architecture=str(self.meta.get("model", "")),
-            task=self.task,
-            activation=self.activation,
-            labels=list(self.labels),
-            scores=scores.astype(np.float32),
-            tags=[(self.labels[i], float(scores[i])) for i in order],
-            duration=info["samples"] / self.sample_rate,
-            sample_rate=self.sample_rate,
-            num_windows=n,
-            window_seconds=plan.window_seconds,
-            hop_seconds=plan.hop_seconds,
-            aggregate=aggregate,
-            framing=plan.framing,
-            padded=bool(info["padded"]),
-            window_starts=(np.asarray(windower.starts, dtype=np.float64) * plan.unit_seconds),
-            taggram=taggram if return_taggram else None,
-            embeddings=np.concatenate(embs).astype(np.float32) if return_embeddings else None,
-        )
-
-    def tag_files(
-        self, paths: Iterable[str | os.PathLike], **kwargs: Any
-    ) -> Iterator[tuple[Path, TagResult | AudiocnnError]]:
-        """Tag songs one after another; a file that cannot be decoded yields its error
-        instead of stopping the others."""
-        for path in paths:
-            try:
-                yield Path(path), self.tag_file(path, **kwargs)
-            except AudioDecodeError as exc:
-                yield Path(path), exc
-            except OSError as exc:
-                yield Path(path), AudioDecodeError(f"{path}: cannot read ({exc.strerror or exc})")
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def expand_audio_paths(args: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
-    """Files to tag from files, folders (recursive, audio extensions) and globs.
-
-    Returns ``(files, problems)``: an argument that matches nothing is a problem line, not
-    an exception, so the other arguments are still tagged. Files named explicitly are kept
-    whatever their extension; folders and globs contribute audio files only.
-    """
-    files: list[Path] = []
-    problems: list[str] = []
-    seen: set[str] = set()
-
-    def add(p: Path) -> None:
-        key = os.path.normcase(os.path.abspath(p))
-        if key not in seen:
-            seen.add(key)
-            files.append(p)
-
-    def add_dir(d: Path) -> int:
-        found = sorted(
-            (q for q in d.rglob("*") if q.is_file() and is_audio_path(q)), key=lambda q: str(q)
-        )
-        for q in found:
-            add(q)
-        return len(found)
-
-    for arg in args:
-        text = str(arg)
-        p = Path(text).expanduser()
-        if p.is_dir():
-            if add_dir(p) == 0:
-                problems.append(f"{p}: folder holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
-        elif p.is_file():
-            add(p)
-        elif glob.has_magic(text):
-            matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
-            n = 0
-            for m in matches:
-                q = Path(m)
-                if q.is_dir():
-                    n += add_dir(q)
-                elif q.is_file() and is_audio_path(q):
-                    add(q)
-                    n += 1
-            if n == 0:
-                problems.append(f"{text}: pattern matches no audio files")
-        else:
-            problems.append(f"{p}: no such file or folder")
-    return files, problems
-
-
-# --------------------------------------------------------------------------- outputs
-
-
-def output_stem(path: Path, used: set[str]) -> str:
-    """A file-name stem for ``path``'s outputs, unique within one run."""
-    base = path.stem or "audio"
-    stem, n = base, 1
-    while stem in used:
-        n += 1
-        stem = f"{base}-{n}"
-    used.add(stem)
-    return stem
-
-
-def _npy_bytes(a: np.ndarray) -> bytes:
-    bio = io.BytesIO()
-    np.save(bio, a)
-    return bio.getvalue()
-
-
-def write_taggram(result: TagResult, out_dir: str | os.PathLike, stem: str, *, image: bool = True) -> list[Path]:
-    """Per-window scores as ``<stem>.taggram.npy`` and ``.csv`` plus a PNG image."""
-    if result.taggram is None:
-        raise UsageError("write_taggram needs a result made with return_taggram=True")
-    out = Path(out_dir)
-    tg = result.taggram
-    written = []
-    npy = out / f"{stem}.taggram.npy"
-    atomic_write_bytes(npy, _npy_bytes(tg))
-    written.append(npy)
-    lines = [",".join(["start_s", "end_s", *(_csv_field(x) for x in result.labels)])]
-    for i, row in enumerate(tg):
-        start = float(result.window_starts[i])
-        cells = [f"{start:.3f}", f"{start + result.window_seconds:.3f}", *(f"{v:.6f}" for v in row)]
-        lines.append(",".join(cells))
-    csv_path = out / f"{stem}.taggram.csv"
-    atomic_write_bytes(csv_path, ("\n".join(lines) + "\n").encode())
-    written.append(csv_path)
-    if image:
-        png = out / f"{stem}.taggram.png"
-        atomic_write_bytes(png, _taggram_png(result))
-        written.append(png)
-    return written
-
-
-def _taggram_png(result: TagResult) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    tg = result.taggram
-    n_labels = tg.shape[1]
-    height = min(max(3.0, 0.18 * n_labels + 1.5), 30.0)
-    fig = Figure(figsize=(10, height))
-    ax = fig.add_subplot(1, 1, 1)
-    end = float(result.window_starts[-1]) + result.window_seconds if len(tg) else 0.0
-    im = ax.imshow(
-        tg.T,
-        aspect="auto",
-        origin="lower",
-        interpolation="nearest",
-        cmap="viridis",
-        vmin=0.0,
-        vmax=1.0,
-        extent=(0.0, end, -0.5, n_labels - 0.5),
-    )
-    if n_labels <= 100:
-        ax.set_yticks(range(n_labels))
-        ax.set_yticklabels(result.labels, fontsize=6 if n_labels > 30 else 8)
-    ax.set_xlabel("time (s)")
-    ax.set_title(f"{Path(result.path).name} - {result.model} ({result.activation} scores)", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
-    fig.tight_layout()
-    bio = io.BytesIO()
-    fig.savefig(bio, format="png", dpi=100)
-    return bio.getvalue()
-
-
-def write_embeddings(result: TagResult, out_dir: str | os.PathLike, stem: str) -> Path:
-    """Penultimate features per window as ``<stem>.embeddings.npy`` (windows x D)."""
-    if result.embeddings is None:
-        raise UsageError("write_embeddings needs a result made with return_embeddings=True")
-    path = Path(out_dir) / f"{stem}.embeddings.npy"
-    atomic_write_bytes(path, _npy_bytes(result.embeddings))
-    return path
-
-
-def _csv_field(text: str) -> str:
-    if any(ch in text for ch in ',"\n\r'):
-        return '"' + text.replace('"', '""') + '"'
-    return text
-
-
-def results_csv_header(labels: Sequence[str]) -> str:
-    return ",".join(["path", "duration", "windows", *(_csv_field(x) for x in labels)])
-
-
-def result_csv_row(result: TagResult) -> str:
-    cells = [_csv_field(result.path), f"{result.duration:.3f}", str(result.num_windows)]
-    cells += [f"{float(v):.6f}" for v in result.scores]
-    return ",".join(cells)
-
-
-__all__ = [
-    "DEFAULT_MODEL",
-    "TagResult",
-    "Tagger",
-    "StreamStats",
-    "expand_audio_paths",
-    "resolve_checkpoint",
-    "write_taggram",
-    "write_embeddings",
-    "output_stem",
-    "results_csv_header",
-    "result_csv_row",
-]

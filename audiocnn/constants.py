@@ -1,0 +1,38 @@
+"""Names shared across layers, defined once."""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+
+SINGLE_LABEL = "single-label"  # softmax head, one class per clip
+MULTI_LABEL = "multi-label"  # sigmoid head, any number of tags per clip
+TASKS = (SINGLE_LABEL, MULTI_LABEL)
+
+DEFAULT_MODEL = "musicnn-mtt"  # what `audiocnn tag` uses when no --model is given
+
+SPLITS = ("train", "valid", "test")
+
+DATA_DIR_ENV = "AUDIOCNN_DATA_DIR"
+DEFAULT_DATA_DIR = "data"  # datasets and pretrained models live here unless told otherwise
+
+
+def default_data_dir() -> Path:
+    """``$AUDIOCNN_DATA_DIR``, else ``./data``: the data root of a command given no ``--data-dir``."""
+    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+
+
+class Aggregate(str, Enum):
+    """How the per-window scores of a song combine into one score per label."""
+
+    mean = "mean"
+    max = "max"
+
+
+class Framing(str, Enum):
+    """How a song is cut into model inputs (``audiocnn.tagging.tagger`` explains both)."""
+
+    auto = "auto"  # song where the model's front-end allows it, else window
+    song = "song"  # the whole song's log-mel, cut into patches (musicnn's way)
+    window = "window"  # waveform windows, each through the model's front-end
