@@ -7,7 +7,7 @@ Builds a synthetic corpus of MP3 clips (soundfile's LAME encoder; ``--unique`` d
 encodings copied under different names, so corpus creation stays cheap; decoding cost
 does not depend on the content), then times:
 
-(a) ``extract_features`` (waveform, 16 kHz int16) at each ``--jobs`` value,
+(a) ``open_dataset_store`` (``audiocnn features``: waveform, 16 kHz int16) at each ``--jobs`` value,
 (b) the usual baseline: ``librosa.load(sr=16000)`` + ``np.save`` of one file per clip,
     in one process, [with ``--mel``: also mel store vs librosa.load + melspectrogram +
     power_to_db + np.save],
@@ -98,7 +98,7 @@ def cpu_seconds() -> float:
 class Timer:
     """Wall and CPU seconds of a block. CPU time is what survives a busy shared machine."""
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self.wall, self.cpu = time.perf_counter(), cpu_seconds()
         return self
 
@@ -126,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from audiocnn.audio import load_audio
     from audiocnn.datasets.manifest import Manifest, read_manifest, write_manifest
-    from audiocnn.features.dataset import StoreDataset
     from audiocnn.features.frontends import build_frontend
-    from audiocnn.features.store import default_frontend, extract_features
+    from audiocnn.features.store import StoreDataset, default_frontend
+    from audiocnn.training.data import open_dataset_store
 
     torch.set_num_threads(1)
     tmp = Path(args.workdir or tempfile.mkdtemp(prefix="audiocnn-bench-"))
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         warm_ds = tmp / "warm_ds"
         write_manifest(Manifest(name="warm", dataset="folder", task="single-label", labels=["x"],
                                 clips=manifest.clips[:1], audio_root=str(manifest.audio_dir())), warm_ds)
-        extract_features(warm_ds, default_frontend("waveform"), jobs=1, progress=False)
+        open_dataset_store(warm_ds, default_frontend("waveform"), jobs=1, progress=False)
         wave = default_frontend("waveform")
 
         def row(name: str, t: Timer, items: int, unit: str, note: str = "") -> None:
@@ -157,9 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         for j in jobs_list:
             shutil.rmtree(ds / "features", ignore_errors=True)
             with Timer() as t:
-                store = extract_features(ds, wave, jobs=j, progress=False)
+                store = open_dataset_store(ds, wave, jobs=j, progress=False)
             ours_cpu[j] = t.cpu / n
-            row(f"(a) audiocnn features --kind waveform -j {j}", t, n, "clips", f"{n / t.wall / j:.1f} clips/s/core wall")
+            row(f"(a) audiocnn features --kind waveform -j {j}", t, n, "clips",
+                f"{n / t.wall / j:.1f} clips/s/core wall")
         with Timer() as t:
             naive_waveform(paths, tmp / "npy_wave", 16000)
         base_cpu = t.cpu / n
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(("    (a) -j 1 vs (b), per core (CPU time)", f"{base_cpu / ours_cpu[1]:8.2f}x", "", ""))
         if args.mel:
             with Timer() as t_ours:
-                extract_features(ds, default_frontend("mel"), jobs=1, progress=False)
+                open_dataset_store(ds, default_frontend("mel"), jobs=1, progress=False)
             row("(a) audiocnn features --kind mel -j 1", t_ours, n, "clips")
             with Timer() as t_naive:
                 naive_mel(paths, tmp / "npy_mel", 16000)

@@ -8,7 +8,17 @@ import logging
 from collections import Counter
 
 import pytest
+from dataset_fixtures import (  # noqa: F401 (http_server is a fixture)
+    fma_fixture,
+    folder_fixture,
+    gtzan_fixture,
+    http_server,
+    mtat_fixture,
+    patch_remotes,
+    write_files,
+)
 
+from audiocnn import pipeline
 from audiocnn.cli.main import run
 from audiocnn.datasets import (
     dataset_info,
@@ -23,15 +33,6 @@ from audiocnn.datasets.mtat import derive_top_tags, split_of_path
 from audiocnn.datasets.registry import DatasetSpec, read_resource_lines
 from audiocnn.datasets.splits import stratified_split
 from audiocnn.errors import DownloadError, UsageError
-from dataset_fixtures import (  # noqa: F401 (http_server is a fixture)
-    fma_fixture,
-    folder_fixture,
-    gtzan_fixture,
-    http_server,
-    mtat_fixture,
-    patch_remotes,
-    write_files,
-)
 
 INFO_KEYS = {"name", "task", "labels", "splits", "excluded"}
 
@@ -141,8 +142,8 @@ def test_prepare_can_extract_features(tmp_path, data_dir):
     pytest.importorskip("audiocnn.features.store")
     fx = gtzan_fixture("au")
     src = write_files(tmp_path / "dl", fx.files)
-    prepare_dataset("gtzan", data_dir, source=str(src), skip_checksum=True, jobs=1, progress=False,
-                    features="both")
+    pipeline.prepare("gtzan", data_dir, source=str(src), skip_checksum=True, jobs=1, progress=False,
+                     features="both")
     stores = sorted(p.name.split("-")[0] for p in (data_dir / "gtzan" / "features").iterdir())
     assert stores == ["mel", "waveform"]
     assert all((p / "complete.json").is_file() for p in (data_dir / "gtzan" / "features").iterdir())
@@ -320,8 +321,9 @@ def test_info_and_verify_of_unprepared_dataset_name_the_fix(data_dir, capsys):
 
 
 def test_probe_block_decoding_matches_whole_file(tmp_path, monkeypatch):
-    from audiocnn.datasets import probe
     from dataset_fixtures import audio_bytes
+
+    from audiocnn.datasets import probe
 
     for fmt, sr in (("mp3", 16000), ("wav", 22050)):
         p = tmp_path / f"x.{fmt}"

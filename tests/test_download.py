@@ -10,6 +10,7 @@ import tarfile
 import zipfile
 
 import pytest
+from dataset_fixtures import http_server, split_bytes, tar_gz, zip_bytes  # noqa: F401 (fixture)
 
 from audiocnn.datasets.download import (
     MultiPartFile,
@@ -20,7 +21,6 @@ from audiocnn.datasets.download import (
     verify_file,
 )
 from audiocnn.errors import ChecksumError, DownloadError, UnsafeArchiveError
-from dataset_fixtures import http_server, split_bytes, tar_gz, zip_bytes  # noqa: F401 (fixture)
 
 DATA = bytes(range(256)) * 4096  # 1 MiB, not compressible to nothing
 MD5 = hashlib.md5(DATA).hexdigest()

@@ -14,9 +14,9 @@ from torch.utils.data.distributed import DistributedSampler
 
 from audiocnn.datasets.manifest import Clip, Manifest, write_manifest
 from audiocnn.errors import ConfigError
-from audiocnn.features.dataset import StoreDataset
 from audiocnn.features.frontends import MelConfig, WaveformConfig
-from audiocnn.features.store import extract_features
+from audiocnn.features.store import StoreDataset
+from audiocnn.training.data import open_dataset_store
 
 torch.set_num_threads(1)
 
@@ -34,7 +34,7 @@ def build_store(root: Path, task: str, config):
         clips.append(Clip(id=f"c{k}", path=f"c{k}.wav", duration=sec, sample_rate=8000, labels=labels,
                           split="train" if k < 5 else "valid"))
     write_manifest(Manifest(name=root.name, dataset="folder", task=task, labels=LABELS, clips=clips), root)
-    return extract_features(root, config, jobs=1, progress=False, min_seconds=0.1)
+    return open_dataset_store(root, config, jobs=1, progress=False, min_seconds=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +128,9 @@ def test_dataloader_workers_and_epochs(mel_store) -> None:
         ds.set_epoch(epoch)  # reaches the persistent workers through shared memory
         got = batches(loader)
         assert len(got) == len(serial[epoch]) == 3
-        for (xa, ya), (xb, yb) in zip(got, serial[epoch]):
+        for (xa, ya), (xb, yb) in zip(got, serial[epoch], strict=True):
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    assert not all(torch.equal(a[0], b[0]) for a, b in zip(serial[0], serial[1]))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(serial[0], serial[1], strict=True))
 
 
 def test_distributed_sampler_splits_the_clips(wave_store) -> None:
@@ -144,7 +144,7 @@ def test_distributed_sampler_splits_the_clips(wave_store) -> None:
         got = batches(loader)
         assert sum(len(y) for _, y in got) == 3  # 5 clips padded to 6 over 2 replicas
         xs = torch.cat([x for x, _ in got])
-        for row, i in zip(xs, indices):
+        for row, i in zip(xs, indices, strict=True):
             assert torch.equal(row, ds[i][0])
         seen += indices
     assert set(seen) == set(range(5))

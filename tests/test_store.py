@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -20,11 +21,16 @@ from audiocnn.features.frontends import MelConfig, WaveformConfig, build_fronten
 from audiocnn.features.store import (
     CRASH_ENV,
     FeatureStore,
+    StoreClip,
+    StoreSource,
     default_frontend,
     extract_features,
     open_store,
     store_dir,
 )
+from audiocnn.features.store import extract as extract_mod
+from audiocnn.features.store import merge as merge_mod
+from audiocnn.training.data import manifest_fingerprint, open_dataset_store
 
 torch.set_num_threads(1)
 
@@ -64,7 +70,7 @@ def make_dataset(
         labels = [LABELS[k % 3]] if task == "single-label" else [LABELS[j] for j in range(3) if (k >> j) & 1]
         records.append(Clip(id=name, path=fname, duration=seconds, sample_rate=sr, labels=labels,
                             split=SPLIT[k % len(SPLIT)]))
-    for k, (fname, data) in enumerate((extra_files or {}).items()):
+    for fname, data in (extra_files or {}).items():
         (raw / fname).write_bytes(data)
         records.append(Clip(id=Path(fname).stem, path=fname, duration=1.0, sample_rate=22050,
                             labels=[LABELS[0]], split="train"))
@@ -77,7 +83,7 @@ def make_dataset(
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
     """Decode in ~0.3 s blocks so every clip streams through several blocks."""
-    monkeypatch.setattr(store_mod, "_BLOCK_SECONDS", 0.3)
+    monkeypatch.setattr(extract_mod, "_BLOCK_SECONDS", 0.3)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +116,7 @@ MEL_CONFIGS = [
                          ids=lambda c: f"{c.kind}-{c.hash}")
 def test_round_trip_equals_direct_frontend(tmp_path, audio_files, config) -> None:
     ds = make_dataset(tmp_path / "ds", audio_root=audio_files)
-    st = extract_features(ds, config, jobs=1, progress=False, min_seconds=0.5)
+    st = open_dataset_store(ds, config, jobs=1, progress=False, min_seconds=0.5)
     assert st.path == store_dir(ds, config)
     manifest = read_manifest(ds)
     for split in ("train", "valid", "test"):
@@ -133,9 +139,9 @@ def test_round_trip_equals_direct_frontend(tmp_path, audio_files, config) -> Non
 
 def test_jobs_do_not_change_the_store(tmp_path, audio_files) -> None:
     config = WaveformConfig()
-    one = extract_features(make_dataset(tmp_path / "one", audio_root=audio_files), config,
+    one = open_dataset_store(make_dataset(tmp_path / "one", audio_root=audio_files), config,
                            jobs=1, progress=False, chunk_clips=2)
-    two = extract_features(make_dataset(tmp_path / "two", audio_root=audio_files), config,
+    two = open_dataset_store(make_dataset(tmp_path / "two", audio_root=audio_files), config,
                            jobs=2, progress=False, chunk_clips=2)
     assert store_bytes(one.path) == store_bytes(two.path)
     assert not (two.path / "parts").exists()
@@ -143,12 +149,12 @@ def test_jobs_do_not_change_the_store(tmp_path, audio_files) -> None:
 
 def test_resume_after_worker_crash(tmp_path, audio_files, monkeypatch) -> None:
     config = MelConfig(n_mels=32)
-    ref = extract_features(make_dataset(tmp_path / "ref", audio_root=audio_files), config,
+    ref = open_dataset_store(make_dataset(tmp_path / "ref", audio_root=audio_files), config,
                            jobs=1, progress=False, chunk_clips=2)
     ds = make_dataset(tmp_path / "ds", audio_root=audio_files)
     monkeypatch.setenv(CRASH_ENV, "3")  # each worker dies on its third clip
     with pytest.raises(FeatureError, match="worker process died"):
-        extract_features(ds, config, jobs=2, progress=False, chunk_clips=2)
+        open_dataset_store(ds, config, jobs=2, progress=False, chunk_clips=2)
     monkeypatch.delenv(CRASH_ENV)
     path = store_dir(ds, config)
     assert not (path / "complete.json").exists()
@@ -158,9 +164,9 @@ def test_resume_after_worker_crash(tmp_path, audio_files, monkeypatch) -> None:
     assert committed, "a worker should have committed its first chunk before dying"
     # resume in-process, recording which chunks get extracted again
     redone: list[str] = []
-    real = store_mod._extract_chunk
-    monkeypatch.setattr(store_mod, "_extract_chunk", lambda t: (redone.append(t["name"]), real(t))[1])
-    st = extract_features(ds, config, jobs=1, progress=False, chunk_clips=2)
+    real = extract_mod._extract_chunk
+    monkeypatch.setattr(extract_mod, "_extract_chunk", lambda t: (redone.append(t["name"]), real(t))[1])
+    st = open_dataset_store(ds, config, jobs=1, progress=False, chunk_clips=2)
     all_chunks = {"train-000000", "train-000001", "valid-000000", "test-000000"}
     assert set(redone) == all_chunks - committed
     assert store_bytes(st.path) == store_bytes(ref.path)
@@ -168,22 +174,22 @@ def test_resume_after_worker_crash(tmp_path, audio_files, monkeypatch) -> None:
 
 def test_resume_after_crash_while_merging(tmp_path, audio_files, monkeypatch) -> None:
     config = WaveformConfig()
-    ref = extract_features(make_dataset(tmp_path / "ref", audio_root=audio_files), config,
+    ref = open_dataset_store(make_dataset(tmp_path / "ref", audio_root=audio_files), config,
                            jobs=1, progress=False, chunk_clips=1)
     ds = make_dataset(tmp_path / "ds", audio_root=audio_files)
-    monkeypatch.setattr(store_mod, "_MERGE_STEP_BYTES", 1)  # record progress after every part
-    real = store_mod._write_json
+    monkeypatch.setattr(merge_mod, "_MERGE_STEP_BYTES", 1)  # record progress after every part
+    real = merge_mod.write_json
 
     def crash_on_second_part(path, obj, **kw):
         if path.name == "train.merge.json" and obj["merged"] == 2:
             raise KeyboardInterrupt  # stands in for a kill between append and record
         real(path, obj, **kw)
 
-    monkeypatch.setattr(store_mod, "_write_json", crash_on_second_part)
+    monkeypatch.setattr(merge_mod, "write_json", crash_on_second_part)
     with pytest.raises(KeyboardInterrupt):
-        extract_features(ds, config, jobs=1, progress=False, chunk_clips=1)
-    monkeypatch.setattr(store_mod, "_write_json", real)
-    st = extract_features(ds, config, jobs=1, progress=False, chunk_clips=1)
+        open_dataset_store(ds, config, jobs=1, progress=False, chunk_clips=1)
+    monkeypatch.setattr(merge_mod, "write_json", real)
+    st = open_dataset_store(ds, config, jobs=1, progress=False, chunk_clips=1)
     assert store_bytes(st.path) == store_bytes(ref.path)
 
 
@@ -198,8 +204,8 @@ def test_bad_clips_are_skipped_and_listed(tmp_path, audio_files) -> None:
     # write_audio above made short.wav; make_dataset must not overwrite the copied files
     ds = make_dataset(tmp_path / "ds", clips=clips, audio_root=raw, extra_files=bad)
     with pytest.raises(FeatureError, match=r"3 of 11 clips failed .*--max-failures"):
-        extract_features(ds, WaveformConfig(), jobs=1, progress=False)
-    st = extract_features(ds, WaveformConfig(), jobs=2, progress=False, max_failure_fraction=0.3, chunk_clips=3)
+        open_dataset_store(ds, WaveformConfig(), jobs=1, progress=False)
+    st = open_dataset_store(ds, WaveformConfig(), jobs=2, progress=False, max_failure_fraction=0.3, chunk_clips=3)
     failures = {f["id"]: f["reason"] for f in st.failures()}
     assert set(failures) == {"corrupt", "empty", "short"}
     assert "empty file" in failures["empty"]
@@ -212,25 +218,25 @@ def test_bad_clips_are_skipped_and_listed(tmp_path, audio_files) -> None:
 
 def test_idempotent_new_store_per_config_and_stale_manifest(tmp_path, audio_files, monkeypatch) -> None:
     ds = make_dataset(tmp_path / "ds", audio_root=audio_files, clips=CLIPS[:3])
-    first = extract_features(ds, default_frontend("mel"), jobs=1, progress=False)
+    first = open_dataset_store(ds, default_frontend("mel"), jobs=1, progress=False)
     stamp = (first.path / "complete.json").stat().st_mtime_ns
 
     def must_not_run(*a, **k):
         raise AssertionError("a finished store must not be extracted again")
 
-    monkeypatch.setattr(store_mod, "_run_tasks", must_not_run)
-    again = extract_features(ds, default_frontend("mel"), jobs=1, progress=False)
+    monkeypatch.setattr(extract_mod, "_run_tasks", must_not_run)
+    again = open_dataset_store(ds, default_frontend("mel"), jobs=1, progress=False)
     assert (again.path / "complete.json").stat().st_mtime_ns == stamp
     monkeypatch.undo()
-    monkeypatch.setattr(store_mod, "_BLOCK_SECONDS", 0.3)
-    other = extract_features(ds, MelConfig(n_mels=40), jobs=1, progress=False)
+    monkeypatch.setattr(extract_mod, "_BLOCK_SECONDS", 0.3)
+    other = open_dataset_store(ds, MelConfig(n_mels=40), jobs=1, progress=False)
     assert other.path != first.path and other.read("train", 0).shape[0] == 40
     assert first.read("train", 0).shape[0] == 96
     # the dataset is re-prepared with another clip: the old store is stale
     make_dataset(ds, audio_root=audio_files, clips=CLIPS[:4])
     with pytest.raises(FeatureError, match="manifest changed"):
-        open_store(ds, default_frontend("mel"))
-    st = extract_features(ds, default_frontend("mel"), jobs=1, progress=False)
+        open_store(ds, default_frontend("mel"), fingerprint=manifest_fingerprint(read_manifest(ds)))
+    st = open_dataset_store(ds, default_frontend("mel"), jobs=1, progress=False)
     assert st.clip_ids("train") == ["a", "b", "d"]
 
 
@@ -247,11 +253,11 @@ def test_store_is_picklable_and_multilabel_targets(tmp_path, audio_files) -> Non
     import pickle
 
     ds = make_dataset(tmp_path / "ds", audio_root=audio_files, task="multi-label")
-    st = extract_features(ds, WaveformConfig(), jobs=1, progress=False)
+    st = open_dataset_store(ds, WaveformConfig(), jobs=1, progress=False)
     t = st.targets("train")
     manifest = read_manifest(ds)
     assert t.dtype == np.float32 and t.shape == (4, 3)
-    for row, clip in zip(t, manifest.split("train")):
+    for row, clip in zip(t, manifest.split("train"), strict=True):
         assert sorted(np.flatnonzero(row)) == manifest.targets(clip)
     st.read("train", 0)  # opens a memory map
     copy = pickle.loads(pickle.dumps(st))
@@ -283,9 +289,28 @@ def test_store_write_error_aborts_instead_of_blaming_clips(tmp_path, audio_files
     ds = make_dataset(tmp_path / "ds", audio_root=audio_files, clips=CLIPS[:2])
 
     def disk_full(fh, data):
-        raise store_mod._StoreWriteError(f"{fh.name}: cannot write the feature store (No space left on device)")
+        raise extract_mod._StoreWriteError(f"{fh.name}: cannot write the feature store (No space left on device)")
 
-    monkeypatch.setattr(store_mod, "_write", disk_full)
+    monkeypatch.setattr(extract_mod, "_write", disk_full)
     with pytest.raises(FeatureError, match="No space left"):
-        extract_features(ds, WaveformConfig(), jobs=1, progress=False)
+        open_dataset_store(ds, WaveformConfig(), jobs=1, progress=False)
     assert not list((store_dir(ds, WaveformConfig()) / "parts").glob("*.json"))
+
+
+def test_extract_from_a_plain_clip_list(tmp_path, audio_files) -> None:
+    """The store needs no manifest: clips, label indices and a fingerprint are enough."""
+    clips = (StoreClip("a", str(audio_files / "a.wav"), "train", (2,)),
+             StoreClip("e", str(audio_files / "e.wav"), "test", (0, 1)),
+             StoreClip("b", str(audio_files / "b.flac"), "train", (1,)))
+    source = StoreSource(name="plain", task="multi-label", labels=("x", "y", "z"), clips=clips, fingerprint="f1")
+    st = extract_features(tmp_path, WaveformConfig(), source, jobs=1, progress=False)
+    assert st.path == store_dir(tmp_path, WaveformConfig())
+    assert st.clip_ids("train") == ["a", "b"] and st.clip_ids("test") == ["e"] and st.num_clips("valid") == 0
+    np.testing.assert_array_equal(st.targets("train"), [[0, 0, 1], [0, 1, 0]])
+    assert st.meta["manifest_fingerprint"] == "f1" and st.meta["dataset"] == "plain"
+    assert open_store(tmp_path, WaveformConfig(), fingerprint="f1").clip_ids("test") == ["e"]
+    with pytest.raises(FeatureError, match="manifest changed"):
+        open_store(tmp_path, WaveformConfig(), fingerprint="f2")
+    again = extract_features(tmp_path, WaveformConfig(), dataclasses.replace(source, fingerprint="f2"), jobs=1,
+                             progress=False)
+    assert again.meta["manifest_fingerprint"] == "f2"

@@ -3,37 +3,34 @@
 from __future__ import annotations
 
 import sys
-from typing import List, Optional
+from enum import Enum
+from typing import Optional
 
 import typer
+from rich.table import Table
 
+from audiocnn import pipeline
 from audiocnn.cli import common
-from audiocnn.cli.main import app
-from audiocnn.errors import UsageError
+from audiocnn.cli.app import app
+from audiocnn.constants import TASKS
+from audiocnn.datasets import dataset_info, datasets_overview, verify_dataset
+from audiocnn.datasets.prepare import excluded_summary
 
-FORMATS = ("table", "json")
-
-
-def _check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
-        raise UsageError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
-    return fmt
+#: ``prepare --features``: which feature stores to extract after preparing
+Features = Enum("Features", [(k, k) for k in pipeline.FEATURE_CHOICES], type=str)
+#: ``prepare --task``
+Task = Enum("Task", [(t, t) for t in TASKS], type=str)
 
 
 @app.command("datasets")
 def datasets(
-    fmt: str = typer.Option("table", "--format", help="table or json."),
+    fmt: common.TableOrJson = typer.Option(common.TableOrJson.table, "--format", help="table or json."),
 ) -> None:
     """List known datasets and whether they are prepared under --data-dir."""
-    from audiocnn.datasets import datasets_overview
-
-    _check_format(fmt)
     rows = datasets_overview(common.state.data_dir)
-    if fmt == "json":
+    if fmt is common.TableOrJson.json:
         common.print_json(rows)
         return
-    from rich.table import Table
-
     table = Table(title=f"datasets (data dir: {common.state.data_dir})", title_justify="left")
     for col in ("name", "task", "classes", "download", "on disk", "prepared"):
         table.add_column(col)
@@ -52,31 +49,41 @@ def datasets(
 @app.command("prepare")
 def prepare(
     dataset: str = typer.Argument(..., help="Dataset name (see `audiocnn datasets`)."),
-    source: Optional[List[str]] = typer.Option(
+    source: Optional[list[str]] = typer.Option(
         None, "--source",
         help="Local archive, folder holding the archives (or, for `folder`, your audio), or a mirror base URL. "
         "Repeatable.",
     ),
-    split_scheme: Optional[str] = typer.Option(None, "--split-scheme", help="e.g. fault-filtered|random (gtzan), standard|all-clips (mtat)."),
-    task: Optional[str] = typer.Option(None, "--task", help="single-label or multi-label (fma, folder)."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="folder: CSV with path,labels[,split]; labels ';'-separated."),
-    name: Optional[str] = typer.Option(None, "--name", help="folder: name of the prepared dataset (folder under --data-dir)."),
-    skip_checksum: bool = typer.Option(False, "--skip-checksum", help="Use files whose checksum does not match (warns)."),
-    jobs: Optional[int] = typer.Option(None, "-j", "--jobs", help="Parallel processes for checking clips (default: all CPUs)."),
+    split_scheme: Optional[str] = typer.Option(
+        None, "--split-scheme", help="e.g. fault-filtered|random (gtzan), standard|all-clips (mtat)."
+    ),
+    task: Optional[Task] = typer.Option(None, "--task", help="single-label or multi-label (fma, folder)."),
+    labels: Optional[str] = typer.Option(
+        None, "--labels", help="folder: CSV with path,labels[,split]; labels ';'-separated."
+    ),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="folder: name of the prepared dataset (folder under --data-dir)."
+    ),
+    skip_checksum: bool = typer.Option(
+        False, "--skip-checksum", help="Use files whose checksum does not match (warns)."
+    ),
+    jobs: Optional[int] = typer.Option(
+        None, "-j", "--jobs", help="Parallel processes for checking clips (default: all CPUs)."
+    ),
     force: bool = typer.Option(
         False, "--force",
         help="Extract and rebuild the manifest even if already prepared; folder: replace a --name prepared from "
         "another --source.",
     ),
-    features: str = typer.Option("none", "--features", help="Also extract features: waveform, mel, both or none."),
+    features: Features = typer.Option(
+        Features.none, "--features", help="Also extract features: waveform, mel, both or none."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of random/stratified splits."),
-    fmt: str = typer.Option("table", "--format", help="table or json (the `info` object)."),
+    fmt: common.TableOrJson = typer.Option(common.TableOrJson.table, "--format",
+                                           help="table or json (the `info` object)."),
 ) -> None:
     """Download (or take from --source), verify, extract a dataset and write its manifest."""
-    from audiocnn.datasets import prepare_dataset
-
-    _check_format(fmt)
-    manifest = prepare_dataset(
+    manifest = pipeline.prepare(
         dataset,
         common.state.data_dir,
         source=source or None,
@@ -84,14 +91,14 @@ def prepare(
         skip_checksum=skip_checksum,
         jobs=jobs,
         force=force,
-        task=task,
+        task=task.value if task is not None else None,
         labels_file=labels,
         dataset_name=name,
         progress=sys.stderr.isatty(),
-        features=features,
+        features=features.value,
         seed=seed,
     )
-    if fmt == "json":
+    if fmt is common.TableOrJson.json:
         common.print_json(manifest.info())
         return
     _print_info(manifest.info(), short=True)
@@ -102,14 +109,11 @@ def verify(
     dataset: str = typer.Argument(..., help="A prepared dataset (name under --data-dir)."),
     full: bool = typer.Option(False, "--full", help="Decode every clip and compare frame counts (slow)."),
     jobs: Optional[int] = typer.Option(None, "-j", "--jobs", help="Parallel processes (default: all CPUs)."),
-    fmt: str = typer.Option("table", "--format", help="table or json."),
+    fmt: common.TableOrJson = typer.Option(common.TableOrJson.table, "--format", help="table or json."),
 ) -> None:
     """Re-check every file of a prepared dataset; report missing and corrupt files. Exit 1 if any."""
-    from audiocnn.datasets import verify_dataset
-
-    _check_format(fmt)
     report = verify_dataset(common.state.data_dir, dataset, jobs=jobs, full=full, progress=sys.stderr.isatty())
-    if fmt == "json":
+    if fmt is common.TableOrJson.json:
         common.print_json(report.to_dict())
     else:
         out = common.out_console()
@@ -133,22 +137,17 @@ def verify(
 @app.command("info")
 def info(
     dataset: str = typer.Argument(..., help="A prepared dataset (name under --data-dir)."),
-    fmt: str = typer.Option("table", "--format", help="table or json."),
+    fmt: common.TableOrJson = typer.Option(common.TableOrJson.table, "--format", help="table or json."),
 ) -> None:
     """Show task, labels, clip counts per split and excluded clips of a prepared dataset."""
-    from audiocnn.datasets import dataset_info
-
-    _check_format(fmt)
     data = dataset_info(common.state.data_dir, dataset)
-    if fmt == "json":
+    if fmt is common.TableOrJson.json:
         common.print_json(data)
         return
     _print_info(data, short=False)
 
 
 def _print_info(data: dict, *, short: bool) -> None:
-    from audiocnn.datasets.prepare import excluded_summary
-
     out = common.out_console()
     splits = data["splits"]
     total = sum(splits.values())

@@ -21,17 +21,14 @@ import io
 import json
 import logging
 import os
-import shutil
 import socket
 import stat
-import sys
 import tarfile
 import time
 import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
@@ -39,6 +36,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from audiocnn.errors import ChecksumError, DatasetError, DownloadError, UnsafeArchiveError
 from audiocnn.fileio import atomic_write_bytes
+from audiocnn.progress import progress_bar
 
 log = logging.getLogger("audiocnn.datasets")
 
@@ -80,50 +78,6 @@ class Remote:
             raise ValueError(f"{self.filename}: unknown checksum algorithm {self.algorithm!r}")
 
 
-# ---------------------------------------------------------------------------- progress
-@contextmanager
-def byte_progress(total: int | None, description: str, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr; yields ``advance(nbytes)``."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import DownloadColumn, TransferSpeedColumn
-
-    with _progress_bar(description, total, DownloadColumn(), TransferSpeedColumn()) as advance:
-        yield advance
-
-
-@contextmanager
-def _progress_bar(description: str, total: int | None, *columns: Any) -> Iterator[Callable[[int], None]]:
-    """A transient rich bar on stderr with the given middle columns; yields advance(n)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        *columns,
-        TimeRemainingColumn(),
-        console=Console(file=sys.stderr),
-        transient=True,
-    )
-    with progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
-
-
-@contextmanager
-def count_progress(total: int, description: str, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """Like :func:`byte_progress` for item counts (clips probed, files checked)."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import MofNCompleteColumn
-
-    with _progress_bar(description, total, MofNCompleteColumn()) as advance:
-        yield advance
-
-
 # ---------------------------------------------------------------------------- checksums
 def file_digest(path: str | os.PathLike, algorithm: str = "md5", *, progress: bool = False) -> str:
     """Hex digest of a file, read in 1 MiB blocks."""
@@ -131,7 +85,8 @@ def file_digest(path: str | os.PathLike, algorithm: str = "md5", *, progress: bo
         raise ValueError(f"unknown checksum algorithm {algorithm!r}; valid: {', '.join(ALGORITHMS)}")
     h = hashlib.new(algorithm)
     p = Path(path)
-    with open(p, "rb") as fh, byte_progress(p.stat().st_size, f"checking {p.name}", progress) as advance:
+    bar = progress_bar(f"checking {p.name}", p.stat().st_size, enabled=progress, unit="bytes")
+    with open(p, "rb") as fh, bar as advance:
         while True:
             block = fh.read(CHUNK)
             if not block:
@@ -315,7 +270,7 @@ def _fetch_into(url: str, part: Path, offset: int, total: int | None, timeout: f
                 total = int(length)
         else:
             raise DownloadError(f"{url}: unexpected HTTP status {status}")
-        with open(part, mode) as fh, byte_progress(total, part.name[:-5], progress) as advance:
+        with open(part, mode) as fh, progress_bar(part.name[:-5], total, enabled=progress, unit="bytes") as advance:
             advance(offset)
             while True:
                 block = resp.read(CHUNK)
@@ -632,7 +587,7 @@ def _extract_zip(stream, dest: Path, label: str, wanted, progress: bool) -> int:
         infos = [i for i in check_zip_members(zf, dest, label) if _want(i.filename, wanted)]
         total = sum(i.file_size for i in infos)
         n = 0
-        with byte_progress(total, f"extracting {Path(label).name}", progress) as advance:
+        with progress_bar(f"extracting {Path(label).name}", total, enabled=progress, unit="bytes") as advance:
             for info in infos:
                 target = dest.joinpath(*_member_parts(info.filename, label))
                 if info.is_dir():
@@ -682,7 +637,8 @@ def _extract_tar(stream, dest: Path, label: str, wanted, progress: bool) -> int:
             raise _corrupt(label, "it ends without the end-of-archive marker")
     total = sum(m.size for m in checked if m.isfile() and _want(m.name, wanted))
     n = 0
-    with _open_tar(stream, label) as tf, byte_progress(total, f"extracting {Path(label).name}", progress) as advance:
+    bar = progress_bar(f"extracting {Path(label).name}", total, enabled=progress, unit="bytes")
+    with _open_tar(stream, label) as tf, bar as advance:
         for m in _iter_tar(tf, label):
             if not _want(m.name, wanted) or not (m.isfile() or m.isdir()):
                 continue  # links were refused by the check; nothing but files and folders is made

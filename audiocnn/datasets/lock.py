@@ -1,29 +1,27 @@
-"""One ``prepare`` of a dataset at a time: an exclusive ``flock`` on ``.state/prepare.lock``.
+"""One ``prepare`` of a dataset at a time: an exclusive lock on ``.state/prepare.lock``.
 
 Two prepares of one dataset would race: the first probes clips while the second is still
 writing them and excludes intact clips as empty or truncated. The lock is held for the
 whole prepare; a second one is refused at once, naming the PID of the holder.
 
-The kernel drops a flock when every descriptor of it is closed, so a holder that dies
-does not block -- as long as no other process shares the descriptor. It is opened
-close-on-exec (nothing exec'd gets it), and a child *forked* while it is held (the probe
-and feature-store worker pools fork) closes its copy at once (``os.register_at_fork``),
-so an orphaned worker of a killed prepare cannot keep the lock. As a last resort the
-holder's PID is written in the file, and a lock still held while its recorded holder is
-dead is taken over.
+The lock is :func:`audiocnn.fileio.acquire_lock` (the one every writer uses): a holder
+that dies does not block, forked children (the probe and feature-store worker pools)
+never keep it alive, and a lock still held while its recorded holder is dead is taken
+over -- this module adds the prepare's messages, and says so when it takes one over.
 """
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import fcntl
 import logging
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from audiocnn.errors import DatasetError
+from audiocnn.fileio import acquire_lock, release_lock
 
 log = logging.getLogger("audiocnn.datasets")
 
@@ -34,94 +32,62 @@ class DatasetBusyError(DatasetError):
     """Another process is preparing the same dataset right now."""
 
 
-#: Lock descriptors this process holds; a forked child closes them (see the module doc).
-_HELD: set[int] = set()
-
-
-def _close_in_child() -> None:
-    for fd in list(_HELD):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _HELD.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_in_child)
-
-
 def lock_path(state_dir: Path) -> Path:
     return Path(state_dir) / LOCK_NAME
 
 
-def _pid_alive(pid: int) -> bool:
+def _recorded(path: Path) -> tuple[int | None, tuple[int, int] | None]:
+    """(PID recorded in the lock file, its (device, inode)), or Nones when there is none."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        text = path.read_text(encoding="ascii").strip()
+        st = os.stat(path)
+        words = path.read_text(encoding="ascii").split()
     except (OSError, UnicodeDecodeError):
-        return None
-    return int(text) if text.isdigit() else None
+        return None, None
+    pid = int(words[0]) if words and words[0].isdigit() else None
+    return pid, (st.st_dev, st.st_ino)
 
 
 def _try_flock(path: Path) -> int | None:
-    """An fd holding the flock on ``path``, or None when another process holds it."""
+    """A descriptor holding the flock on ``path``, or None when another process holds it.
+    A bare probe that records nothing (what a check of the lock needs); the prepare
+    itself takes the lock with :func:`prepare_lock`."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
+    except BlockingIOError:
         os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return None
-        raise
-    try:
-        same = os.fstat(fd).st_ino == os.stat(path).st_ino
-    except FileNotFoundError:
-        same = False
-    if not same:  # taken over (unlinked) between our open and our flock: not the live lock
-        os.close(fd)
-        return _try_flock(path)
+        return None
     return fd
-
-
-def _acquire(path: Path, name: str) -> int:
-    for _attempt in range(2):
-        fd = _try_flock(path)
-        if fd is not None:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-            return fd
-        holder = _read_pid(path)
-        if holder is None or _pid_alive(holder):
-            break
-        log.warning("%s: the prepare lock of PID %d, which has exited, is still held by its leftover "
-                    "worker processes; taking it over", name, holder)
-        path.unlink(missing_ok=True)
-    shown = "unknown" if holder is None else str(holder)
-    raise DatasetBusyError(
-        f"{name}: another `audiocnn prepare` (PID {shown}) is preparing this dataset now; "
-        "wait for it to finish, then run this again"
-    )
 
 
 @contextmanager
 def prepare_lock(state_dir: Path, name: str) -> Iterator[None]:
-    """Hold the exclusive prepare lock of one dataset for the body of the ``with``."""
+    """Hold the exclusive prepare lock of one dataset for the body of the ``with``.
+
+    Raises :class:`DatasetBusyError` while another prepare runs, ``OSError`` or
+    ``FileWriteError`` when ``state_dir`` cannot be written.
+    """
     path = lock_path(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(path, name)
-    _HELD.add(fd)
+
+    def busy(holder: int | None) -> DatasetBusyError:
+        shown = "unknown" if holder is None else str(holder)
+        return DatasetBusyError(
+            f"{name}: another `audiocnn prepare` (PID {shown}) is preparing this dataset now; "
+            "wait for it to finish, then run this again"
+        )
+
+    before, file_before = _recorded(path)
+    fd = acquire_lock(path, busy)
+    if file_before is not None and before != os.getpid():
+        with contextlib.suppress(OSError):
+            st = os.fstat(fd) if fd is not None else None
+            if st is not None and (st.st_dev, st.st_ino) != file_before:
+                # acquire_lock replaced a file that was still locked although its holder is
+                # gone (an orphaned worker of a killed prepare kept it)
+                log.warning("%s: the prepare lock of PID %s, which has exited, is still held by its leftover "
+                            "worker processes; taking it over", name, before)
     try:
         yield
     finally:
-        _HELD.discard(fd)
-        os.close(fd)  # releases the flock; the file stays (unlinking it would race a waiter)
+        release_lock(fd)

@@ -8,23 +8,24 @@ the run finished, so that running it again with the same options is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from audiocnn.datasets import probe as _probe
-from audiocnn.datasets.splits import stratified_split, stratum_keys  # noqa: F401 (re-exported)
 from audiocnn.datasets.download import (
     CorruptArchiveError,
     Remote,
-    count_progress,
+    clear_marker,
     download_file,
     extract_once,
     human_size,
@@ -54,11 +55,13 @@ from audiocnn.datasets.registry import (
     get_dataset,
     list_datasets,
 )
-from audiocnn.errors import ChecksumError, DatasetError, DownloadError, NotAvailableError, UsageError
+from audiocnn.datasets.splits import stratified_split, stratum_keys  # noqa: F401 (re-exported)
+from audiocnn.errors import ChecksumError, DatasetError, DownloadError, UsageError
+from audiocnn.fileio import FileWriteError
+from audiocnn.progress import progress_bar
 
 log = logging.getLogger("audiocnn.datasets")
 
-FEATURE_KINDS = ("waveform", "mel", "both", "none")
 PREPARE_MARKER = "prepare"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -141,7 +144,7 @@ def acquire_remotes(spec: DatasetSpec, ctx: PrepareContext) -> None:
                 log.info("%s: already extracted", group)
                 continue
         paths: list[Path] = []
-        for r, loc in zip(members, located):
+        for r, loc in zip(members, located, strict=True):
             if loc is None and len(groups) == 1 and len(members) == 1 and len(single_file) == 1 \
                     and single_file[0].name != r.filename:
                 # A differently named archive (e.g. a mirror's repackaging): usable, but
@@ -199,7 +202,7 @@ def _probe_all(paths: list[str], jobs: int, progress: bool) -> list[dict[str, An
     if not paths:
         return []
     results: list[dict[str, Any]] = []
-    with count_progress(len(paths), "checking clips", progress) as advance:
+    with progress_bar("checking clips", len(paths), enabled=progress) as advance:
         if jobs <= 1 or len(paths) < 4:
             for p in paths:
                 results.append(_probe.probe_clip(p))
@@ -238,13 +241,11 @@ def _fingerprint(spec: DatasetSpec, ctx: PrepareContext) -> dict[str, Any]:
 
 
 def _check_options(
-    spec: DatasetSpec, *, features: str, split_scheme: str | None, task: str | None,
+    spec: DatasetSpec, *, split_scheme: str | None, task: str | None,
     labels_file: str | os.PathLike | None, dataset_name: str | None,
 ) -> tuple[str, str]:
     """Refuse bad option values before anything is touched; returns (split scheme, task)."""
     name = spec.name
-    if features not in FEATURE_KINDS:
-        raise UsageError(f"--features {features}: expected one of {', '.join(FEATURE_KINDS)}")
     scheme = split_scheme or spec.default_split_scheme
     if scheme not in spec.split_schemes:
         raise UsageError(
@@ -274,13 +275,14 @@ def _check_options(
     return scheme, chosen_task
 
 
-def _not_writable(path: Path, exc: OSError) -> DatasetError:
+def _not_writable(path: Path, exc: OSError | FileWriteError) -> DatasetError:
     """The folder ``path`` (or its nearest existing parent) cannot be written."""
     existing = path
     while not existing.exists() and existing.parent != existing:
         existing = existing.parent
+    cause = (exc.strerror or exc) if isinstance(exc, OSError) else exc.message
     return DatasetError(
-        f"{existing}: not writable ({exc.strerror or exc}); prepare writes the dataset there",
+        f"{existing}: not writable ({cause}); prepare writes the dataset there",
         hint="pass --data-dir with a writable folder, or fix its permissions",
     )
 
@@ -320,19 +322,21 @@ def prepare_dataset(
     labels_file: str | os.PathLike | None = None,
     dataset_name: str | None = None,
     progress: bool = True,
-    features: str = "none",
     seed: int = 0,
+    then: Callable[[Manifest], None] | None = None,
 ) -> Manifest:
     """Download (or take from ``source``), verify, extract and write the manifest.
 
     The dataset folder is ``data_dir/<dataset_name or name>``. Running it again with the
     same options returns the existing manifest without touching anything (``force``
     redoes extraction and the manifest; verified downloads are kept). One prepare of a
-    dataset runs at a time (see :mod:`audiocnn.datasets.lock`).
+    dataset runs at a time (see :mod:`audiocnn.datasets.lock`); ``then(manifest)`` runs
+    while that lock is still held, so nothing re-prepares the clips it reads
+    (``audiocnn.pipeline`` extracts features there).
     """
     spec = get_dataset(name)
     jobs = resolve_jobs(jobs)
-    scheme, chosen_task = _check_options(spec, features=features, split_scheme=split_scheme, task=task,
+    scheme, chosen_task = _check_options(spec, split_scheme=split_scheme, task=task,
                                          labels_file=labels_file, dataset_name=dataset_name)
     ctx = PrepareContext(
         name=dataset_name or spec.name,
@@ -352,8 +356,8 @@ def prepare_dataset(
     with ExitStack() as stack:
         try:
             stack.enter_context(prepare_lock(ctx.state_dir, ctx.name))
-        except OSError as exc:
-            if _is_done(ctx, fingerprint) and features == "none":
+        except (OSError, FileWriteError) as exc:
+            if _is_done(ctx, fingerprint) and then is None:
                 return _already_prepared(ctx)  # a read-only copy, prepared already: fine
             raise _not_writable(ctx.state_dir, exc) from None
         _check_same_source(spec, ctx)
@@ -361,7 +365,8 @@ def prepare_dataset(
             manifest = _already_prepared(ctx)
         else:
             manifest = _prepare_now(spec, ctx, fingerprint, jobs)
-        _extract_features(ctx.dataset_dir, features, jobs, progress)
+        if then is not None:
+            then(manifest)
         return manifest
 
 
@@ -373,8 +378,6 @@ def _already_prepared(ctx: PrepareContext) -> Manifest:
 
 def _prepare_now(spec: DatasetSpec, ctx: PrepareContext, fingerprint: dict[str, Any], jobs: int) -> Manifest:
     """acquire -> collect -> probe -> manifest -> marker, under the lock."""
-    from audiocnn.datasets.download import clear_marker
-
     clear_marker(ctx.state_dir, PREPARE_MARKER)
     try:
         spec.acquire(ctx)
@@ -451,7 +454,7 @@ def _finish(spec: DatasetSpec, ctx: PrepareContext, collected: Collected, jobs: 
             todo.append(cand)
     results = _probe_all([str(root_dir / c.path) for c in todo], jobs, ctx.progress)
     clips: list[Clip] = []
-    for cand, res in zip(todo, results):
+    for cand, res in zip(todo, results, strict=True):
         if not res["ok"]:
             reason = f"does not decode: {res['reason']}"
             if cand.id in spec.known_bad:
@@ -488,22 +491,6 @@ def _finish(spec: DatasetSpec, ctx: PrepareContext, collected: Collected, jobs: 
         excluded=excluded,
         extra=extra,
     )
-
-
-def _extract_features(dataset_dir: Path, features: str, jobs: int, progress: bool) -> None:
-    if features == "none":
-        return
-    try:
-        from audiocnn.features import store  # noqa: PLC0415 - optional, written separately
-    except ImportError as exc:
-        raise NotAvailableError(
-            f"--features {features}: feature extraction is not available in this build ({exc})",
-            hint="prepare with --features none and extract later with `audiocnn features`",
-        ) from None
-    kinds = ("waveform", "mel") if features == "both" else (features,)
-    for kind in kinds:
-        log.info("extracting %s features for %s", kind, dataset_dir.name)
-        store.extract_features(dataset_dir, store.default_frontend(kind), jobs=jobs, progress=progress)
 
 
 # ---------------------------------------------------------------------------- verify / info
@@ -559,7 +546,7 @@ def verify_dataset(
     jobs = resolve_jobs(jobs)
     args = [(str(manifest.audio_path(c)), c.integrity, full) for c in manifest.clips]
     results: list[dict[str, Any]] = []
-    with count_progress(len(args), f"verifying {name}", progress) as advance:
+    with progress_bar(f"verifying {name}", len(args), enabled=progress) as advance:
         if jobs <= 1 or len(args) < 4:
             for a in args:
                 results.append(_probe.check_clip_args(a))
@@ -570,7 +557,7 @@ def verify_dataset(
                     results.append(res)
                     advance(1)
     report = VerifyReport(name=name, checked=len(args), full=full)
-    for clip, res in zip(manifest.clips, results):
+    for clip, res in zip(manifest.clips, results, strict=True):
         if res["status"] == "missing":
             report.missing.append({"id": clip.id, "path": clip.path})
         elif res["status"] == "corrupt":
@@ -604,10 +591,8 @@ def disk_usage(path: Path) -> int:
     total = 0
     for dirpath, _dirs, files in os.walk(path):
         for f in files:
-            try:
+            with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, f)).st_size
-            except OSError:
-                pass
     return total
 
 
@@ -664,7 +649,6 @@ def excluded_summary(excluded: Iterable[dict[str, Any]]) -> list[tuple[str, int]
 
 
 __all__ = [
-    "FEATURE_KINDS",
     "SPLITS",
     "VerifyReport",
     "acquire_remotes",

@@ -1,4 +1,9 @@
-"""Feature front-ends (torch modules) and the on-disk feature store."""
+"""Feature front-ends (torch modules) and their configs.
+
+The on-disk feature store is the subpackage :mod:`audiocnn.features.store`, a layer above
+the front-ends: it is not imported here, so ``from audiocnn.features import MelConfig``
+does not load it.
+"""
 
 from audiocnn.features.frontends import (
     FrontendConfig,

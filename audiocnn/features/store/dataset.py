@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from audiocnn.errors import ConfigError
-from audiocnn.features.store import FeatureStore
+from audiocnn.features.store.reader import FeatureStore
 
 MODES = ("train", "eval")
 _MASK = (1 << 64) - 1
