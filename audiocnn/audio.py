@@ -96,8 +96,17 @@ def _open(path: Path) -> sf.SoundFile:
         raise AudioDecodeError(f"{path}: not a readable audio file ({reason})") from None
 
 
-_SAMPLE_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "ULAW": 1, "ALAW": 1, "PCM_16": 2, "PCM_24": 3,
-                 "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
+_SAMPLE_BYTES = {
+    "PCM_S8": 1,
+    "PCM_U8": 1,
+    "ULAW": 1,
+    "ALAW": 1,
+    "PCM_16": 2,
+    "PCM_24": 3,
+    "PCM_32": 4,
+    "FLOAT": 4,
+    "DOUBLE": 8,
+}
 
 
 def _declared_frames(path: Path, f: sf.SoundFile) -> int | None:
@@ -128,9 +137,7 @@ def _declared_frames(path: Path, f: sf.SoundFile) -> int | None:
 def _check_header(path: Path, f: sf.SoundFile) -> None:
     declared = _declared_frames(path, f)
     if declared is not None and declared > f.frames:
-        raise AudioDecodeError(
-            f"{path}: truncated: the header promises {declared} frames, the file holds {f.frames}"
-        )
+        raise AudioDecodeError(f"{path}: truncated: the header promises {declared} frames, the file holds {f.frames}")
 
 
 def audio_info(path: str | os.PathLike) -> AudioInfo:
@@ -193,8 +200,7 @@ def _check_complete(path: Path, f: sf.SoundFile, got: int, wanted: int) -> None:
     slack = _MP3_FRAME_SLACK if _is_mpeg(f) else 0
     if wanted - got > slack:
         raise AudioDecodeError(
-            f"{path}: truncated: the header promises {wanted} frames from here, "
-            f"only {got} could be decoded"
+            f"{path}: truncated: the header promises {wanted} frames from here, only {got} could be decoded"
         )
 
 
@@ -226,9 +232,7 @@ def load_audio(
         _check_header(p, f)
         start = int(offset * native)
         if start >= total:
-            raise AudioDecodeError(
-                f"{p}: offset {offset:.3f}s is past the end of the file ({total / native:.3f}s)"
-            )
+            raise AudioDecodeError(f"{p}: offset {offset:.3f}s is past the end of the file ({total / native:.3f}s)")
         # For MP3, seek to the frame boundary at or before the offset and drop the lead-in.
         seek_to = start - start % _MPEG_FRAME if _is_mpeg(f) else start
         lead = start - seek_to
@@ -275,8 +279,10 @@ def iter_audio_blocks(
         block = max(1, int(block_seconds * native))
         if _is_mpeg(f):
             block = max(_MPEG_FRAME, block - block % _MPEG_FRAME)
-        stream = None if native == sample_rate else soxr.ResampleStream(
-            native, sample_rate, 1, dtype="float32", quality="HQ"
+        stream = (
+            None
+            if native == sample_rate
+            else soxr.ResampleStream(native, sample_rate, 1, dtype="float32", quality="HQ")
         )
         total_in = 0
         total_out = 0

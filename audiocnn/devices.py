@@ -45,11 +45,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if kind == "cuda":
         if not torch.cuda.is_available():
-            why = (
-                "this torch build has no CUDA support"
-                if torch.version.cuda is None
-                else "no CUDA GPU is visible"
-            )
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
             raise DeviceError(
                 f"--device {name}: CUDA is not available ({why}, torch {torch.__version__})",
                 hint="use --device auto or --device cpu",
@@ -70,6 +66,4 @@ def resolve_device(name: str = "auto") -> torch.device:
                 hint="use --device auto or --device cpu",
             )
         return torch.device("mps")
-    raise DeviceError(
-        f"--device {name!r}: expected one of {', '.join(DEVICE_CHOICES)} (or cuda:N)"
-    )
+    raise DeviceError(f"--device {name!r}: expected one of {', '.join(DEVICE_CHOICES)} (or cuda:N)")

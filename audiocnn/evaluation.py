@@ -1,10 +1,9 @@
 """``audiocnn evaluate``: song-level metrics of a trained model on a split, with plots.
 
-The target is a run folder (its ``best.safetensors`` and ``config.yaml``) or any
-checkpoint file. Predictions are the mean of ``eval_chunks`` evenly spaced chunks per
-clip, read from the feature store made for the checkpoint's own front-end config
-(extracted first when missing), so evaluation always sees the features the model was
-trained on.
+The target is a run folder (its ``best.safetensors`` and ``config.yaml``), any
+checkpoint file or a pretrained name. Each clip is scored from its audio file by the
+tagger, exactly as ``audiocnn tag`` scores it (this module sits above both training and
+tagging: tag's prediction path, training's metrics).
 
 Written next to each other in the output folder: ``metrics.json``, ``per_tag.csv``,
 ``per_tag_roc_auc.png``, ``roc_pr_curves.png``, ``confusion_matrix.png`` (single-label)
@@ -24,21 +23,28 @@ from typing import Any
 
 import numpy as np
 
-from audiocnn.errors import CheckpointError, DatasetError, UsageError
-from audiocnn.fileio import ensure_writable_dir
+from audiocnn.constants import SINGLE_LABEL, SPLITS
+from audiocnn.datasets.manifest import read_manifest
+from audiocnn.datasets.registry import get_dataset, list_datasets
+from audiocnn.errors import AudioDecodeError, CheckpointError, DatasetError, UsageError
+from audiocnn.fileio import atomic_write_bytes, ensure_writable_dir
+from audiocnn.pretrained import is_pretrained_name, resolve_model
+from audiocnn.progress import progress_bar
+from audiocnn.tagging import Tagger
+from audiocnn.training import plots as P
+from audiocnn.training.config import read_yaml
+from audiocnn.training.metrics import compute_metrics, to_multi_hot
+from audiocnn.training.rundir import BEST_NAME, CONFIG_NAME, METRICS_NAME
 
 log = logging.getLogger("audiocnn.evaluate")
 
-SPLITS = ("train", "valid", "test")
 
-
-def resolve_target(target: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-                   ) -> tuple[Path, Path | None, dict[str, Any] | None]:
+def resolve_target(
+    target: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+) -> tuple[Path, Path | None, dict[str, Any] | None]:
     """``(checkpoint, run_dir or None, run config dict or None)``; with ``data_dir``, the
     pretrained names ``tag`` accepts (``musicnn-mtt``...) resolve as they do there."""
-    from audiocnn.config import read_yaml
-    from audiocnn.pretrained import is_pretrained_name, resolve_model
-    from audiocnn.training.loop import BEST_NAME, CONFIG_NAME
 
     if data_dir is not None and is_pretrained_name(str(target)) and not Path(target).exists():
         return resolve_model(str(target), data_dir), None, None
@@ -46,16 +52,19 @@ def resolve_target(target: str | os.PathLike, data_dir: str | os.PathLike | None
     if p.is_dir():
         ckpt = p / BEST_NAME
         if not ckpt.is_file():
-            raise CheckpointError(f"{p}: run folder without {BEST_NAME}",
-                                  hint=f"train first: `audiocnn train CONFIG --run-dir {p}`")
+            raise CheckpointError(
+                f"{p}: run folder without {BEST_NAME}", hint=f"train first: `audiocnn train CONFIG --run-dir {p}`"
+            )
         cfg = read_yaml(p / CONFIG_NAME) if (p / CONFIG_NAME).is_file() else None
         return ckpt, p, cfg
     if p.is_file():
         run_dir = p.parent if (p.parent / CONFIG_NAME).is_file() else None
         cfg = read_yaml(p.parent / CONFIG_NAME) if run_dir else None
         return p, run_dir, cfg
-    raise CheckpointError(f"{p}: no such run folder or checkpoint file",
-                          hint="pass a run folder, a .safetensors file or a name from `audiocnn pretrained list`")
+    raise CheckpointError(
+        f"{p}: no such run folder or checkpoint file",
+        hint="pass a run folder, a .safetensors file or a name from `audiocnn pretrained list`",
+    )
 
 
 def _dataset_name(dataset: str | None, meta: dict[str, Any], run_cfg: dict[str, Any] | None, target: Any) -> str:
@@ -68,20 +77,23 @@ def _dataset_name(dataset: str | None, meta: dict[str, Any], run_cfg: dict[str, 
         name = meta.get("dataset") or (run_cfg or {}).get("dataset")
         if name:
             return name
-        raise UsageError(f"{target}: the checkpoint does not say which dataset it was trained on",
-                         hint="pass --dataset NAME")
+        raise UsageError(
+            f"{target}: the checkpoint does not say which dataset it was trained on", hint="pass --dataset NAME"
+        )
     trained_on = meta.get("dataset") or "another dataset"
     hint = "pass --dataset NAME of a dataset prepared with `audiocnn prepare` (see `audiocnn datasets`)"
     match = _registered_dataset(trained_on)
     if match:
         hint = f"e.g. `audiocnn prepare {match}`, then `audiocnn evaluate {target} --dataset {match}`"
-    raise UsageError(f"{target}: a pretrained model (trained on {trained_on} outside audiocnn) names no prepared "
-                     "dataset to evaluate on", hint=hint)
+    raise UsageError(
+        f"{target}: a pretrained model (trained on {trained_on} outside audiocnn) names no prepared "
+        "dataset to evaluate on",
+        hint=hint,
+    )
 
 
 def _registered_dataset(title: str) -> str | None:
     """The registered dataset whose title starts with ``title``, if any."""
-    from audiocnn.datasets.registry import get_dataset, list_datasets
 
     for name in list_datasets():
         if str(getattr(get_dataset(name), "title", "")).lower().startswith(title.lower()):
@@ -95,15 +107,19 @@ def _label_map(model_labels: list[str], data_labels: list[str], task: str, datas
         return data_labels, list(range(len(data_labels)))
     pos = {name: i for i, name in enumerate(model_labels)}
     common = [name for name in data_labels if name in pos]
-    if task == "single-label" and set(common) != set(data_labels):
+    if task == SINGLE_LABEL and set(common) != set(data_labels):
         missing = [n for n in data_labels if n not in pos]
         raise DatasetError(f"dataset {dataset!r} has classes the model does not predict: {missing[:5]}")
     if not common:
         raise DatasetError(f"the model's labels and those of dataset {dataset!r} have nothing in common")
     left = [n for n in data_labels if n not in pos]
     if left:
-        log.warning("%d label(s) of %s are not predicted by the model and are not scored: %s",
-                    len(left), dataset, ", ".join(left[:10]))
+        log.warning(
+            "%d label(s) of %s are not predicted by the model and are not scored: %s",
+            len(left),
+            dataset,
+            ", ".join(left[:10]),
+        )
     return common, [pos[n] for n in common]
 
 
@@ -124,16 +140,12 @@ def evaluate(
     """Evaluate a run folder or checkpoint on ``split``; returns the metrics dict (also
     written as ``metrics.json`` in the output folder, whose path is under ``"out_dir"``).
 
-    Each clip is scored by :class:`audiocnn.inference.Tagger` from its audio file, exactly
+    Each clip is scored by :class:`audiocnn.tagging.Tagger` from its audio file, exactly
     as ``audiocnn tag`` scores it (same decoding, windows and aggregation; with
     ``eval_chunks=N``, as ``audiocnn tag --chunks N``), so the per-clip scores written to
     ``scores.csv`` are the numbers ``tag`` prints. ``workers`` is accepted for API
     compatibility; decoding happens in this process.
     """
-    from audiocnn.datasets.manifest import read_manifest
-    from audiocnn.inference import Tagger
-    from audiocnn.training.loop import METRICS_NAME
-    from audiocnn.training.metrics import compute_metrics
 
     del workers
     if split not in SPLITS:
@@ -149,27 +161,31 @@ def evaluate(
     out = Path(out_dir) if out_dir else ensure_writable_dir(_default_out(ckpt, run_dir, name, split, meta))
     manifest = read_manifest(Path(data_dir) / name)
     if manifest.split_counts().get(split, 0) == 0:
-        raise DatasetError(f"dataset {name!r} has no clips in its {split!r} split",
-                           hint=f"see `audiocnn info {name}`")
+        raise DatasetError(f"dataset {name!r} has no clips in its {split!r} split", hint=f"see `audiocnn info {name}`")
     task = meta["task"]
     labels, columns = _label_map(list(meta["labels"]), list(manifest.labels), task, name)
     clips, scores = score_clips(tagger, manifest, split, eval_chunks=eval_chunks, progress=progress)
     targets = _targets(manifest, clips, labels, task)
     scores = scores[:, columns]
     metrics = compute_metrics(targets, scores, task, labels)
-    metrics.update({
-        "split": split,
-        "dataset": name,
-        "checkpoint": str(ckpt),
-        "model": meta["model"],
-        "task": task,
-        "framing": "windows" if eval_chunks is None else "chunks",
-        "eval_chunks": eval_chunks,
-        "n_failed": manifest.split_counts().get(split, 0) - len(clips),
-    })
+    metrics.update(
+        {
+            "split": split,
+            "dataset": name,
+            "checkpoint": str(ckpt),
+            "model": meta["model"],
+            "task": task,
+            "framing": "windows" if eval_chunks is None else "chunks",
+            "eval_chunks": eval_chunks,
+            "n_failed": manifest.split_counts().get(split, 0) - len(clips),
+        }
+    )
     if metrics["excluded_labels"]:
-        log.warning("%d label(s) left out of the macro averages: %s", len(metrics["excluded_labels"]),
-                    ", ".join(f"{e['label']} ({e['reason']})" for e in metrics["excluded_labels"][:10]))
+        log.warning(
+            "%d label(s) left out of the macro averages: %s",
+            len(metrics["excluded_labels"]),
+            ", ".join(f"{e['label']} ({e['reason']})" for e in metrics["excluded_labels"][:10]),
+        )
 
     metrics["out_dir"] = str(out)
     _write_scores(out / "scores.csv", clips, scores, labels)
@@ -177,16 +193,15 @@ def evaluate(
     return metrics
 
 
-def score_clips(tagger, manifest, split: str, *, eval_chunks: int | None = None,
-                progress: bool = False) -> tuple[list, np.ndarray]:
+def score_clips(
+    tagger, manifest, split: str, *, eval_chunks: int | None = None, progress: bool = False
+) -> tuple[list, np.ndarray]:
     """``(clips scored, scores (n, model labels))`` of a split, each clip tagged from its
     audio file; a clip that no longer decodes is logged and left out."""
-    from audiocnn.datasets.download import count_progress
-    from audiocnn.errors import AudioDecodeError
 
     clips, rows = [], []
     todo = manifest.split(split)
-    with count_progress(len(todo), f"evaluating {split}", progress) as advance:
+    with progress_bar(f"evaluating {split}", len(todo), enabled=progress) as advance:
         for clip in todo:
             try:
                 rows.append(tagger.tag_file(manifest.audio_path(clip), chunks=eval_chunks).scores)
@@ -202,7 +217,7 @@ def score_clips(tagger, manifest, split: str, *, eval_chunks: int | None = None,
 def _targets(manifest, clips: list, labels: list[str], task: str) -> np.ndarray:
     """Targets in ``labels`` order: class indices (single-label) or multi-hot rows."""
     pos = {n: i for i, n in enumerate(labels)}
-    if task == "single-label":
+    if task == SINGLE_LABEL:
         return np.asarray([pos[c.labels[0]] for c in clips], dtype=np.int64)
     y = np.zeros((len(clips), len(labels)), dtype=np.int64)
     for i, c in enumerate(clips):
@@ -214,7 +229,6 @@ def _targets(manifest, clips: list, labels: list[str], task: str) -> np.ndarray:
 
 def _write_scores(path: Path, clips: list, scores: np.ndarray, labels: list[str]) -> None:
     """One row per clip: id, path and the score of every label (what ``tag`` prints)."""
-    from audiocnn.fileio import atomic_write_bytes
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -230,9 +244,16 @@ def _default_out(ckpt: Path, run_dir: Path | None, dataset: str, split: str, met
     return ckpt.parent / f"eval-{ckpt.stem}-{dataset}-{split}"
 
 
-def _write_outputs(out: Path, metrics: dict[str, Any], targets: np.ndarray, scores: np.ndarray,
-                   labels: list[str], task: str, metrics_csv: Path | None, plots: bool) -> None:
-    from audiocnn.fileio import atomic_write_bytes
+def _write_outputs(
+    out: Path,
+    metrics: dict[str, Any],
+    targets: np.ndarray,
+    scores: np.ndarray,
+    labels: list[str],
+    task: str,
+    metrics_csv: Path | None,
+    plots: bool,
+) -> None:
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -246,17 +267,25 @@ def _write_outputs(out: Path, metrics: dict[str, Any], targets: np.ndarray, scor
     atomic_write_bytes(out / "metrics.json", (json.dumps(_jsonable(metrics), indent=2) + "\n").encode())
 
 
-def _draw(out: Path, metrics: dict[str, Any], targets: np.ndarray, scores: np.ndarray,
-          labels: list[str], task: str, metrics_csv: Path | None) -> None:
-    from audiocnn.training import plots as P
-    from audiocnn.training.metrics import to_multi_hot
+def _draw(
+    out: Path,
+    metrics: dict[str, Any],
+    targets: np.ndarray,
+    scores: np.ndarray,
+    labels: list[str],
+    task: str,
+    metrics_csv: Path | None,
+) -> None:
 
     made = []
     try:
         made.append(P.plot_per_tag_auc(metrics["per_tag"], out / "per_tag_roc_auc.png"))
-        made.append(P.plot_roc_pr_curves(to_multi_hot(targets, len(labels)), scores, labels, metrics["per_tag"],
-                                         out / "roc_pr_curves.png"))
-        if task == "single-label":
+        made.append(
+            P.plot_roc_pr_curves(
+                to_multi_hot(targets, len(labels)), scores, labels, metrics["per_tag"], out / "roc_pr_curves.png"
+            )
+        )
+        if task == SINGLE_LABEL:
             made.append(P.plot_confusion_matrix(metrics["confusion_matrix"], labels, out / "confusion_matrix.png"))
         if metrics_csv is not None and metrics_csv.is_file():
             made.append(P.plot_training_curves(metrics_csv, out / "curves.png"))

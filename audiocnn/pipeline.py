@@ -38,8 +38,9 @@ def _kinds(kind: str) -> list[str]:
     return {"both": ["waveform", "mel"], "none": []}.get(kind, [kind])
 
 
-def frontend_configs(kind: str, sample_rate: int | None = None,
-                     options: Mapping[str, Any] | None = None) -> list[FrontendConfig]:
+def frontend_configs(
+    kind: str, sample_rate: int | None = None, options: Mapping[str, Any] | None = None
+) -> list[FrontendConfig]:
     """The front-end configs of ``kind`` (waveform, mel, both) at ``sample_rate`` (default:
     each front-end's), with ``options`` (front-end fields, e.g. ``{"n_mels": 128}``) applied
     to the front-ends that have them."""
@@ -55,8 +56,9 @@ def frontend_configs(kind: str, sample_rate: int | None = None,
             raise UsageError(f"front-end option {key!r}: kind and sample_rate are set on their own, not as options")
         if not any(key in names for names in fields.values()):
             valid = sorted(set().union(*fields.values()))
-            raise UsageError(f"front-end option {key!r}: not a {'/'.join(fields)} front-end option; "
-                             f"valid: {', '.join(valid)}")
+            raise UsageError(
+                f"front-end option {key!r}: not a {'/'.join(fields)} front-end option; valid: {', '.join(valid)}"
+            )
     out = []
     for c in configs:
         mine = {k: v for k, v in options.items() if k in fields[c.kind]}
@@ -93,8 +95,15 @@ def extract(
     return stores
 
 
-def prepare(name: str, data_dir: str | os.PathLike, *, features: str = "none", jobs: int | None = None,
-            progress: bool = True, **options: Any) -> Manifest:
+def prepare(
+    name: str,
+    data_dir: str | os.PathLike,
+    *,
+    features: str = "none",
+    jobs: int | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> Manifest:
     """:func:`audiocnn.datasets.prepare_dataset` (``options`` are its own), then the
     default feature store(s) of ``features`` (waveform, mel, both or none), extracted while
     the dataset's prepare lock is still held, so no other prepare rewrites its clips

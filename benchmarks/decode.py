@@ -58,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             ("audiocnn.load_audio", timeit(lambda: load_audio(mp3, args.sr), args.runs)),
             ("librosa.load", timeit(lambda: librosa.load(mp3, sr=args.sr, mono=True), args.runs)),
         ]
-    print(f"decode {args.seconds:.0f} s stereo 44.1 kHz MP3 -> {args.sr} Hz mono, {args.runs} runs "
-          f"(max abs difference {diff:.2e})")
+    print(
+        f"decode {args.seconds:.0f} s stereo 44.1 kHz MP3 -> {args.sr} Hz mono, {args.runs} runs "
+        f"(max abs difference {diff:.2e})"
+    )
     print(f"{'decoder':<22}{'median ms':>11}{'min ms':>9}{'x real time':>13}")
     for name, times in rows:
         med = statistics.median(times)

@@ -53,12 +53,12 @@ def make_corpus(root: Path, clips: int, unique: int, seconds: float, rate: int, 
         name = f"clip{i:05d}.mp3"
         shutil.copyfile(raw / f"u{i % unique}.mp3", raw / name)
         split = "train" if i % 10 < 8 else ("valid" if i % 10 == 8 else "test")
-        records.append(Clip(id=f"clip{i:05d}", path=name, duration=seconds, sample_rate=rate,
-                            labels=["x"], split=split))
+        records.append(
+            Clip(id=f"clip{i:05d}", path=name, duration=seconds, sample_rate=rate, labels=["x"], split=split)
+        )
     for u in range(min(unique, clips)):
         (raw / f"u{u}.mp3").unlink()
-    write_manifest(Manifest(name="bench", dataset="folder", task="single-label", labels=["x"],
-                            clips=records), root)
+    write_manifest(Manifest(name="bench", dataset="folder", task="single-label", labels=["x"], clips=records), root)
     return root
 
 
@@ -145,8 +145,17 @@ def main(argv: list[str] | None = None) -> int:
         naive_mel(paths[:1], tmp / "warm", 16000)
         build_frontend(default_frontend("mel"))
         warm_ds = tmp / "warm_ds"
-        write_manifest(Manifest(name="warm", dataset="folder", task="single-label", labels=["x"],
-                                clips=manifest.clips[:1], audio_root=str(manifest.audio_dir())), warm_ds)
+        write_manifest(
+            Manifest(
+                name="warm",
+                dataset="folder",
+                task="single-label",
+                labels=["x"],
+                clips=manifest.clips[:1],
+                audio_root=str(manifest.audio_dir()),
+            ),
+            warm_ds,
+        )
         open_dataset_store(warm_ds, default_frontend("waveform"), jobs=1, progress=False)
         wave = default_frontend("waveform")
 
@@ -159,8 +168,13 @@ def main(argv: list[str] | None = None) -> int:
             with Timer() as t:
                 store = open_dataset_store(ds, wave, jobs=j, progress=False)
             ours_cpu[j] = t.cpu / n
-            row(f"(a) audiocnn features --kind waveform -j {j}", t, n, "clips",
-                f"{n / t.wall / j:.1f} clips/s/core wall")
+            row(
+                f"(a) audiocnn features --kind waveform -j {j}",
+                t,
+                n,
+                "clips",
+                f"{n / t.wall / j:.1f} clips/s/core wall",
+            )
         with Timer() as t:
             naive_waveform(paths, tmp / "npy_wave", 16000)
         base_cpu = t.cpu / n
@@ -198,9 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         def from_npy_mmap(k: int) -> np.ndarray:
             return np.array(np.load(npy[k], mmap_mode="r")[starts[k] : starts[k] + crop])
 
-        for name, fn in (("FeatureStore.read (int16 mmap slice)", from_store),
-                         ("per-clip .npy, np.load", from_npy),
-                         ("per-clip .npy, np.load(mmap_mode='r')", from_npy_mmap)):
+        for name, fn in (
+            ("FeatureStore.read (int16 mmap slice)", from_store),
+            ("per-clip .npy, np.load", from_npy),
+            ("per-clip .npy, np.load(mmap_mode='r')", from_npy_mmap),
+        ):
             fn(0)
             with Timer() as t:
                 for k in range(args.reads):
@@ -217,14 +233,21 @@ def main(argv: list[str] | None = None) -> int:
                 count += x.shape[0]
         t = Timer()
         t.wall, t.cpu = time.perf_counter() - wall, time.process_time() - main_cpu
-        row("(c) StoreDataset + DataLoader(batch 32, 2 workers)", t, count, "crops",
-            f"CPU = main process only: ceiling {count / t.cpu:.0f} crops/s")
+        row(
+            "(c) StoreDataset + DataLoader(batch 32, 2 workers)",
+            t,
+            count,
+            "crops",
+            f"CPU = main process only: ceiling {count / t.cpu:.0f} crops/s",
+        )
     finally:
         if not args.workdir:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"corpus: {args.clips} x {args.seconds:g} s MP3, {args.rate} Hz, {args.channels} ch "
-          f"({args.unique} distinct encodings); cpus available: {len(os.sched_getaffinity(0))}")
+    print(
+        f"corpus: {args.clips} x {args.seconds:g} s MP3, {args.rate} Hz, {args.channels} ch "
+        f"({args.unique} distinct encodings); cpus available: {len(os.sched_getaffinity(0))}"
+    )
     width = max(len(r[0]) for r in rows) + 2
     print(f"{'measurement':<{width}}{'wall rate':>18}{'CPU/item':>13}  note")
     for name, rate, cpu, note in rows:

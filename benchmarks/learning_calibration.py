@@ -54,8 +54,13 @@ def main() -> None:
                 for labelling, dataset in (("true", base), ("shuffled", f"{base}-shuffled{seed}")):
                     t0 = time.perf_counter()
                     m = L.run_check(model, dataset, data_dir=data, runs_dir=work / "runs", seed=seed, **overrides)
-                    row = {"model": model, "task": task, "labels": labelling, "seed": seed,
-                           "seconds": round(time.perf_counter() - t0, 1)}
+                    row = {
+                        "model": model,
+                        "task": task,
+                        "labels": labelling,
+                        "seed": seed,
+                        "seconds": round(time.perf_counter() - t0, 1),
+                    }
                     row.update({k: round(float(m[k]), 4) for k in METRICS[task]})
                     runs.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)

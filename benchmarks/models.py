@@ -93,14 +93,14 @@ def bench_model(name: str, device: str, args: argparse.Namespace) -> list[dict]:
         if precision == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
             continue
 
-        def train_step():
+        def train_step(precision=precision):
             opt.zero_grad(set_to_none=True)
             with autocast(device, precision):
                 loss = loss_fn(model(x).float(), y)
             loss.backward()
             opt.step()
 
-        def infer_step():
+        def infer_step(precision=precision):
             with torch.inference_mode(), autocast(device, precision):
                 model(x)
 
@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=3, help="timed iterations per measurement")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations before each measurement")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="auto = CPU, plus CUDA when present")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = CPU, plus CUDA when present"
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
     p.add_argument("--precisions", default="", help="subset of fp32,bf16,fp16 (default: all for the device)")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto")

@@ -111,9 +111,12 @@ def measure(label: str, args: list[str], env: dict[str, str], repeat: int) -> di
         "peak_mib": max(peaks),
         "stdout": stdout,
     }
-    print(f"  {label}: median {row['wall_s']:.2f} s (min {row['wall_min_s']:.2f}), CPU {row['cpu_s']:.2f} s, "
-          f"peak {row['peak_mib']:.0f} MiB",
-          file=sys.stderr, flush=True)
+    print(
+        f"  {label}: median {row['wall_s']:.2f} s (min {row['wall_min_s']:.2f}), CPU {row['cpu_s']:.2f} s, "
+        f"peak {row['peak_mib']:.0f} MiB",
+        file=sys.stderr,
+        flush=True,
+    )
     return row
 
 
@@ -154,11 +157,23 @@ def main() -> None:
     ]
     if not opts.quick:
         for threads in ("1", "2"):
-            rows.append(measure(f"{opts.song_seconds:.0f} s, {threads} thread(s)", [*base, str(song)],
-                                {**env, "OMP_NUM_THREADS": threads}, opts.repeat))
+            rows.append(
+                measure(
+                    f"{opts.song_seconds:.0f} s, {threads} thread(s)",
+                    [*base, str(song)],
+                    {**env, "OMP_NUM_THREADS": threads},
+                    opts.repeat,
+                )
+            )
         for bs in ("8", "128"):
-            rows.append(measure(f"{opts.song_seconds:.0f} s, --batch-size {bs}", [*base, "--batch-size", bs, str(song)],
-                                env, opts.repeat))
+            rows.append(
+                measure(
+                    f"{opts.song_seconds:.0f} s, --batch-size {bs}",
+                    [*base, "--batch-size", bs, str(song)],
+                    env,
+                    opts.repeat,
+                )
+            )
         rows.append(measure("startup: --help", ["tag", "--help"], env, opts.repeat))
 
     ref_note = "no reference outputs found"
@@ -173,16 +188,21 @@ def main() -> None:
 
     cpu = os.cpu_count()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\naudiocnn tag benchmark: model {opts.model}, {cpu} CPUs, load average {load:.1f} at the end, "
-          f"median of {opts.repeat} runs, fresh process each")
-    print(f"{'run':<28} {'wall s':>8} {'min s':>7} {'CPU s':>7} {'peak MiB':>9} {'TF wall/ours':>12} "
-          f"{'ours/TF mem':>11}")
+    print(
+        f"\naudiocnn tag benchmark: model {opts.model}, {cpu} CPUs, load average {load:.1f} at the end, "
+        f"median of {opts.repeat} runs, fresh process each"
+    )
+    print(
+        f"{'run':<28} {'wall s':>8} {'min s':>7} {'CPU s':>7} {'peak MiB':>9} {'TF wall/ours':>12} {'ours/TF mem':>11}"
+    )
     for r in rows:
         is_song = r["run"].startswith(f"{opts.song_seconds:.0f} s")
         speed = f"{TF_WALL_S / r['wall_s']:.1f}x" if is_song else ""
         mem = f"{r['peak_mib'] / TF_PEAK_MIB:.2f}" if is_song else ""
-        print(f"{r['run']:<28} {r['wall_s']:>8.2f} {r['wall_min_s']:>7.2f} {r['cpu_s']:>7.2f} "
-              f"{r['peak_mib']:>9.0f} {speed:>12} {mem:>11}")
+        print(
+            f"{r['run']:<28} {r['wall_s']:>8.2f} {r['wall_min_s']:>7.2f} {r['cpu_s']:>7.2f} "
+            f"{r['peak_mib']:>9.0f} {speed:>12} {mem:>11}"
+        )
     print(f"(TensorFlow musicnn tagger, 318 s track: ~{TF_WALL_S:.0f} s wall, ~{TF_PEAK_MIB:.0f} MiB peak)")
     print(ref_note)
 

@@ -96,7 +96,6 @@ def _only_loopback_network(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
 
-
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module's training runs (steadier on a shared 2-core machine);

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import synth_tone
 
 # ----------------------------------------------------------------------------- audio
@@ -68,7 +67,7 @@ def zip_bytes(files: dict[str, bytes], compression: int = zipfile.ZIP_STORED) ->
 
 def split_bytes(data: bytes, parts: int) -> list[bytes]:
     step = -(-len(data) // parts)
-    return [data[i * step:(i + 1) * step] for i in range(parts)]
+    return [data[i * step : (i + 1) * step] for i in range(parts)]
 
 
 # ----------------------------------------------------------------------------- GTZAN
@@ -169,8 +168,20 @@ def mtat_fixture() -> Fixture:
         w.writerow([cid, *("1" if t in on else "0" for t in tags), path])
     info = io.StringIO()
     w = csv.writer(info, delimiter="\t", quoting=csv.QUOTE_ALL, lineterminator="\n")
-    w.writerow(["clip_id", "track_number", "title", "artist", "album", "url", "segmentStart",
-                "segmentEnd", "original_url", "mp3_path"])
+    w.writerow(
+        [
+            "clip_id",
+            "track_number",
+            "title",
+            "artist",
+            "album",
+            "url",
+            "segmentStart",
+            "segmentEnd",
+            "original_url",
+            "mp3_path",
+        ]
+    )
     for cid, _on, path in rows:
         w.writerow([cid, "1", "song", "artist", "album", "http://magnatune.com/", "30", "59", "", path])
     files = {
@@ -186,22 +197,85 @@ def mtat_fixture() -> Fixture:
 # ----------------------------------------------------------------------------- FMA
 
 FMA_SMALL_GENRES = {  # genre_id: (title, parent) -- ids and titles as in the real genres.csv
-    15: ("Electronic", 0), 38: ("Experimental", 0), 17: ("Folk", 0), 21: ("Hip-Hop", 0),
-    1235: ("Instrumental", 0), 2: ("International", 0), 10: ("Pop", 0), 12: ("Rock", 0),
-    25: ("Punk", 12), 42: ("Ambient Electronic", 15),
+    15: ("Electronic", 0),
+    38: ("Experimental", 0),
+    17: ("Folk", 0),
+    21: ("Hip-Hop", 0),
+    1235: ("Instrumental", 0),
+    2: ("International", 0),
+    10: ("Pop", 0),
+    12: ("Rock", 0),
+    25: ("Punk", 12),
+    42: ("Ambient Electronic", 15),
 }
 # Real tracks.csv column header (two rows): top level, then field.
 FMA_COLUMNS = (
-    [("album", c) for c in ("comments", "date_created", "date_released", "engineer", "favorites", "id",
-                            "information", "listens", "producer", "tags", "title", "tracks", "type")]
-    + [("artist", c) for c in ("active_year_begin", "active_year_end", "associated_labels", "bio", "comments",
-                               "date_created", "favorites", "id", "latitude", "location", "longitude", "members",
-                               "name", "related_projects", "tags", "website", "wikipedia_page")]
+    [
+        ("album", c)
+        for c in (
+            "comments",
+            "date_created",
+            "date_released",
+            "engineer",
+            "favorites",
+            "id",
+            "information",
+            "listens",
+            "producer",
+            "tags",
+            "title",
+            "tracks",
+            "type",
+        )
+    ]
+    + [
+        ("artist", c)
+        for c in (
+            "active_year_begin",
+            "active_year_end",
+            "associated_labels",
+            "bio",
+            "comments",
+            "date_created",
+            "favorites",
+            "id",
+            "latitude",
+            "location",
+            "longitude",
+            "members",
+            "name",
+            "related_projects",
+            "tags",
+            "website",
+            "wikipedia_page",
+        )
+    ]
     + [("set", "split"), ("set", "subset")]
-    + [("track", c) for c in ("bit_rate", "comments", "composer", "date_created", "date_recorded", "duration",
-                              "favorites", "genre_top", "genres", "genres_all", "information", "interest",
-                              "language_code", "license", "listens", "lyricist", "number", "publisher", "tags",
-                              "title")]
+    + [
+        ("track", c)
+        for c in (
+            "bit_rate",
+            "comments",
+            "composer",
+            "date_created",
+            "date_recorded",
+            "duration",
+            "favorites",
+            "genre_top",
+            "genres",
+            "genres_all",
+            "information",
+            "interest",
+            "language_code",
+            "license",
+            "listens",
+            "lyricist",
+            "number",
+            "publisher",
+            "tags",
+            "title",
+        )
+    ]
 )
 
 
@@ -210,7 +284,7 @@ def fma_fixture() -> Fixture:
     top_ids = [15, 38, 17, 21, 1235, 2, 10, 12]
     tracks = []  # (track_id, subset, split, genre_top_id, genres_all ids, in_zip)
     tid = 2
-    for gi, g in enumerate(top_ids):
+    for g in top_ids:
         for split in ("training", "validation", "test"):
             extra = [25] if g == 12 and split == "training" else ([42] if g == 15 else [])
             tracks.append((tid, "small", split, g, [g, *extra], True))
@@ -226,14 +300,14 @@ def fma_fixture() -> Fixture:
     w.writerow(["track_id", *([""] * len(FMA_COLUMNS))])
     names = {gid: t for gid, (t, _p) in FMA_SMALL_GENRES.items()}
     for t, subset, split, top, all_ids, _z in tracks:
-        rec = {c: "" for c in FMA_COLUMNS}
+        rec = dict.fromkeys(FMA_COLUMNS, "")
         rec[("set", "split")] = split
         rec[("set", "subset")] = subset
         rec[("track", "genre_top")] = names[top]
         rec[("track", "genres")] = str([top])
         rec[("track", "genres_all")] = str(sorted(set(all_ids)))
         rec[("track", "title")] = f"Track {t}"
-        rec[("artist", "bio")] = "<p>Line one,\nline two with a \"quote\"</p>"
+        rec[("artist", "bio")] = '<p>Line one,\nline two with a "quote"</p>'
         rec[("track", "license")] = "Attribution-NonCommercial-ShareAlike 3.0 International"
         w.writerow([str(t), *(rec[c] for c in FMA_COLUMNS)])
     genres = io.StringIO()
@@ -241,14 +315,17 @@ def fma_fixture() -> Fixture:
     gw.writerow(["genre_id", "#tracks", "parent", "title", "top_level"])
     for gid, (title, parent) in FMA_SMALL_GENRES.items():
         gw.writerow([gid, 100, parent, title, gid if parent == 0 else parent])
-    meta = zip_bytes({
-        "fma_metadata/tracks.csv": out.getvalue().encode(),
-        "fma_metadata/genres.csv": genres.getvalue().encode(),
-        "fma_metadata/features.csv": b"feature,statistics\n",  # not extracted
-        "fma_metadata/README.txt": b"metadata\n",
-    }, compression=zipfile.ZIP_DEFLATED)
+    meta = zip_bytes(
+        {
+            "fma_metadata/tracks.csv": out.getvalue().encode(),
+            "fma_metadata/genres.csv": genres.getvalue().encode(),
+            "fma_metadata/features.csv": b"feature,statistics\n",  # not extracted
+            "fma_metadata/README.txt": b"metadata\n",
+        },
+        compression=zipfile.ZIP_DEFLATED,
+    )
     audio: dict[str, bytes] = {"fma_small/README.txt": b"fma_small\n"}
-    for k, (t, subset, _s, _g, _a, in_zip) in enumerate(tracks):
+    for k, (t, _subset, _s, _g, _a, in_zip) in enumerate(tracks):
         if not in_zip:
             continue
         name = f"{t:06d}"
@@ -408,7 +485,19 @@ def write_files(folder: Path, files: dict[str, bytes]) -> Path:
 
 
 __all__ = [
-    "FixtureServer", "audio_bytes", "digest", "fma_fixture", "folder_fixture", "gtzan_fixture",
-    "gtzan_pick", "http_server", "mtat_fixture", "patch_remotes", "split_bytes", "tar_gz",
-    "write_files", "zip_bytes", "np",
+    "FixtureServer",
+    "audio_bytes",
+    "digest",
+    "fma_fixture",
+    "folder_fixture",
+    "gtzan_fixture",
+    "gtzan_pick",
+    "http_server",
+    "mtat_fixture",
+    "patch_remotes",
+    "split_bytes",
+    "tar_gz",
+    "write_files",
+    "zip_bytes",
+    "np",
 ]

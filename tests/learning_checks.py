@@ -20,28 +20,49 @@ from typing import Any
 from learning_data import SOURCES, shuffle_labels, write_folder
 
 from audiocnn.cli.main import run
-from audiocnn.config import config_from_mapping
 from audiocnn.evaluation import evaluate
+from audiocnn.training.config import config_from_mapping
 from audiocnn.training.loop import train
 
 SR = 8000
-MEL = {"kind": "mel", "sample_rate": SR, "n_fft": 512, "hop_length": 128, "n_mels": 64, "f_max": 4000.0,
-       "compression": "db"}
+MEL = {
+    "kind": "mel",
+    "sample_rate": SR,
+    "n_fft": 512,
+    "hop_length": 128,
+    "n_mels": 64,
+    "f_max": 4000.0,
+    "compression": "db",
+}
 WAVE = {"kind": "waveform", "sample_rate": SR}
 MEL_WINDOW = 12000  # 1.5 s, 94 frames: what vgg's five poolings need at least
 
 MODEL_KWARGS: dict[str, dict[str, Any]] = {
-    "musicnn": {"frontend": MEL, "timbral_filters": 16, "temporal_filters": 8, "temporal_lengths": [32, 16, 8],
-                "midend_filters": 16, "backend_units": 32, "input_length": MEL_WINDOW},
+    "musicnn": {
+        "frontend": MEL,
+        "timbral_filters": 16,
+        "temporal_filters": 8,
+        "temporal_lengths": [32, 16, 8],
+        "midend_filters": 16,
+        "backend_units": 32,
+        "input_length": MEL_WINDOW,
+    },
     "vgg": {"frontend": MEL, "filters": 16, "input_length": MEL_WINDOW},
-    "fcn": {"frontend": MEL, "channels": [16, 32, 32, 32, 32], "pools": [[2, 2], [2, 2], [2, 2], [2, 2], [4, 5]],
-            "input_length": MEL_WINDOW},
+    "fcn": {
+        "frontend": MEL,
+        "channels": [16, 32, 32, 32, 32],
+        "pools": [[2, 2], [2, 2], [2, 2], [2, 2], [4, 5]],
+        "input_length": MEL_WINDOW,
+    },
     "shortchunk-cnn": {"frontend": MEL, "channels": [16, 16, 32, 32, 32, 32], "input_length": MEL_WINDOW},
     "shortchunk-resnet": {"frontend": MEL, "channels": [16, 16, 32, 32, 32, 32], "input_length": MEL_WINDOW},
-    "samplecnn": {"frontend": WAVE, "blocks": [16, 16, 32, 32, 32, 32, 32], "stem_channels": 16,
-                  "final_channels": 32},
-    "samplecnn-se": {"frontend": WAVE, "blocks": [16, 16, 32, 32, 32, 32, 32], "stem_channels": 16,
-                     "amplifying_ratio": 2},
+    "samplecnn": {"frontend": WAVE, "blocks": [16, 16, 32, 32, 32, 32, 32], "stem_channels": 16, "final_channels": 32},
+    "samplecnn-se": {
+        "frontend": WAVE,
+        "blocks": [16, 16, 32, 32, 32, 32, 32],
+        "stem_channels": 16,
+        "amplifying_ratio": 2,
+    },
 }
 
 TASKS = ("single-label", "multi-label")
@@ -49,9 +70,19 @@ COUNTS = {"train": 96, "valid": 24, "test": 48}
 SECONDS = 2.0
 DATASETS = {"single-label": "learn-single", "multi-label": "learn-multi"}
 
-TRAIN = {"epochs": 10, "batch_size": 16, "optimizer": "adam", "lr": 3e-3, "eval_chunks": 4,
-         "eval_batch_size": 8, "workers": 0, "amp": "none", "tensorboard": False,
-         "early_stopping": {"enabled": False}, "schedule": {"name": "constant"}}
+TRAIN = {
+    "epochs": 10,
+    "batch_size": 16,
+    "optimizer": "adam",
+    "lr": 3e-3,
+    "eval_chunks": 4,
+    "eval_batch_size": 8,
+    "workers": 0,
+    "amp": "none",
+    "tensorboard": False,
+    "early_stopping": {"enabled": False},
+    "schedule": {"name": "constant"},
+}
 
 
 def prepare_datasets(data_dir: Path, audio_root: Path, *, shuffled_seeds: tuple[int, ...] = ()) -> dict[str, str]:
@@ -66,16 +97,33 @@ def prepare_datasets(data_dir: Path, audio_root: Path, *, shuffled_seeds: tuple[
             shuffled = shuffle_labels(csv_path, s, src.parent / f"{name}-shuffled{s}.csv")
             variants.append((f"{name}-shuffled{s}", shuffled))
         for dataset, labels in variants:
-            code = run(["--data-dir", str(data_dir), "prepare", "folder", "--source", str(src), "--labels", str(labels),
-                        "--name", dataset, "--task", task, "-j", "1"])
+            code = run(
+                [
+                    "--data-dir",
+                    str(data_dir),
+                    "prepare",
+                    "folder",
+                    "--source",
+                    str(src),
+                    "--labels",
+                    str(labels),
+                    "--name",
+                    dataset,
+                    "--task",
+                    task,
+                    "-j",
+                    "1",
+                ]
+            )
             if code != 0:
                 raise RuntimeError(f"prepare folder {dataset} failed with exit code {code}")
             made[dataset] = task
     return made
 
 
-def run_check(model: str, dataset: str, *, data_dir: Path, runs_dir: Path, seed: int = 0, device: str = "cpu",
-              **overrides: Any) -> dict[str, Any]:
+def run_check(
+    model: str, dataset: str, *, data_dir: Path, runs_dir: Path, seed: int = 0, device: str = "cpu", **overrides: Any
+) -> dict[str, Any]:
     """Train ``model`` from scratch on ``dataset`` and return its test-split metrics."""
     values = {**TRAIN, "dataset": dataset, "model": model, "model_kwargs": MODEL_KWARGS[model], "seed": seed}
     values.update(overrides)

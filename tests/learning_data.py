@@ -94,8 +94,16 @@ def clip_labels(task: str, index: int, rng: np.random.Generator, sources: tuple[
     return [first] + list(rng.choice(others, size=k - 1, replace=False))
 
 
-def write_folder(root: Path, task: str, *, counts: dict[str, int], seconds: float = 2.0, sr: int = 8000,
-                 seed: int = 0, sources: tuple[str, ...] = SOURCES) -> Path:
+def write_folder(
+    root: Path,
+    task: str,
+    *,
+    counts: dict[str, int],
+    seconds: float = 2.0,
+    sr: int = 8000,
+    seed: int = 0,
+    sources: tuple[str, ...] = SOURCES,
+) -> Path:
     """Write clips and ``labels.csv`` (path, labels, split) under ``root``; returns the CSV."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -143,8 +151,14 @@ def main() -> None:
     ap.add_argument("--sample-rate", type=int, default=16000)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    csv_path = write_folder(a.out, a.task, counts={"train": a.train, "valid": a.valid, "test": a.test},
-                            seconds=a.seconds, sr=a.sample_rate, seed=a.seed)
+    csv_path = write_folder(
+        a.out,
+        a.task,
+        counts={"train": a.train, "valid": a.valid, "test": a.test},
+        seconds=a.seconds,
+        sr=a.sample_rate,
+        seed=a.seed,
+    )
     print(csv_path)
 
 

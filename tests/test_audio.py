@@ -180,14 +180,28 @@ def _touch(*paths: Path) -> None:
 
 def test_find_audio_files_skips_hidden_names_and_sorts_folder_by_folder(tmp_path: Path) -> None:
     root = tmp_path / ".music"  # the folder asked for may itself be hidden
-    _touch(root / "b.wav", root / "A.FLAC", root / "a" / "z.mp3", root / "a-c" / "x.ogg",
-           root / "a" / "deep" / "y.opus",
-           root / "notes.txt", root / "cover.jpg", root / "noext",
-           root / "._b.wav",  # macOS resource-fork copy: not audio despite its extension
-           root / ".DS_Store", root / ".cache" / "c.wav", root / "a" / ".git" / "d.mp3")
+    _touch(
+        root / "b.wav",
+        root / "A.FLAC",
+        root / "a" / "z.mp3",
+        root / "a-c" / "x.ogg",
+        root / "a" / "deep" / "y.opus",
+        root / "notes.txt",
+        root / "cover.jpg",
+        root / "noext",
+        root / "._b.wav",  # macOS resource-fork copy: not audio despite its extension
+        root / ".DS_Store",
+        root / ".cache" / "c.wav",
+        root / "a" / ".git" / "d.mp3",
+    )
     found = find_audio_files(root)
     assert [p.relative_to(root).as_posix() for p in found] == [
-        "A.FLAC", "a/deep/y.opus", "a/z.mp3", "a-c/x.ogg", "b.wav"]
+        "A.FLAC",
+        "a/deep/y.opus",
+        "a/z.mp3",
+        "a-c/x.ogg",
+        "b.wav",
+    ]
     assert all(root in p.parents for p in found)  # as found, not resolved
     assert find_audio_files(str(root)) == found  # a str works as well as a Path
     assert find_audio_files(tmp_path / "missing") == [] and find_audio_files(root / "cover.jpg") == []

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from audiocnn.checkpoint import DIGEST_KEY, load_checkpoint, load_weights, read_metadata, tensor_digest
-from audiocnn.cli.main import run
-from audiocnn.errors import CheckpointError
 from conftest import synth_tone, write_audio
 from tag_fixtures import SR, make_checkpoint
+
+from audiocnn.cli.main import run
+from audiocnn.errors import CheckpointError
+from audiocnn.models.checkpoint import DIGEST_KEY, load_checkpoint, load_weights, read_metadata, tensor_digest
 
 LABELS = ["rock", "jazz", "piano", "vocal"]
 
@@ -81,15 +81,15 @@ def test_every_loader_verifies(ckpt, tmp_path):
     with pytest.raises(CheckpointError, match="tensor checksum mismatch"):
         load_weights(ckpt)
 
-    from audiocnn.config import TrainConfig
-    from audiocnn.training.loop import build_model
+    from audiocnn.training.config import TrainConfig
+    from audiocnn.training.setup import build_model
 
     with pytest.raises(CheckpointError, match="tensor checksum mismatch"):
         build_model(TrainConfig(init=str(ckpt)), LABELS, "multi-label", tmp_path)
 
 
 def test_best_weights_reloaded_after_training_are_verified(ckpt):
-    from audiocnn.training.loop import _load_best
+    from audiocnn.training.loop import load_best as _load_best
 
     model, _meta = load_checkpoint(ckpt)
     flip_tensor_bytes(ckpt)
@@ -104,7 +104,7 @@ def test_checkpoint_from_before_the_digest_still_loads(ckpt, song, capsys, caplo
     state = load_weights(ckpt)
     del meta[DIGEST_KEY]
     ckpt.write_bytes(save(state, metadata={"audiocnn": json.dumps(meta)}))
-    with caplog.at_level(logging.DEBUG, logger="audiocnn.checkpoint"):
+    with caplog.at_level(logging.DEBUG, logger="audiocnn.models.checkpoint"):
         model, loaded = load_checkpoint(ckpt)
     assert DIGEST_KEY not in loaded and "weights not verified" in caplog.text
     code, _out, err = _tag(capsys, str(song), "--model", str(ckpt), "--device", "cpu")

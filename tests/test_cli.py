@@ -95,9 +95,7 @@ def test_data_dir_option_and_env(tmp_path, monkeypatch, temp_command) -> None:
 
 
 def test_console_script_entry_point() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "audiocnn", "--version"], capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([sys.executable, "-m", "audiocnn", "--version"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
     assert proc.stdout.strip() == f"audiocnn {__version__}"
 

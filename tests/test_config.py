@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from audiocnn.config import (
+from audiocnn.errors import ConfigError
+from audiocnn.training.config import (
     TrainConfig,
     apply_overrides,
     config_from_mapping,
@@ -15,12 +16,16 @@ from audiocnn.config import (
     save_config,
     valid_keys,
 )
-from audiocnn.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SHIPPED = [
-    "gtzan-samplecnn", "gtzan-musicnn", "mtat-samplecnn", "mtat-fcn", "mtat-musicnn",
-    "mtat-shortchunk-resnet", "fma-small-musicnn",
+    "gtzan-samplecnn",
+    "gtzan-musicnn",
+    "mtat-samplecnn",
+    "mtat-fcn",
+    "mtat-musicnn",
+    "mtat-shortchunk-resnet",
+    "fma-small-musicnn",
 ]
 BASE = {"dataset": "gtzan", "model": "fcn"}
 
@@ -35,11 +40,19 @@ def test_defaults_and_yaml_round_trip(tmp_path):
 
 
 def test_values_are_yaml_scalars():
-    cfg = config_from_mapping(BASE, [
-        "lr=1e-4",  # YAML 1.1 reads this as a string; it must still be a float
-        "epochs=3", "amp=bf16", "freeze_backbone=true", "init=null", "grad_clip=1.5",
-        "schedule.sgd_lrs=[0.1, 0.01]", "model_kwargs={dropout: 0.3, channels: [1, 2]}",
-    ])
+    cfg = config_from_mapping(
+        BASE,
+        [
+            "lr=1e-4",  # YAML 1.1 reads this as a string; it must still be a float
+            "epochs=3",
+            "amp=bf16",
+            "freeze_backbone=true",
+            "init=null",
+            "grad_clip=1.5",
+            "schedule.sgd_lrs=[0.1, 0.01]",
+            "model_kwargs={dropout: 0.3, channels: [1, 2]}",
+        ],
+    )
     assert cfg.lr == pytest.approx(1e-4) and isinstance(cfg.lr, float)
     assert cfg.epochs == 3 and cfg.amp == "bf16" and cfg.freeze_backbone is True
     assert cfg.init is None and cfg.grad_clip == 1.5
@@ -49,9 +62,27 @@ def test_values_are_yaml_scalars():
 
 def test_every_issue_key_is_addressable():
     keys = set(valid_keys())
-    for key in ("dataset", "split_scheme", "model", "model_kwargs", "task", "epochs", "batch_size", "optimizer",
-                "lr", "schedule", "seed", "amp", "workers", "eval_chunks", "init", "freeze_backbone",
-                "early_stopping", "schedule.patience", "early_stopping.patience"):
+    for key in (
+        "dataset",
+        "split_scheme",
+        "model",
+        "model_kwargs",
+        "task",
+        "epochs",
+        "batch_size",
+        "optimizer",
+        "lr",
+        "schedule",
+        "seed",
+        "amp",
+        "workers",
+        "eval_chunks",
+        "init",
+        "freeze_backbone",
+        "early_stopping",
+        "schedule.patience",
+        "early_stopping.patience",
+    ):
         assert key in keys
 
 
@@ -59,7 +90,9 @@ def test_nested_shorthands():
     cfg = config_from_mapping(BASE, ["schedule=plateau", "early_stopping=7"])
     assert cfg.schedule.name == "plateau"
     assert cfg.early_stopping.enabled and cfg.early_stopping.patience == 7
-    cfg = config_from_mapping({**BASE, "schedule": "skip", "early_stopping": 5}, ["early_stopping=false", "schedule.adam_epochs=3"])
+    cfg = config_from_mapping(
+        {**BASE, "schedule": "skip", "early_stopping": 5}, ["early_stopping=false", "schedule.adam_epochs=3"]
+    )
     assert cfg.schedule.name == "skip" and cfg.schedule.adam_epochs == 3
     assert cfg.early_stopping.enabled is False
 

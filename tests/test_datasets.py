@@ -132,8 +132,9 @@ def test_gtzan_wav_variant_random_split_parallel(tmp_path, data_dir):
     by_genre = Counter((c.labels[0], c.split) for c in manifest.clips)
     assert all(by_genre[(g, s)] >= 1 for g in ("blues", "rock") for s in ("train", "valid", "test"))
     # same seed, same split
-    again = prepare_dataset("gtzan", data_dir, source=str(src), split_scheme="random", jobs=1,
-                            progress=False, force=True)
+    again = prepare_dataset(
+        "gtzan", data_dir, source=str(src), split_scheme="random", jobs=1, progress=False, force=True
+    )
     assert {c.id: c.split for c in again.clips} == {c.id: c.split for c in manifest.clips}
     assert verify_dataset(data_dir, "gtzan", jobs=2).ok
 
@@ -142,8 +143,7 @@ def test_prepare_can_extract_features(tmp_path, data_dir):
     pytest.importorskip("audiocnn.features.store")
     fx = gtzan_fixture("au")
     src = write_files(tmp_path / "dl", fx.files)
-    pipeline.prepare("gtzan", data_dir, source=str(src), skip_checksum=True, jobs=1, progress=False,
-                     features="both")
+    pipeline.prepare("gtzan", data_dir, source=str(src), skip_checksum=True, jobs=1, progress=False, features="both")
     stores = sorted(p.name.split("-")[0] for p in (data_dir / "gtzan" / "features").iterdir())
     assert stores == ["mel", "waveform"]
     assert all((p / "complete.json").is_file() for p in (data_dir / "gtzan" / "features").iterdir())
@@ -173,8 +173,9 @@ def test_mtat_split_zip_from_source_url(http_server, data_dir, monkeypatch, caps
     fx = mtat_fixture()
     patch_remotes(monkeypatch, "mtat", fx.files)
     base = http_server.add_files("/mtat", fx.files)
-    code, out, err = _cli(capsys, "--data-dir", str(data_dir), "prepare", "mtat", "--source", base, "-j", "1",
-                          "--format", "json")
+    code, out, err = _cli(
+        capsys, "--data-dir", str(data_dir), "prepare", "mtat", "--source", base, "-j", "1", "--format", "json"
+    )
     assert code == 0, err
     info = json.loads(out)
     assert info["task"] == "multi-label"
@@ -184,8 +185,9 @@ def test_mtat_split_zip_from_source_url(http_server, data_dir, monkeypatch, caps
     reasons = {e["id"]: e["reason"] for e in info["excluded"]}
     for cid in ("35644", "55753", "57881"):
         assert "known broken" in reasons[cid]
-    assert sum("no top-50 tag" in r for r in reasons.values()) == \
-        sum(fx.expected["counts"]["all-clips"].values()) - sum(fx.expected["counts"]["standard"].values())
+    assert sum("no top-50 tag" in r for r in reasons.values()) == sum(
+        fx.expected["counts"]["all-clips"].values()
+    ) - sum(fx.expected["counts"]["standard"].values())
     m = read_manifest(data_dir / "mtat")
     assert {c.id: c.labels for c in m.clips} == {k: v for k, v in fx.expected["labels_of"].items() if v}
     assert all(c.sample_rate == 16000 for c in m.clips)
@@ -253,8 +255,9 @@ def test_folder_subfolders(tmp_path, data_dir, capsys):
     made = folder_fixture(src)
     code, _out, err = _cli(capsys, "--data-dir", str(data_dir), "prepare", "folder", "--source", str(src))
     assert code == 2 and "--name" in err
-    code, out, err = _cli(capsys, "--data-dir", str(data_dir), "prepare", "folder", "--source", str(src),
-                          "--name", "mine", "-j", "1")
+    code, out, err = _cli(
+        capsys, "--data-dir", str(data_dir), "prepare", "folder", "--source", str(src), "--name", "mine", "-j", "1"
+    )
     assert code == 0, err
     m = read_manifest(data_dir / "mine")
     assert m.dataset == "folder" and m.name == "mine" and m.task == "single-label"
@@ -282,15 +285,23 @@ def test_folder_labels_csv_multilabel_with_split(tmp_path, data_dir):
         lines.append(f"{p},{labels},{['train', 'validation', 'test'][i % 3]}")
     lines.append("does/not/exist.wav,rock,train")
     csv_path.write_text("\n".join(lines) + "\n")
-    m = prepare_dataset("folder", data_dir, source=str(src), labels_file=str(csv_path), dataset_name="tagged",
-                        jobs=1, progress=False)
+    m = prepare_dataset(
+        "folder", data_dir, source=str(src), labels_file=str(csv_path), dataset_name="tagged", jobs=1, progress=False
+    )
     assert m.task == "multi-label" and m.labels == ["loud", "quiet", "rock"]
     assert {c.path: c.labels for c in m.clips}[paths[1]] == ["loud", "rock"]
     assert {c.path: c.split for c in m.clips}[paths[1]] == "valid"
     assert [e["reason"] for e in m.excluded] == ["listed in the labels CSV but not found"]
     with pytest.raises(UsageError, match="several labels"):
-        prepare_dataset("folder", data_dir, source=str(src), labels_file=str(csv_path), dataset_name="t2",
-                        task="single-label", progress=False)
+        prepare_dataset(
+            "folder",
+            data_dir,
+            source=str(src),
+            labels_file=str(csv_path),
+            dataset_name="t2",
+            task="single-label",
+            progress=False,
+        )
 
 
 # ----------------------------------------------------------------------------- registry, splits

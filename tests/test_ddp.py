@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from train_helpers import make_dataset, write_config
 
-from audiocnn.checkpoint import load_checkpoint
 from audiocnn.cli.main import run
+from audiocnn.models.checkpoint import load_checkpoint
 
 HERE = Path(__file__).resolve().parent
 
@@ -32,12 +31,33 @@ def test_two_process_gloo_training_matches_layout_and_gathers_every_clip_once(tm
     assert run(["--data-dir", str(data), "train", str(cfg), "--run-dir", str(single), "--device", "cpu"]) == 0
 
     ddp = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(HERE / "train_helpers.py"), "--data-dir", str(data), "train", str(cfg), "--run-dir", str(ddp),
-         "--device", "cpu"],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(HERE / "train_helpers.py"),
+            "--data-dir",
+            str(data),
+            "train",
+            str(cfg),
+            "--run-dir",
+            str(ddp),
+            "--device",
+            "cpu",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 processes" in proc.stderr
@@ -45,8 +65,11 @@ def test_two_process_gloo_training_matches_layout_and_gathers_every_clip_once(tm
 
     # same files, same metrics.csv layout as the single-process run
     names = {p.name for p in ddp.iterdir()}
-    assert names == {p.name for p in single.iterdir()} >= {"config.yaml", "metrics.csv", "best.safetensors",
-                                                           "last.pt", "curves.png"}
+    assert (
+        names
+        == {p.name for p in single.iterdir()}
+        >= {"config.yaml", "metrics.csv", "best.safetensors", "last.pt", "curves.png"}
+    )
     assert not any(n.startswith(".") for n in names)  # no temp files left by a second writer
     head_ddp = (ddp / "metrics.csv").read_text().splitlines()
     head_single = (single / "metrics.csv").read_text().splitlines()
@@ -56,17 +79,27 @@ def test_two_process_gloo_training_matches_layout_and_gathers_every_clip_once(tm
 
     # the gathered validation metrics of the last epoch equal a single-process pass over
     # the valid split with the same weights (duplicated or lost clips would change them)
-    from audiocnn.training.loop import metrics_rows
     from audiocnn.evaluation import evaluate
+    from audiocnn.training.callbacks import metrics_rows
 
     state = torch.load(ddp / "last.pt", weights_only=False)
     model, meta = load_checkpoint(ddp / "best.safetensors")
     model.load_state_dict(state["model"])
-    from audiocnn.checkpoint import model_metadata, save_checkpoint
+    from audiocnn.models.checkpoint import model_metadata, save_checkpoint
 
-    ck = save_checkpoint(tmp_path / "last.safetensors", model, model_metadata(model, meta["labels"], {}, dataset="tones5"))
-    res = evaluate(ck, data_dir=data, split="valid", eval_chunks=3, device="cpu", plots=False, progress=False,
-                   out_dir=tmp_path / "ev")
+    ck = save_checkpoint(
+        tmp_path / "last.safetensors", model, model_metadata(model, meta["labels"], {}, dataset="tones5")
+    )
+    res = evaluate(
+        ck,
+        data_dir=data,
+        split="valid",
+        eval_chunks=3,
+        device="cpu",
+        plots=False,
+        progress=False,
+        out_dir=tmp_path / "ev",
+    )
     last = metrics_rows(ddp / "metrics.csv")[-1]
     assert res["n_clips"] == 5
     assert float(last["accuracy"]) == pytest.approx(res["accuracy"], abs=1e-6)

@@ -113,8 +113,15 @@ def test_http_404_fails_without_retrying(http_server, tmp_path):
 def test_unreachable_host_retries_then_fails(tmp_path):
     delays = []
     with pytest.raises(DownloadError, match="after 3 attempts"):
-        download_file("http://127.0.0.1:9/x.bin", tmp_path / "x.bin", retries=2, backoff=0.01,
-                      sleep=delays.append, progress=False, timeout=2)
+        download_file(
+            "http://127.0.0.1:9/x.bin",
+            tmp_path / "x.bin",
+            retries=2,
+            backoff=0.01,
+            sleep=delays.append,
+            progress=False,
+            timeout=2,
+        )
     assert delays == [0.01, 0.02]
 
 
@@ -200,7 +207,7 @@ def test_zip_symlink_escape_is_rejected(tmp_path):
     path = tmp_path / "link.zip"
     with zipfile.ZipFile(path, "w") as zf:
         info = zipfile.ZipInfo("sub/link")
-        info.external_attr = (0o120777 << 16)  # S_IFLNK
+        info.external_attr = 0o120777 << 16  # S_IFLNK
         zf.writestr(info, "../../outside")
     with pytest.raises(UnsafeArchiveError, match="is a symbolic link"):
         extract_archive(path, tmp_path / "out")
@@ -217,7 +224,7 @@ def test_multipart_zip_is_read_as_one_stream(tmp_path):
     with MultiPartFile(parts) as mp:
         assert mp.seek(0, io.SEEK_END) == len(data)
         mp.seek(len(parts[0].read_bytes()) - 3)
-        assert mp.read(6) == data[len(parts[0].read_bytes()) - 3:][:6]  # across a part boundary
+        assert mp.read(6) == data[len(parts[0].read_bytes()) - 3 :][:6]  # across a part boundary
     dest = tmp_path / "out"
     assert extract_archive(parts, dest) == len(files)
     for name, content in files.items():

@@ -31,8 +31,16 @@ def build_store(root: Path, task: str, config):
     for k, sec in enumerate(SECONDS):
         write_audio(raw / f"c{k}.wav", synth_tone(sec, 8000, seed=k), 8000)
         labels = [LABELS[k % 4]] if task == "single-label" else [LABELS[j] for j in range(4) if (k + 1) >> j & 1]
-        clips.append(Clip(id=f"c{k}", path=f"c{k}.wav", duration=sec, sample_rate=8000, labels=labels,
-                          split="train" if k < 5 else "valid"))
+        clips.append(
+            Clip(
+                id=f"c{k}",
+                path=f"c{k}.wav",
+                duration=sec,
+                sample_rate=8000,
+                labels=labels,
+                split="train" if k < 5 else "valid",
+            )
+        )
     write_manifest(Manifest(name=root.name, dataset="folder", task=task, labels=LABELS, clips=clips), root)
     return open_dataset_store(root, config, jobs=1, progress=False, min_seconds=0.1)
 

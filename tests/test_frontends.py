@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import synth_tone
 
 from audiocnn.errors import ConfigError
 from audiocnn.features import MelConfig, WaveformConfig, build_frontend, config_from_dict
-from conftest import synth_tone
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +34,19 @@ MEL_CASES = [
 
 def _librosa_mel(y: np.ndarray, c: MelConfig) -> np.ndarray:
     return librosa.feature.melspectrogram(
-        y=y, sr=c.sample_rate, n_fft=c.n_fft, hop_length=c.hop_length, win_length=c.win_length,
-        center=c.center, pad_mode=c.pad_mode, power=c.power, n_mels=c.n_mels, fmin=c.f_min,
-        fmax=c.f_max, htk=c.htk, norm=c.norm,
+        y=y,
+        sr=c.sample_rate,
+        n_fft=c.n_fft,
+        hop_length=c.hop_length,
+        win_length=c.win_length,
+        center=c.center,
+        pad_mode=c.pad_mode,
+        power=c.power,
+        n_mels=c.n_mels,
+        fmin=c.f_min,
+        fmax=c.f_max,
+        htk=c.htk,
+        norm=c.norm,
     )
 
 
@@ -69,9 +79,9 @@ def test_compressions(signal: np.ndarray) -> None:
     np.testing.assert_allclose(top, librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=60.0), atol=1e-3)
     l1p = build_frontend(MelConfig(compression="log1p"))(torch.from_numpy(signal)[None])[0].numpy()
     np.testing.assert_allclose(l1p, np.log1p(power), rtol=1e-5, atol=1e-6)
-    mus = build_frontend(MelConfig(compression="log10_10000", fp16_before_log=True))(
-        torch.from_numpy(signal)[None]
-    )[0].numpy()
+    mus = build_frontend(MelConfig(compression="log10_10000", fp16_before_log=True))(torch.from_numpy(signal)[None])[
+        0
+    ].numpy()
     np.testing.assert_allclose(
         mus, np.log10(10000 * power.astype(np.float16).astype(np.float64) + 1), rtol=1e-5, atol=1e-5
     )
@@ -93,8 +103,10 @@ def test_frontend_under_bf16_autocast(signal: np.ndarray) -> None:
     torch.testing.assert_close(out, fe(x))
 
 
-@pytest.mark.parametrize("config", [WaveformConfig(), WaveformConfig(22050, True), MelConfig(),
-                                    MelConfig(n_mels=128, f_max=8000.0, top_db=80.0)])
+@pytest.mark.parametrize(
+    "config",
+    [WaveformConfig(), WaveformConfig(22050, True), MelConfig(), MelConfig(n_mels=128, f_max=8000.0, top_db=80.0)],
+)
 def test_config_round_trip(config) -> None:
     assert config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert config_from_dict(yaml.safe_load(yaml.safe_dump(config.to_dict()))) == config
@@ -141,8 +153,9 @@ def test_filterbank_equals_librosa(sr, n_fft, n_mels, fmin, fmax, htk, norm) -> 
     from audiocnn.features.frontends import mel_filterbank
 
     ours = mel_filterbank(sr, n_fft, n_mels, fmin, fmax, htk, norm)
-    ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk,
-                              norm=norm, dtype=np.float64)
+    ref = librosa.filters.mel(
+        sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm, dtype=np.float64
+    )
     assert ours.shape == ref.shape
     assert np.max(np.abs(ours - ref)) <= 1e-6 * np.max(np.abs(ref))
 
@@ -161,8 +174,12 @@ def test_building_a_mel_frontend_does_not_import_librosa() -> None:
 
 @pytest.mark.parametrize(
     "kw",
-    [{}, {"pad_mode": "reflect", "top_db": 60.0}, {"center": False, "compression": "log10_10000"},
-     {"pad_mode": "replicate", "compression": "log1p", "n_fft": 1024, "hop_length": 160}],
+    [
+        {},
+        {"pad_mode": "reflect", "top_db": 60.0},
+        {"center": False, "compression": "log10_10000"},
+        {"pad_mode": "replicate", "compression": "log1p", "n_fft": 1024, "hop_length": 160},
+    ],
 )
 def test_mel_stream_equals_whole_signal(signal: np.ndarray, kw: dict) -> None:
     from audiocnn.features.frontends import MelStream

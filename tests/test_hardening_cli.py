@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import synth_tone, write_audio
 from tag_fixtures import SR, make_checkpoint
 from train_helpers import TinyMel, make_dataset, write_config
 
-from audiocnn.checkpoint import model_metadata, save_checkpoint
 from audiocnn.cli.main import run
+from audiocnn.models.checkpoint import model_metadata, save_checkpoint
 
 torch.set_num_threads(1)
 
@@ -151,18 +150,21 @@ def test_duplicate_yaml_key_is_an_error(tmp_path, capsys):
     assert f"{tmp_path / 'exp.yaml'}:5: duplicate key 'lr' (first given on line 3)" in line
 
 
-@pytest.mark.parametrize("override, expect", [
-    ("lr=nan", "config key 'lr' must be a finite number, got nan"),
-    ("lr=.inf", "config key 'lr' must be a finite number, got inf"),
-    ("grad_clip=nan", "config key 'grad_clip' must be a finite number, got nan"),
-    ("schedule.sgd_lrs=[0.1, .nan]", "config key 'schedule.sgd_lrs' must be a finite number, got [0.1, nan]"),
-    ("seed=-5", "config key 'seed' must be in [0, 4294967295], got -5"),
-    ("seed=4294967296", "config key 'seed' must be in [0, 4294967295], got 4294967296"),
-    ("momentum=1.5", "config key 'momentum' must be in [0, 1), got 1.5"),
-    ("weight_decay=-1", "config key 'weight_decay' must be >= 0, got -1.0"),
-    ("early_stopping.min_delta=-0.1", "config key 'early_stopping.min_delta' must be >= 0, got -0.1"),
-    ("model_kwargs={a: 1, a: 2}", "cannot parse value '{a: 1, a: 2}' as YAML (duplicate key 'a')"),
-])
+@pytest.mark.parametrize(
+    "override, expect",
+    [
+        ("lr=nan", "config key 'lr' must be a finite number, got nan"),
+        ("lr=.inf", "config key 'lr' must be a finite number, got inf"),
+        ("grad_clip=nan", "config key 'grad_clip' must be a finite number, got nan"),
+        ("schedule.sgd_lrs=[0.1, .nan]", "config key 'schedule.sgd_lrs' must be a finite number, got [0.1, nan]"),
+        ("seed=-5", "config key 'seed' must be in [0, 4294967295], got -5"),
+        ("seed=4294967296", "config key 'seed' must be in [0, 4294967295], got 4294967296"),
+        ("momentum=1.5", "config key 'momentum' must be in [0, 1), got 1.5"),
+        ("weight_decay=-1", "config key 'weight_decay' must be >= 0, got -1.0"),
+        ("early_stopping.min_delta=-0.1", "config key 'early_stopping.min_delta' must be >= 0, got -0.1"),
+        ("model_kwargs={a: 1, a: 2}", "cannot parse value '{a: 1, a: 2}' as YAML (duplicate key 'a')"),
+    ],
+)
 def test_numeric_config_values_are_checked(tmp_path, capsys, override, expect):
     line = _train_error(tmp_path, capsys, BASE, override)
     assert line == f"error: {tmp_path / 'exp.yaml'}: {expect}"
@@ -214,8 +216,7 @@ def pretrained(tmp_path) -> Path:
     labels = read_manifest(data / "tones").labels
     torch.manual_seed(0)
     model = TinyMel(len(labels), "single-label")
-    meta = model_metadata(model, labels, {}, pretrained="musicnn-mtt", dataset="MagnaTagATune",
-                          source="tests")
+    meta = model_metadata(model, labels, {}, pretrained="musicnn-mtt", dataset="MagnaTagATune", source="tests")
     save_checkpoint(data / "pretrained" / "musicnn-mtt.safetensors", model, meta)
     return data
 
@@ -228,8 +229,23 @@ def test_evaluate_accepts_pretrained_names(pretrained, capsys):
     assert_hints_are_real(line, capsys)
     assert run(["--data-dir", str(pretrained), "datasets"]) == 0
     assert "mtat" in capsys.readouterr().out
-    code = run(["--data-dir", str(pretrained), "evaluate", "musicnn-mtt", "--dataset", "tones", "--split", "valid",
-                "--device", "cpu", "--no-plots", "--format", "json"])
+    code = run(
+        [
+            "--data-dir",
+            str(pretrained),
+            "evaluate",
+            "musicnn-mtt",
+            "--dataset",
+            "tones",
+            "--split",
+            "valid",
+            "--device",
+            "cpu",
+            "--no-plots",
+            "--format",
+            "json",
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     assert '"n_clips": 4' in out.out and "musicnn-mtt.safetensors" in out.out

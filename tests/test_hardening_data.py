@@ -4,6 +4,7 @@ folder. Archives and folders are built here; the only server is on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -11,16 +12,17 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
+from dataset_fixtures import audio_bytes, http_server  # noqa: F401 (http_server is a fixture)
 
 from audiocnn.cli.main import run
 from audiocnn.datasets.download import CorruptArchiveError, extract_archive
 from audiocnn.datasets.lock import _try_flock, lock_path
 from audiocnn.errors import UnsafeArchiveError
-from dataset_fixtures import audio_bytes, http_server  # noqa: F401 (http_server is a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,8 +118,12 @@ def _no_symlinks(folder: Path) -> list[Path]:
 
 
 # every attack in every format, except a hard link in a zip (the format has none)
-CASES = [(fmt, attack) for fmt in ("tar", "tar.gz", "zip") for attack in sorted(ATTACKS)
-         if not (fmt == "zip" and attack == "hardlink")]
+CASES = [
+    (fmt, attack)
+    for fmt in ("tar", "tar.gz", "zip")
+    for attack in sorted(ATTACKS)
+    if not (fmt == "zip" and attack == "hardlink")
+]
 
 
 @pytest.mark.parametrize("fmt,attack", CASES)
@@ -168,8 +174,9 @@ def test_prepare_refuses_the_link_chain_archive(tmp_path, capsys, fmt):
     data, _top = _attack_layout(tmp_path)
     members = CHAIN if fmt != "zip" else _zip_members(CHAIN)
     archive = make_archive(tmp_path / "src", fmt, members)
-    code, out, err = _cli(capsys, "--data-dir", str(data), "prepare", "gtzan", "--source", str(archive),
-                          "--skip-checksum", "-j", "1")
+    code, out, err = _cli(
+        capsys, "--data-dir", str(data), "prepare", "gtzan", "--source", str(archive), "--skip-checksum", "-j", "1"
+    )
     line = _one_error_line(err)
     assert code != 0 and out == ""
     assert str(archive) in line and "'genres/x' is a symbolic link" in line
@@ -180,8 +187,9 @@ def test_prepare_refuses_the_link_chain_archive_from_a_url(tmp_path, capsys, htt
     data, _top = _attack_layout(tmp_path)
     archive = make_archive(tmp_path / "src", "tar.gz", CHAIN)
     base = http_server.add_files("/mirror", {"genres.tar.gz": archive.read_bytes()})
-    code, _out, err = _cli(capsys, "--data-dir", str(data), "prepare", "gtzan", "--source", base,
-                           "--skip-checksum", "-j", "1")
+    code, _out, err = _cli(
+        capsys, "--data-dir", str(data), "prepare", "gtzan", "--source", base, "--skip-checksum", "-j", "1"
+    )
     line = _one_error_line(err)
     assert code != 0 and "genres.tar.gz" in line and "'genres/x' is a symbolic link" in line
     _assert_nothing_escaped(tmp_path, data)
@@ -210,8 +218,11 @@ def test_folder_link_out_of_the_source_is_refused_in_both_modes(tmp_path, capsys
     (src / "loud" / "inner.wav").symlink_to(stash)  # a link that stays inside: fine
     args = ["--data-dir", str(tmp_path / "data"), "prepare", "folder", "--source", str(src), "--name", "m", "-j", "1"]
     if mode == "csv":
-        rows = ["path,labels"] + [f"{p.relative_to(src).as_posix()},{p.parent.name}"
-                                  for p in sorted(src.glob("*/*.wav")) if p.parent != stash.parent]
+        rows = ["path,labels"] + [
+            f"{p.relative_to(src).as_posix()},{p.parent.name}"
+            for p in sorted(src.glob("*/*.wav"))
+            if p.parent != stash.parent
+        ]
         (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
         args += ["--labels", str(tmp_path / "labels.csv")]
     code, _out, err = _cli(capsys, *args)
@@ -237,14 +248,39 @@ def _cut(archive: Path, keep: float = 0.6) -> Path:
 def test_truncated_archive_is_one_line_and_keeps_what_was_extracted(tmp_path, capsys, fmt):
     data = tmp_path / "data"
     good = make_archive(tmp_path / "good", fmt, GOOD)
-    code, _out, err = _cli(capsys, "--data-dir", str(data), "prepare", "gtzan", "--source", str(good),
-                           "--skip-checksum", "--split-scheme", "random", "-j", "1")
+    code, _out, err = _cli(
+        capsys,
+        "--data-dir",
+        str(data),
+        "prepare",
+        "gtzan",
+        "--source",
+        str(good),
+        "--skip-checksum",
+        "--split-scheme",
+        "random",
+        "-j",
+        "1",
+    )
     assert code == 0, err
     raw = sorted(p for p in (data / "gtzan" / "raw").rglob("*") if p.is_file())
     sizes = [p.stat().st_size for p in raw]
     bad = _cut(make_archive(tmp_path / "bad", fmt, GOOD))
-    code, _out, err = _cli(capsys, "--data-dir", str(data), "prepare", "gtzan", "--source", str(bad),
-                           "--skip-checksum", "--split-scheme", "random", "-j", "1", "--force")
+    code, _out, err = _cli(
+        capsys,
+        "--data-dir",
+        str(data),
+        "prepare",
+        "gtzan",
+        "--source",
+        str(bad),
+        "--skip-checksum",
+        "--split-scheme",
+        "random",
+        "-j",
+        "1",
+        "--force",
+    )
     line = _one_error_line(err)
     assert code == 1 and str(bad) in line and "truncated or corrupt" in line and "fresh copy" in line
     assert bad.is_file()  # the user's file is not deleted
@@ -266,8 +302,9 @@ def test_truncated_download_says_to_delete_it_and_keeps_it(tmp_path, capsys, htt
     data = tmp_path / "data"
     cut = _cut(make_archive(tmp_path / "src", "tar.gz", GOOD)).read_bytes()
     base = http_server.add_files("/m", {"genres.tar.gz": cut})
-    code, _out, err = _cli(capsys, "--data-dir", str(data), "prepare", "gtzan", "--source", base,
-                           "--skip-checksum", "-j", "1")
+    code, _out, err = _cli(
+        capsys, "--data-dir", str(data), "prepare", "gtzan", "--source", base, "--skip-checksum", "-j", "1"
+    )
     line = _one_error_line(err)
     downloaded = data / "gtzan" / "downloads" / "genres.tar.gz"
     assert code == 1 and "truncated or corrupt" in line
@@ -283,8 +320,9 @@ def test_not_an_archive_at_all_is_one_line(tmp_path):
 
 
 def _labels_csv(src: Path, path: Path, encoding: str, bom: bytes = b"") -> Path:
-    rows = ["path,labels"] + [f"{p.relative_to(src).as_posix()},{p.parent.name};café"
-                              for p in sorted(src.rglob("*.wav"))]
+    rows = ["path,labels"] + [
+        f"{p.relative_to(src).as_posix()},{p.parent.name};café" for p in sorted(src.rglob("*.wav"))
+    ]
     path.write_bytes(bom + ("\n".join(rows) + "\n").encode(encoding))
     return path
 
@@ -293,20 +331,49 @@ def test_labels_csv_in_latin1_names_line_and_byte(tmp_path, capsys):
     src = make_folder(tmp_path / "music", {"calm": 3, "loud": 3})
     csv_path = _labels_csv(src, tmp_path / "labels.csv", "latin-1")
     first_bad = csv_path.read_bytes().index(b"\xe9")
-    code, _out, err = _cli(capsys, "--data-dir", str(tmp_path / "data"), "prepare", "folder", "--source", str(src),
-                           "--labels", str(csv_path), "--name", "m", "-j", "1")
+    code, _out, err = _cli(
+        capsys,
+        "--data-dir",
+        str(tmp_path / "data"),
+        "prepare",
+        "folder",
+        "--source",
+        str(src),
+        "--labels",
+        str(csv_path),
+        "--name",
+        "m",
+        "-j",
+        "1",
+    )
     line = _one_error_line(err)
     assert code == 1
     assert f"{csv_path}:2: not UTF-8 (byte 0xe9 at byte offset {first_bad}); save the file as UTF-8" in line
 
 
-@pytest.mark.parametrize("encoding,bom", [("utf-8", b"\xef\xbb\xbf"), ("utf-16-le", b"\xff\xfe"),
-                                          ("utf-16-be", b"\xfe\xff")])
+@pytest.mark.parametrize(
+    "encoding,bom", [("utf-8", b"\xef\xbb\xbf"), ("utf-16-le", b"\xff\xfe"), ("utf-16-be", b"\xfe\xff")]
+)
 def test_labels_csv_utf8_bom_and_utf16_with_bom_are_read(tmp_path, capsys, encoding, bom):
     src = make_folder(tmp_path / "music", {"calm": 3, "loud": 3})
     csv_path = _labels_csv(src, tmp_path / "labels.csv", encoding, bom)
-    code, _out, err = _cli(capsys, "--data-dir", str(tmp_path / "data"), "prepare", "folder", "--source", str(src),
-                           "--labels", str(csv_path), "--name", "m", "-j", "1", "--format", "json")
+    code, _out, err = _cli(
+        capsys,
+        "--data-dir",
+        str(tmp_path / "data"),
+        "prepare",
+        "folder",
+        "--source",
+        str(src),
+        "--labels",
+        str(csv_path),
+        "--name",
+        "m",
+        "-j",
+        "1",
+        "--format",
+        "json",
+    )
     assert code == 0, err
     from audiocnn.datasets import read_manifest
 
@@ -316,8 +383,21 @@ def test_labels_csv_utf8_bom_and_utf16_with_bom_are_read(tmp_path, capsys, encod
 def test_labels_csv_utf16_without_bom_is_refused(tmp_path, capsys):
     src = make_folder(tmp_path / "music", {"calm": 3, "loud": 3})
     csv_path = _labels_csv(src, tmp_path / "labels.csv", "utf-16-le")
-    code, _out, err = _cli(capsys, "--data-dir", str(tmp_path / "data"), "prepare", "folder", "--source", str(src),
-                           "--labels", str(csv_path), "--name", "m", "-j", "1")
+    code, _out, err = _cli(
+        capsys,
+        "--data-dir",
+        str(tmp_path / "data"),
+        "prepare",
+        "folder",
+        "--source",
+        str(src),
+        "--labels",
+        str(csv_path),
+        "--name",
+        "m",
+        "-j",
+        "1",
+    )
     assert code == 1 and "save the file as UTF-8" in _one_error_line(err)
 
 
@@ -339,8 +419,13 @@ def _run_read_only(folder: Path, args: list[str]) -> subprocess.CompletedProcess
                 p.chmod(0o755 if p.is_dir() else 0o644)
     if shutil.which("unshare") is None:
         pytest.skip("running as root without unshare: no way to make a folder read-only")
-    res = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", _RO_MOUNT, "sh",
-                          str(folder), *cmd], capture_output=True, text=True, cwd=REPO, timeout=120)
+    res = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", _RO_MOUNT, "sh", str(folder), *cmd],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     if res.returncode == 97 or "unshare failed" in res.stderr:
         pytest.skip(f"cannot make a read-only mount here: {res.stderr.strip()}")
     return res
@@ -404,10 +489,8 @@ def _python(script: str, *args: str) -> subprocess.Popen:
 
 def _stop(proc_or_pid) -> None:
     if isinstance(proc_or_pid, int):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(proc_or_pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         return
     proc_or_pid.kill()
     proc_or_pid.wait(10)
@@ -438,8 +521,15 @@ def test_a_forked_child_does_not_keep_the_lock_of_a_dead_parent(tmp_path, how):
     forker.wait(10)
     try:
         os.kill(child, 0)  # the orphan is alive ...
-        fd = _try_flock(lock_path(state))
-        assert fd is not None, "the forked child still holds the prepare lock"  # ... and holds nothing
+        # ... and holds nothing: it drops its copy of the lock right after the fork (a few ms,
+        # longer on a busy machine), so probe for up to a second
+        fd = None
+        for _ in range(50):
+            fd = _try_flock(lock_path(state))
+            if fd is not None:
+                break
+            time.sleep(0.02)
+        assert fd is not None, "the forked child still holds the prepare lock"
         os.close(fd)
     finally:
         _stop(child)
@@ -453,8 +543,9 @@ def test_a_lock_held_for_a_dead_pid_is_taken_over(tmp_path, capsys):
     holder = _python(RAW_FLOCK, str(lock_path(data / "m" / ".state")), gone.stdout.strip())
     try:
         assert holder.stdout.readline().strip() == "locked"
-        code, _out, err = _cli(capsys, "--data-dir", str(data), "prepare", "folder", "--source", str(src),
-                               "--name", "m", "-j", "1")
+        code, _out, err = _cli(
+            capsys, "--data-dir", str(data), "prepare", "folder", "--source", str(src), "--name", "m", "-j", "1"
+        )
         assert code == 0, err
         assert f"lock of PID {gone.stdout.strip()}, which has exited" in err and "taking it over" in err
     finally:
@@ -464,33 +555,79 @@ def test_a_lock_held_for_a_dead_pid_is_taken_over(tmp_path, capsys):
 # ----------------------------------------------------------------------------- thin splits
 def test_one_clip_per_label_warns_that_valid_and_test_are_empty(tmp_path, capsys):
     src = make_folder(tmp_path / "music", {"calm": 1, "loud": 1, "spoken": 1})
-    code, _out, err = _cli(capsys, "--data-dir", str(tmp_path / "data"), "prepare", "folder", "--source", str(src),
-                           "--name", "m", "-j", "1")
+    code, _out, err = _cli(
+        capsys,
+        "--data-dir",
+        str(tmp_path / "data"),
+        "prepare",
+        "folder",
+        "--source",
+        str(src),
+        "--name",
+        "m",
+        "-j",
+        "1",
+    )
     assert code == 0, err
-    assert ("WARNING: m: the valid and test splits are empty (train 3, valid 0, test 0): training cannot "
-            "choose its best epoch and evaluation has nothing to score (ROC-AUC undefined)") in err
+    assert (
+        "WARNING: m: the valid and test splits are empty (train 3, valid 0, test 0): training cannot "
+        "choose its best epoch and evaluation has nothing to score (ROC-AUC undefined)"
+    ) in err
 
 
 def test_a_single_label_warns_that_nothing_can_be_learned(tmp_path, capsys):
     src = make_folder(tmp_path / "music", {"calm": 4})
-    code, _out, err = _cli(capsys, "--data-dir", str(tmp_path / "data"), "prepare", "folder", "--source", str(src),
-                           "--name", "m", "-j", "1")
+    code, _out, err = _cli(
+        capsys,
+        "--data-dir",
+        str(tmp_path / "data"),
+        "prepare",
+        "folder",
+        "--source",
+        str(src),
+        "--name",
+        "m",
+        "-j",
+        "1",
+    )
     assert code == 0, err
     assert "WARNING: m: every clip has the one label 'calm': a model learns nothing and ROC-AUC is undefined" in err
 
 
 def test_a_label_missing_from_a_split_warns_about_its_auc(tmp_path, capsys):
     src = make_folder(tmp_path / "music", {"calm": 4, "loud": 2})
-    code, _out, err = _cli(capsys, "--data-dir", str(tmp_path / "data"), "prepare", "folder", "--source", str(src),
-                           "--name", "m", "-j", "1")
+    code, _out, err = _cli(
+        capsys,
+        "--data-dir",
+        str(tmp_path / "data"),
+        "prepare",
+        "folder",
+        "--source",
+        str(src),
+        "--name",
+        "m",
+        "-j",
+        "1",
+    )
     assert code == 0, err
     assert "WARNING: m: ROC-AUC is undefined on the valid split for 2 of 2 labels" in err
 
 
 def test_enough_clips_give_no_split_warning(tmp_path, capsys):
     src = make_folder(tmp_path / "music", {"calm": 3, "loud": 3})
-    code, _out, err = _cli(capsys, "--data-dir", str(tmp_path / "data"), "prepare", "folder", "--source", str(src),
-                           "--name", "m", "-j", "1")
+    code, _out, err = _cli(
+        capsys,
+        "--data-dir",
+        str(tmp_path / "data"),
+        "prepare",
+        "folder",
+        "--source",
+        str(src),
+        "--name",
+        "m",
+        "-j",
+        "1",
+    )
     assert code == 0 and "WARNING" not in err, err
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import synth_tone, write_audio
 from train_helpers import make_dataset, write_config
 
@@ -92,10 +91,20 @@ def _slow_dataset(data: Path, n: int) -> Path:
     """Many clips (all decoding the same 4 s stereo FLAC): a run that lasts seconds."""
     root = data / "slow"
     write_audio(root / "raw" / "song.flac", synth_tone(4.0, 44100, channels=2), 44100)
-    clips = [Clip(id=f"c{i:04d}", path="song.flac", duration=4.0, sample_rate=44100, labels=["x"],
-                  split=("train", "valid", "test")[i % 3]) for i in range(n)]
-    write_manifest(Manifest(name="slow", dataset="folder", task="single-label", labels=["x"], clips=clips,
-                            audio_root="raw"), root)
+    clips = [
+        Clip(
+            id=f"c{i:04d}",
+            path="song.flac",
+            duration=4.0,
+            sample_rate=44100,
+            labels=["x"],
+            split=("train", "valid", "test")[i % 3],
+        )
+        for i in range(n)
+    ]
+    write_manifest(
+        Manifest(name="slow", dataset="folder", task="single-label", labels=["x"], clips=clips, audio_root="raw"), root
+    )
     return root
 
 
@@ -103,8 +112,20 @@ def _slow_dataset(data: Path, n: int) -> Path:
 def test_killed_feature_run_takes_its_workers_and_lock_with_it(tmp_path):
     data = tmp_path / "data"
     ds = _slow_dataset(data, 600)
-    cmd = [sys.executable, "-m", "audiocnn", "--data-dir", str(data), "features", "slow", "--kind", "mel",
-           "-j", "2", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "audiocnn",
+        "--data-dir",
+        str(data),
+        "features",
+        "slow",
+        "--kind",
+        "mel",
+        "-j",
+        "2",
+        "--no-progress",
+    ]
     log = open(tmp_path / "first.log", "wb")  # a file, not a pipe: surviving workers would hold a pipe open
     proc = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT)
     workers: list[int] = []
@@ -137,15 +158,22 @@ def test_a_live_lock_holder_is_named_and_a_dead_one_taken_over(tmp_path):
     recorded in it lives, and is taken over once that PID is gone."""
     lock = tmp_path / ".lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import fcntl, os, sys, time\n"
-            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
-            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-            "os.pwrite(fd, (sys.argv[2] + '\\n').encode(), 0)\n"
-            "print('locked', flush=True)\n"
-            "time.sleep(60)\n"
-        ), str(lock), "PID"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, os, sys, time\n"
+                "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+                "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                "os.pwrite(fd, (sys.argv[2] + '\\n').encode(), 0)\n"
+                "print('locked', flush=True)\n"
+                "time.sleep(60)\n"
+            ),
+            str(lock),
+            "PID",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -192,8 +220,9 @@ def test_forked_children_do_not_keep_a_lock_alive(tmp_path):
         "print(child, flush=True)\n"
         "os._exit(0)\n"
     )
-    out = subprocess.run([sys.executable, "-c", script, str(lock)], env=_env(), capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(lock)], env=_env(), capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     child = int(out.stdout.split()[0])
     try:
@@ -223,7 +252,7 @@ def cli(data: Path, *args: str) -> int:
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
-    from audiocnn.training.loop import metrics_rows
+    from audiocnn.training.callbacks import metrics_rows
 
     return metrics_rows(path)
 
@@ -241,9 +270,21 @@ def test_second_training_on_a_busy_run_folder_is_refused_at_once(data, tmp_path,
     lock = rd / "train.lock"
     log = open(tmp_path / "first.log", "wb")
     first = subprocess.Popen(
-        [sys.executable, str(HERE / "train_helpers.py"), "--data-dir", str(data), "train", str(cfg),
-         "--run-dir", str(rd), "--device", "cpu"],
-        env=_env(), stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            str(HERE / "train_helpers.py"),
+            "--data-dir",
+            str(data),
+            "train",
+            str(cfg),
+            "--run-dir",
+            str(rd),
+            "--device",
+            "cpu",
+        ],
+        env=_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         assert _wait_for(lambda: lock.is_file() and lock.read_text().strip() != "", 60), "no lock taken"
@@ -263,8 +304,7 @@ def test_second_training_on_a_busy_run_folder_is_refused_at_once(data, tmp_path,
             first.kill()
             first.wait()
     assert lock.read_text().split()[0] == str(first.pid)
-    assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu", "--set", "epochs=1",
-               "--restart") == 0
+    assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu", "--set", "epochs=1", "--restart") == 0
     assert [r["epoch"] for r in _rows(rd / "metrics.csv")] == ["1"]
     assert not lock.exists()
 
@@ -360,7 +400,7 @@ class _FullFile:
 
 
 def test_read_only_or_uncreatable_folders(tmp_path, monkeypatch):
-    from audiocnn.config import TrainConfig, save_config
+    from audiocnn.training.config import TrainConfig, save_config
     from audiocnn.training.state import save_state
 
     blocker = tmp_path / "file"
@@ -378,8 +418,11 @@ def test_read_only_or_uncreatable_folders(tmp_path, monkeypatch):
         return real_open(path, flags, *a, **kw)
 
     monkeypatch.setattr(os, "open", read_only)
-    with pytest.raises(fileio.FileWriteError, match=r"ro/config.yaml: cannot write \(Read-only file system\); "
-                                                    "nothing was written"):
+    with pytest.raises(
+        fileio.FileWriteError,
+        match=r"ro/config.yaml: cannot write \(Read-only file system\); "
+        "nothing was written",
+    ):
         save_config(TrainConfig(dataset="d", model="m"), ro / "config.yaml")
     from audiocnn.errors import CheckpointError
 
@@ -404,15 +447,16 @@ def test_feature_store_write_failure_is_one_line_and_leaves_no_temp_files(data_d
 
 
 def test_chunk_temp_file_is_removed_when_the_disk_fills(data_dir, monkeypatch):
-    from audiocnn.features import store as store_mod
     from audiocnn.features.frontends import WaveformConfig
+    from audiocnn.features.store import extract as store_mod
+    from audiocnn.training.data import open_dataset_store
 
     ds = _slow_dataset(data_dir, 3)
     real = store_mod._write
     calls: list[int] = []
     monkeypatch.setattr(store_mod, "_write", lambda fh, arr: real(_Failing(fh, calls), arr))
     with pytest.raises(FeatureError, match="No space left on device"):
-        store_mod.extract_features(ds, WaveformConfig(), jobs=1, progress=False)
+        open_dataset_store(ds, WaveformConfig(), jobs=1, progress=False)
     store = next((ds / "features").glob("waveform-*"))
     assert not [p for p in store.rglob("*") if ".tmp" in p.name]
 

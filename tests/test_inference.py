@@ -35,8 +35,9 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
         "reflect": make_checkpoint(
             d / "reflect.safetensors",
             "test-probe-mel",
-            frontend=MelConfig(sample_rate=SR, n_fft=256, hop_length=128, n_mels=16, compression="db",
-                               pad_mode="reflect"),
+            frontend=MelConfig(
+                sample_rate=SR, n_fft=256, hop_length=128, n_mels=16, compression="db", pad_mode="reflect"
+            ),
         ),
         "fixed": make_checkpoint(d / "fixed.safetensors", "test-fixed-mel", labels=["a", "b"]),
     }
@@ -247,8 +248,13 @@ def test_expand_paths_files_folders_globs(tmp_path):
     (tmp_path / "a" / "notes.txt").write_text("x")
     (tmp_path / "empty").mkdir()
     files, problems = expand_audio_paths(
-        [str(tmp_path / "a"), str(tmp_path / "a" / "*.wav"), str(tmp_path / "nope.wav"),
-         str(tmp_path / "empty"), str(tmp_path / "*.ogg")]
+        [
+            str(tmp_path / "a"),
+            str(tmp_path / "a" / "*.wav"),
+            str(tmp_path / "nope.wav"),
+            str(tmp_path / "empty"),
+            str(tmp_path / "*.ogg"),
+        ]
     )
     assert files == [b, a]  # sorted, deduplicated, recursive, audio only
     assert len(problems) == 3 and "nope.wav" in problems[0] and "no audio" in problems[1]
@@ -270,8 +276,15 @@ def test_tag_command_runs_the_whole_tag_command(ckpts, song, tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk")
     seen, lines = [], []
-    summary = tag_command([song, bad, tmp_path / "gone.wav"], model=ckpts["mel"], device="cpu", top_k=2,
-                          taggram_dir=tmp_path / "tg", on_result=seen.append, report=lines.append)
+    summary = tag_command(
+        [song, bad, tmp_path / "gone.wav"],
+        model=ckpts["mel"],
+        device="cpu",
+        top_k=2,
+        taggram_dir=tmp_path / "tg",
+        on_result=seen.append,
+        report=lines.append,
+    )
     assert [o.path for o in seen] == [song] and len(seen[0].result.tags) == 2
     assert seen[0].files == {"taggram": tmp_path / "tg" / "song.taggram.npy"} and seen[0].files["taggram"].is_file()
     assert (summary.total, summary.failed) == (3, 2) and str(summary).startswith("tagged 1 of 3 files in ")

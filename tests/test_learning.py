@@ -64,10 +64,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import learning_checks as L
 import pytest
 import yaml
-
-import learning_checks as L
 
 BARS: dict[str, dict[tuple[str, str], float]] = {
     "musicnn": {

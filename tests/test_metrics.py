@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from audiocnn.config import config_from_mapping
+from audiocnn.training.config import config_from_mapping
 from audiocnn.training.metrics import compute_metrics, summary, to_multi_hot
 from audiocnn.training.schedule import EarlyStopping, LRSchedule, is_better
 
@@ -68,14 +68,16 @@ def test_no_label_scorable_gives_nan_not_crash():
 def test_single_label_by_hand():
     labels = ["x", "y", "z"]
     targets = np.array([0, 0, 1, 1, 2, 0])
-    scores = np.array([
-        [0.8, 0.1, 0.1],  # 0 -> 0 ok
-        [0.3, 0.6, 0.1],  # 0 -> 1
-        [0.2, 0.7, 0.1],  # 1 -> 1 ok
-        [0.1, 0.8, 0.1],  # 1 -> 1 ok
-        [0.2, 0.2, 0.6],  # 2 -> 2 ok
-        [0.5, 0.1, 0.4],  # 0 -> 0 ok
-    ])
+    scores = np.array(
+        [
+            [0.8, 0.1, 0.1],  # 0 -> 0 ok
+            [0.3, 0.6, 0.1],  # 0 -> 1
+            [0.2, 0.7, 0.1],  # 1 -> 1 ok
+            [0.1, 0.8, 0.1],  # 1 -> 1 ok
+            [0.2, 0.2, 0.6],  # 2 -> 2 ok
+            [0.5, 0.1, 0.4],  # 0 -> 0 ok
+        ]
+    )
     m = compute_metrics(targets, scores, "single-label", labels)
     assert m["accuracy"] == pytest.approx(5 / 6)
     # recalls: x 2/3, y 1, z 1 -> balanced 8/9
@@ -89,8 +91,12 @@ def test_single_label_by_hand():
 
 
 def test_single_label_class_absent_from_split():
-    m = compute_metrics(np.array([0, 1, 0]), np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.5, 0.4, 0.1]]),
-                        "single-label", ["x", "y", "z"])
+    m = compute_metrics(
+        np.array([0, 1, 0]),
+        np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.5, 0.4, 0.1]]),
+        "single-label",
+        ["x", "y", "z"],
+    )
     assert m["excluded_labels"] == [{"label": "z", "reason": "absent from the split"}]
     assert m["accuracy"] == 1.0 and m["balanced_accuracy"] == 1.0  # over the classes present
     assert m["confusion_matrix"][2] == [0, 0, 0]
@@ -115,8 +121,9 @@ def test_plateau_drops_after_patience_and_restores_best():
 
 
 def test_skip_schedule_switches_to_sgd_stages():
-    _, s = _schedule(optimizer="adam", schedule={"name": "skip", "adam_epochs": 3, "sgd_epochs": 2,
-                                                 "sgd_lrs": [0.01, 0.001]})
+    _, s = _schedule(
+        optimizer="adam", schedule={"name": "skip", "adam_epochs": 3, "sgd_epochs": 2, "sgd_lrs": [0.01, 0.001]}
+    )
     acts = [s.after_epoch(e, 0.5) for e in range(9)]
     assert [a.new_optimizer for a in acts] == [None, None, "sgd", None, None, None, None, None, None]
     assert [a.lr for a in acts] == [0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.001, 0.001, 0.001]

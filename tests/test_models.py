@@ -37,8 +37,7 @@ PINNED_PARAMS: dict[str, tuple] = {
     ),
     "fcn": (
         447_732,
-        "minzwon/sota-music-tagging-models training/model.py FCN (n_mels=96, n_class=50), counted "
-        "from its layer list",
+        "minzwon/sota-music-tagging-models training/model.py FCN (n_mels=96, n_class=50), counted from its layer list",
     ),
     "shortchunk-cnn": (
         3_687_348,
@@ -176,9 +175,7 @@ def test_both_tasks_forward_and_every_parameter_gets_a_gradient(name):
 
     # Multi-label: same architecture, independent sigmoids, BCE loss is finite.
     multi = build(name, "multi-label").eval()
-    assert {k: v.shape for k, v in multi.state_dict().items()} == {
-        k: v.shape for k, v in model.state_dict().items()
-    }
+    assert {k: v.shape for k, v in multi.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
     with torch.no_grad():
         logits = multi(audio(multi))
     assert logits.shape == (BATCH, NUM_CLASSES) and torch.isfinite(logits).all()
@@ -266,7 +263,7 @@ def test_reset_head_and_backbone_parameters(name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_init_kwargs_rebuild_the_same_model(name, tmp_path):
-    from audiocnn.checkpoint import load_checkpoint, model_metadata, save_checkpoint
+    from audiocnn.models.checkpoint import load_checkpoint, model_metadata, save_checkpoint
 
     model = build(name, "single-label", num_classes=4).eval()
     path = save_checkpoint(tmp_path / "m.safetensors", model, model_metadata(model, list("abcd")))

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from train_helpers import make_dataset, write_config
 
 from audiocnn.cli.main import run
 from audiocnn.datasets.manifest import read_manifest
 from audiocnn.evaluation import evaluate
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -48,8 +46,9 @@ def _scores_csv(path: Path) -> dict[str, np.ndarray]:
 
 
 def _tag_csv(capsys, data: Path, run_dir: Path, files: list[Path], *extra: str) -> dict[str, np.ndarray]:
-    assert run(["--data-dir", str(data), "tag", *map(str, files), "--model", str(run_dir), "--format", "csv",
-                *extra]) == 0
+    assert (
+        run(["--data-dir", str(data), "tag", *map(str, files), "--model", str(run_dir), "--format", "csv", *extra]) == 0
+    )
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     labels = [k for k in rows[0] if k not in ("path", "duration", "windows")]
     return {Path(r["path"]).name: np.array([float(r[k]) for k in labels]) for r in rows}, labels
@@ -60,8 +59,16 @@ def _tag_csv(capsys, data: Path, run_dir: Path, files: list[Path], *extra: str) 
 def test_evaluate_scores_are_what_tag_prints(trained, capsys, task, chunks, tmp_path):
     data, run_dir = trained[task]
     manifest = read_manifest(data / ("tones" if task == "single-label" else "tags"))
-    m = evaluate(run_dir, data_dir=data, split="test", device="cpu", plots=False, progress=False,
-                 eval_chunks=chunks, out_dir=tmp_path / "eval")
+    m = evaluate(
+        run_dir,
+        data_dir=data,
+        split="test",
+        device="cpu",
+        plots=False,
+        progress=False,
+        eval_chunks=chunks,
+        out_dir=tmp_path / "eval",
+    )
     assert m["n_clips"] == len(manifest.split("test")) == 4
     ev, ev_labels = _scores_csv(tmp_path / "eval" / "scores.csv")
     files = [manifest.audio_path(c) for c in manifest.split("test")]
@@ -88,6 +95,8 @@ def test_chunks_and_hop_do_not_mix(trained, capsys):
     data, run_dir = trained["single-label"]
     clip = read_manifest(data / "tones").split("test")[0]
     path = read_manifest(data / "tones").audio_path(clip)
-    assert run(["--data-dir", str(data), "tag", str(path), "--model", str(run_dir), "--chunks", "3", "--hop", "0.1"]) == 2
+    assert (
+        run(["--data-dir", str(data), "tag", str(path), "--model", str(run_dir), "--chunks", "3", "--hop", "0.1"]) == 2
+    )
     err = capsys.readouterr().err
     assert "--chunks" in err and "Traceback" not in err

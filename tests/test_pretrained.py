@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from audiocnn.checkpoint import load_checkpoint, read_metadata
 from audiocnn.errors import CheckpointError, ModelError
+from audiocnn.models.checkpoint import load_checkpoint, read_metadata
 from audiocnn.models.registry import create_model
 from audiocnn.pretrained import (
     PretrainedNotFound,
@@ -310,8 +310,19 @@ def test_cli_list_and_import(musicnn_pkg: Path, tmp_path: Path, capsys) -> None:
     assert run(["--data-dir", str(tmp_path), "pretrained", "list", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["name"]: r["imported"] for r in rows}["vgg-mtt"] is False
-    code = run(["--data-dir", str(tmp_path), "pretrained", "import", "musicnn", "--from", str(musicnn_pkg),
-                "--name", "vgg-mtt"])
+    code = run(
+        [
+            "--data-dir",
+            str(tmp_path),
+            "pretrained",
+            "import",
+            "musicnn",
+            "--from",
+            str(musicnn_pkg),
+            "--name",
+            "vgg-mtt",
+        ]
+    )
     assert code == 0
     assert "vgg-mtt" in capsys.readouterr().out
     assert run(["--data-dir", str(tmp_path), "pretrained", "list"]) == 0
@@ -330,9 +341,16 @@ def test_cli_list_and_import(musicnn_pkg: Path, tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize("name", ["musicnn", "vgg"])
 def test_trainable_from_scratch(name: str) -> None:
     torch.manual_seed(0)
-    model = create_model(name, num_classes=5, task="multi-label", **({"timbral_filters": 8, "temporal_filters": 4,
-                                                                       "midend_filters": 8, "backend_units": 16}
-                                                                      if name == "musicnn" else {"filters": 8}))
+    model = create_model(
+        name,
+        num_classes=5,
+        task="multi-label",
+        **(
+            {"timbral_filters": 8, "temporal_filters": 4, "midend_filters": 8, "backend_units": 16}
+            if name == "musicnn"
+            else {"filters": 8}
+        ),
+    )
     x = torch.randn(2, model.input_length) * 0.1
     logits = model(x)
     assert logits.shape == (2, 5) and torch.isfinite(logits).all()
@@ -362,8 +380,17 @@ def test_non_square_kernels_and_even_padding() -> None:
     assert model.blocks[0].pad == (0, 1, 1, 2)  # TF 'same': the extra pixel goes after
     feats = torch.randn(2, 96, 187)
     assert model(feats, from_features=True).shape == (2, 3)
-    model = create_model("musicnn", 3, timbral_time=4, timbral_freq_ratios=[0.5], temporal_lengths=[16],
-                         timbral_filters=4, temporal_filters=4, midend_filters=4, backend_units=8)
+    model = create_model(
+        "musicnn",
+        3,
+        timbral_time=4,
+        timbral_freq_ratios=[0.5],
+        temporal_lengths=[16],
+        timbral_filters=4,
+        temporal_filters=4,
+        midend_filters=4,
+        backend_units=8,
+    )
     assert model(feats, from_features=True).shape == (2, 3)
     with pytest.raises(ModelError, match="kernel widths"):
         create_model("musicnn", 3, timbral_freq_ratios=[1.5])

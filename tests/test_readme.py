@@ -33,10 +33,11 @@ def _command_and_options(line: str) -> tuple[list[str], list[str]]:
     for w in words:
         if w.startswith("-"):
             break
-        if w.isidentifier() or w in ("pretrained",):
-            if not cmd or (cmd == ["pretrained"] and w in ("list", "import")):
-                cmd.append(w)
-                continue
+        if (w.isidentifier() or w in ("pretrained",)) and (
+            not cmd or (cmd == ["pretrained"] and w in ("list", "import"))
+        ):
+            cmd.append(w)
+            continue
         break
     opts = sorted({w.split("=")[0] for w in words if w.startswith("--")})
     return cmd, opts
@@ -67,7 +68,9 @@ def test_readme_command_and_options_exist(line: str, capsys) -> None:
 def test_readme_opens_with_the_two_ci_commands() -> None:
     out = subprocess.run(
         [sys.executable, str(ROOT / ".ci" / "readme_commands.py"), str(ROOT / "README.md")],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.splitlines()
     assert len(out) == 2
     assert "pip install" in out[0] and "audiocnn tag examples/chorale.flac" in out[0]

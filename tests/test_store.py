@@ -68,14 +68,22 @@ def make_dataset(
             kw = {"format": "MP3"} if ext == "mp3" else kw
             write_audio(raw / fname, synth_tone(seconds, sr, channels=ch, seed=k), sr, **kw)
         labels = [LABELS[k % 3]] if task == "single-label" else [LABELS[j] for j in range(3) if (k >> j) & 1]
-        records.append(Clip(id=name, path=fname, duration=seconds, sample_rate=sr, labels=labels,
-                            split=SPLIT[k % len(SPLIT)]))
+        records.append(
+            Clip(id=name, path=fname, duration=seconds, sample_rate=sr, labels=labels, split=SPLIT[k % len(SPLIT)])
+        )
     for fname, data in (extra_files or {}).items():
         (raw / fname).write_bytes(data)
-        records.append(Clip(id=Path(fname).stem, path=fname, duration=1.0, sample_rate=22050,
-                            labels=[LABELS[0]], split="train"))
-    m = Manifest(name=root.name, dataset="folder", task=task, labels=LABELS, clips=records,
-                 audio_root=str(raw) if audio_root else "raw")
+        records.append(
+            Clip(id=Path(fname).stem, path=fname, duration=1.0, sample_rate=22050, labels=[LABELS[0]], split="train")
+        )
+    m = Manifest(
+        name=root.name,
+        dataset="folder",
+        task=task,
+        labels=LABELS,
+        clips=records,
+        audio_root=str(raw) if audio_root else "raw",
+    )
     write_manifest(m, root)
     return root
 
@@ -112,8 +120,9 @@ MEL_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("config", [WaveformConfig(), WaveformConfig(sample_rate=22050)] + MEL_CONFIGS,
-                         ids=lambda c: f"{c.kind}-{c.hash}")
+@pytest.mark.parametrize(
+    "config", [WaveformConfig(), WaveformConfig(sample_rate=22050)] + MEL_CONFIGS, ids=lambda c: f"{c.kind}-{c.hash}"
+)
 def test_round_trip_equals_direct_frontend(tmp_path, audio_files, config) -> None:
     ds = make_dataset(tmp_path / "ds", audio_root=audio_files)
     st = open_dataset_store(ds, config, jobs=1, progress=False, min_seconds=0.5)
@@ -139,18 +148,21 @@ def test_round_trip_equals_direct_frontend(tmp_path, audio_files, config) -> Non
 
 def test_jobs_do_not_change_the_store(tmp_path, audio_files) -> None:
     config = WaveformConfig()
-    one = open_dataset_store(make_dataset(tmp_path / "one", audio_root=audio_files), config,
-                           jobs=1, progress=False, chunk_clips=2)
-    two = open_dataset_store(make_dataset(tmp_path / "two", audio_root=audio_files), config,
-                           jobs=2, progress=False, chunk_clips=2)
+    one = open_dataset_store(
+        make_dataset(tmp_path / "one", audio_root=audio_files), config, jobs=1, progress=False, chunk_clips=2
+    )
+    two = open_dataset_store(
+        make_dataset(tmp_path / "two", audio_root=audio_files), config, jobs=2, progress=False, chunk_clips=2
+    )
     assert store_bytes(one.path) == store_bytes(two.path)
     assert not (two.path / "parts").exists()
 
 
 def test_resume_after_worker_crash(tmp_path, audio_files, monkeypatch) -> None:
     config = MelConfig(n_mels=32)
-    ref = open_dataset_store(make_dataset(tmp_path / "ref", audio_root=audio_files), config,
-                           jobs=1, progress=False, chunk_clips=2)
+    ref = open_dataset_store(
+        make_dataset(tmp_path / "ref", audio_root=audio_files), config, jobs=1, progress=False, chunk_clips=2
+    )
     ds = make_dataset(tmp_path / "ds", audio_root=audio_files)
     monkeypatch.setenv(CRASH_ENV, "3")  # each worker dies on its third clip
     with pytest.raises(FeatureError, match="worker process died"):
@@ -174,8 +186,9 @@ def test_resume_after_worker_crash(tmp_path, audio_files, monkeypatch) -> None:
 
 def test_resume_after_crash_while_merging(tmp_path, audio_files, monkeypatch) -> None:
     config = WaveformConfig()
-    ref = open_dataset_store(make_dataset(tmp_path / "ref", audio_root=audio_files), config,
-                           jobs=1, progress=False, chunk_clips=1)
+    ref = open_dataset_store(
+        make_dataset(tmp_path / "ref", audio_root=audio_files), config, jobs=1, progress=False, chunk_clips=1
+    )
     ds = make_dataset(tmp_path / "ds", audio_root=audio_files)
     monkeypatch.setattr(merge_mod, "_MERGE_STEP_BYTES", 1)  # record progress after every part
     real = merge_mod.write_json
@@ -267,8 +280,9 @@ def test_store_is_picklable_and_multilabel_targets(tmp_path, audio_files) -> Non
 
 def test_cli_features_both(data_dir, audio_files, capsys) -> None:
     make_dataset(data_dir / "toy", audio_root=audio_files, clips=CLIPS[:4])
-    code = run(["features", "toy", "--kind", "both", "-j", "1", "--set", "n_mels=32",
-                "--no-progress", "--format", "json"])
+    code = run(
+        ["features", "toy", "--kind", "both", "-j", "1", "--set", "n_mels=32", "--no-progress", "--format", "json"]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     out = json.loads(captured.out)
@@ -299,9 +313,11 @@ def test_store_write_error_aborts_instead_of_blaming_clips(tmp_path, audio_files
 
 def test_extract_from_a_plain_clip_list(tmp_path, audio_files) -> None:
     """The store needs no manifest: clips, label indices and a fingerprint are enough."""
-    clips = (StoreClip("a", str(audio_files / "a.wav"), "train", (2,)),
-             StoreClip("e", str(audio_files / "e.wav"), "test", (0, 1)),
-             StoreClip("b", str(audio_files / "b.flac"), "train", (1,)))
+    clips = (
+        StoreClip("a", str(audio_files / "a.wav"), "train", (2,)),
+        StoreClip("e", str(audio_files / "e.wav"), "test", (0, 1)),
+        StoreClip("b", str(audio_files / "b.flac"), "train", (1,)),
+    )
     source = StoreSource(name="plain", task="multi-label", labels=("x", "y", "z"), clips=clips, fingerprint="f1")
     st = extract_features(tmp_path, WaveformConfig(), source, jobs=1, progress=False)
     assert st.path == store_dir(tmp_path, WaveformConfig())
@@ -311,6 +327,7 @@ def test_extract_from_a_plain_clip_list(tmp_path, audio_files) -> None:
     assert open_store(tmp_path, WaveformConfig(), fingerprint="f1").clip_ids("test") == ["e"]
     with pytest.raises(FeatureError, match="manifest changed"):
         open_store(tmp_path, WaveformConfig(), fingerprint="f2")
-    again = extract_features(tmp_path, WaveformConfig(), dataclasses.replace(source, fingerprint="f2"), jobs=1,
-                             progress=False)
+    again = extract_features(
+        tmp_path, WaveformConfig(), dataclasses.replace(source, fingerprint="f2"), jobs=1, progress=False
+    )
     assert again.meta["manifest_fingerprint"] == "f2"

@@ -30,7 +30,9 @@ def ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ckpt_single(tmp_path_factory) -> Path:
     return make_checkpoint(
-        tmp_path_factory.mktemp("ckpt1") / "genre.safetensors", "test-probe-wave", labels=["blues", "pop"],
+        tmp_path_factory.mktemp("ckpt1") / "genre.safetensors",
+        "test-probe-wave",
+        labels=["blues", "pop"],
         task="single-label",
     )
 
@@ -67,8 +69,9 @@ def test_json_one_object_per_file_from_a_folder(capsys, ckpt, music):
 
 
 def test_csv_one_row_per_file_one_column_per_label(capsys, ckpt, music):
-    code, out, err = _tag(capsys, str(music / "a.wav"), str(music / "sub" / "*.flac"), "--model", str(ckpt),
-                          "--format", "csv")
+    code, out, err = _tag(
+        capsys, str(music / "a.wav"), str(music / "sub" / "*.flac"), "--model", str(ckpt), "--format", "csv"
+    )
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [Path(r["path"]).name for r in rows] == ["a.wav", "b.flac"]
@@ -121,8 +124,9 @@ def test_a_corrupt_file_is_reported_and_skipped(capsys, ckpt, music, tmp_path):
 
 
 def test_missing_path_fails_but_others_are_tagged(capsys, ckpt, music, tmp_path):
-    code, out, err = _tag(capsys, str(tmp_path / "nope.wav"), str(music / "a.wav"), "--model", str(ckpt),
-                          "--format", "json")
+    code, out, err = _tag(
+        capsys, str(tmp_path / "nope.wav"), str(music / "a.wav"), "--model", str(ckpt), "--format", "json"
+    )
     assert code == 1 and len(out.splitlines()) == 1 and "nope.wav: no such file" in err
     code, out, err = _tag(capsys, str(tmp_path / "*.wav"), "--model", str(ckpt))
     assert code == 2 and out == "" and "nothing to tag" in err
@@ -131,8 +135,18 @@ def test_missing_path_fails_but_others_are_tagged(capsys, ckpt, music, tmp_path)
 def test_taggram_and_embeddings_files(capsys, ckpt, music, tmp_path):
     tg, emb = tmp_path / "tg", tmp_path / "emb"
     code, out, err = _tag(
-        capsys, str(music), "--model", str(ckpt), "--format", "json", "--taggram", str(tg), "--embeddings", str(emb),
-        "--hop", "0.5",
+        capsys,
+        str(music),
+        "--model",
+        str(ckpt),
+        "--format",
+        "json",
+        "--taggram",
+        str(tg),
+        "--embeddings",
+        str(emb),
+        "--hop",
+        "0.5",
     )
     assert code == 0, err
     objs = {Path(o["path"]).stem: o for o in map(json.loads, out.splitlines())}
@@ -153,8 +167,9 @@ def test_taggram_and_embeddings_files(capsys, ckpt, music, tmp_path):
 def test_same_stem_in_two_folders_gets_two_outputs(capsys, ckpt, tmp_path):
     write_audio(tmp_path / "x" / "song.wav", synth_tone(1.2, SR, seed=4), SR)
     write_audio(tmp_path / "y" / "song.wav", synth_tone(1.2, SR, seed=5), SR)
-    code, _, _ = _tag(capsys, str(tmp_path / "x"), str(tmp_path / "y"), "--model", str(ckpt),
-                      "--taggram", str(tmp_path / "tg"))
+    code, _, _ = _tag(
+        capsys, str(tmp_path / "x"), str(tmp_path / "y"), "--model", str(ckpt), "--taggram", str(tmp_path / "tg")
+    )
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "tg").glob("*.npy")) == ["song-2.taggram.npy", "song.taggram.npy"]
 
@@ -170,8 +185,12 @@ def test_device_cuda_without_cuda_is_one_line_error(capsys, ckpt, music):
 
 def test_bad_option_values_are_usage_errors(capsys, ckpt, music):
     f = str(music / "a.wav")
-    for extra, word in ((["--format", "xml"], "--format"), (["--aggregate", "median"], "--aggregate"),
-                        (["--top-k", "0"], "--top-k"), (["--window", "-1"], "--window")):
+    for extra, word in (
+        (["--format", "xml"], "--format"),
+        (["--aggregate", "median"], "--aggregate"),
+        (["--top-k", "0"], "--top-k"),
+        (["--window", "-1"], "--window"),
+    ):
         code, out, err = _tag(capsys, f, "--model", str(ckpt), *extra)
         assert code == 2 and word in err and out == ""
 
@@ -222,8 +241,18 @@ def musicnn_data_dir(tmp_path_factory) -> Path:
 def test_musicnn_mtt_reproduces_the_reference_taggram(capsys, musicnn_data_dir):
     ref_dir = _reference_dir()
     ref = np.load(ref_dir / "chorale.MTT_musicnn.npz")
-    code = run(["--data-dir", str(musicnn_data_dir), "tag", str(ref_dir / "chorale.flac"), "--model", "musicnn-mtt",
-                "--format", "json"])
+    code = run(
+        [
+            "--data-dir",
+            str(musicnn_data_dir),
+            "tag",
+            str(ref_dir / "chorale.flac"),
+            "--model",
+            "musicnn-mtt",
+            "--format",
+            "json",
+        ]
+    )
     cap = capsys.readouterr()
     assert code == 0, cap.err
     got = json.loads(cap.out)
@@ -243,8 +272,9 @@ def test_shipped_example_gives_the_first_reference_patches(capsys, musicnn_data_
     reference's first five patches."""
     example = Path(__file__).resolve().parents[1] / "examples" / "chorale.flac"
     ref = np.load(_reference_dir() / "chorale.MTT_musicnn.npz")
-    code = run(["--data-dir", str(musicnn_data_dir), "tag", str(example), "--format", "json",
-                "--taggram", str(tmp_path)])
+    code = run(
+        ["--data-dir", str(musicnn_data_dir), "tag", str(example), "--format", "json", "--taggram", str(tmp_path)]
+    )
     cap = capsys.readouterr()
     assert code == 0, cap.err
     assert json.loads(cap.out)["windows"] == 5

@@ -23,8 +23,15 @@ from audiocnn.pretrained.tf_bundle import (
 # Independent of the reader: LevelDB table layout + protobuf wire format as TensorFlow
 # writes them (only the CRC function is shared, and that is checked against known vectors).
 
-DT = {np.dtype("float32"): 1, np.dtype("float64"): 2, np.dtype("int32"): 3, np.dtype("int64"): 9,
-      np.dtype("float16"): 19, np.dtype("bool"): 10, np.dtype("uint8"): 4}
+DT = {
+    np.dtype("float32"): 1,
+    np.dtype("float64"): 2,
+    np.dtype("int32"): 3,
+    np.dtype("int64"): 9,
+    np.dtype("float16"): 19,
+    np.dtype("bool"): 10,
+    np.dtype("uint8"): 4,
+}
 
 
 def varint(n: int) -> bytes:

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from train_helpers import TinyMel, make_dataset, write_config
 
-from audiocnn.checkpoint import load_checkpoint, read_metadata
 from audiocnn.cli.main import run
 from audiocnn.datasets.manifest import read_manifest
+from audiocnn.models.checkpoint import load_checkpoint, read_metadata
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -37,7 +36,7 @@ def cli(data: Path, *args: str) -> int:
 
 
 def rows(path: Path, drop_timing: bool = True) -> list[dict[str, str]]:
-    from audiocnn.training.loop import metrics_rows
+    from audiocnn.training.callbacks import metrics_rows
 
     return metrics_rows(path, drop_timing=drop_timing)
 
@@ -63,14 +62,26 @@ def test_single_label_train_evaluate_resume(data, tmp_path, capsys):
     with open(run_dir / "metrics.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
     assert [r["epoch"] for r in table] == ["1", "2"]
-    assert list(table[0]) == ["epoch", "train_loss", "valid_loss", "roc_auc_macro", "pr_auc_macro", "accuracy",
-                              "balanced_accuracy", "lr", "time_s", "samples_per_s", "data_wait", "bn_stats_s"]
+    assert list(table[0]) == [
+        "epoch",
+        "train_loss",
+        "valid_loss",
+        "roc_auc_macro",
+        "pr_auc_macro",
+        "accuracy",
+        "balanced_accuracy",
+        "lr",
+        "time_s",
+        "samples_per_s",
+        "data_wait",
+        "bn_stats_s",
+    ]
     for r in table:
         assert float(r["train_loss"]) > 0 and 0 <= float(r["accuracy"]) <= 1
         assert float(r["lr"]) == pytest.approx(0.01) and float(r["samples_per_s"]) > 0
 
     # resolved config, best checkpoint with complete metadata
-    from audiocnn.config import load_config
+    from audiocnn.training.config import load_config
 
     saved = load_config(run_dir / "config.yaml")
     assert saved.eval_chunks == 4 and saved.dataset == "tones" and saved.model == "test-tiny-mel"
@@ -105,8 +116,21 @@ def test_single_label_train_evaluate_resume(data, tmp_path, capsys):
         assert_png(ev / name)
 
     # evaluating the checkpoint file itself, on another split and chunk count
-    assert cli(data, "evaluate", str(run_dir / "best.safetensors"), "--split", "valid", "--eval-chunks", "2",
-               "--format", "json", "--no-plots") == 0
+    assert (
+        cli(
+            data,
+            "evaluate",
+            str(run_dir / "best.safetensors"),
+            "--split",
+            "valid",
+            "--eval-chunks",
+            "2",
+            "--format",
+            "json",
+            "--no-plots",
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res["split"] == "valid" and res["eval_chunks"] == 2 and res["n_clips"] == 4
 
@@ -120,8 +144,14 @@ def test_single_label_train_evaluate_resume(data, tmp_path, capsys):
 
 
 def test_multi_label_waveform_model_with_workers(data, tmp_path, capsys):
-    cfg = write_config(tmp_path / "tags-wave.yaml", dataset="tags", model="test-tiny-wave", workers=1,
-                       class_weighting="balanced", label_smoothing=0.1)
+    cfg = write_config(
+        tmp_path / "tags-wave.yaml",
+        dataset="tags",
+        model="test-tiny-wave",
+        workers=1,
+        class_weighting="balanced",
+        label_smoothing=0.1,
+    )
     run_dir = tmp_path / "run"
     assert cli(data, "train", str(cfg), "--run-dir", str(run_dir), "--device", "cpu") == 0
     table = rows(run_dir / "metrics.csv")
@@ -149,8 +179,13 @@ def test_resume_after_kill_matches_uninterrupted_run(data, tmp_path, monkeypatch
     """Kill after epoch 1 (right after last.pt is written), resume: same rows, same weights."""
     import audiocnn.training.loop as loop
 
-    cfg = write_config(tmp_path / "resume.yaml", dataset="tones", model="test-tiny-mel", epochs=3,
-                       schedule={"name": "plateau", "patience": 1, "factor": 0.5, "restore_best": True})
+    cfg = write_config(
+        tmp_path / "resume.yaml",
+        dataset="tones",
+        model="test-tiny-mel",
+        epochs=3,
+        schedule={"name": "plateau", "patience": 1, "factor": 0.5, "restore_best": True},
+    )
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert cli(data, "train", str(cfg), "--run-dir", str(full), "--device", "cpu") == 0
 
@@ -219,8 +254,24 @@ def test_init_from_checkpoint_and_freeze_backbone(data, tmp_path):
 
     before = load_file(init)
     cfg = write_config(tmp_path / "ft.yaml", dataset="tags", model="test-tiny-mel", epochs=2)
-    assert cli(data, "train", str(cfg), "--run-dir", str(tmp_path / "ft"), "--device", "cpu",
-               "--set", f"init={init}", "--set", "freeze_backbone=true", "--set", "lr=0.05") == 0
+    assert (
+        cli(
+            data,
+            "train",
+            str(cfg),
+            "--run-dir",
+            str(tmp_path / "ft"),
+            "--device",
+            "cpu",
+            "--set",
+            f"init={init}",
+            "--set",
+            "freeze_backbone=true",
+            "--set",
+            "lr=0.05",
+        )
+        == 0
+    )
     after = load_file(tmp_path / "ft" / "best.safetensors")
     backbone = [k for k in before if not k.startswith("head.")]
     assert backbone and any("running_mean" in k for k in backbone)
@@ -231,21 +282,37 @@ def test_init_from_checkpoint_and_freeze_backbone(data, tmp_path):
     assert meta["labels"] == read_manifest(data / "tags").labels and meta["task"] == "multi-label"
 
     # without freezing, the same init trains the backbone too
-    assert cli(data, "train", str(cfg), "--run-dir", str(tmp_path / "ft2"), "--device", "cpu",
-               "--set", f"init={init}", "--set", "lr=0.05") == 0
+    assert (
+        cli(
+            data,
+            "train",
+            str(cfg),
+            "--run-dir",
+            str(tmp_path / "ft2"),
+            "--device",
+            "cpu",
+            "--set",
+            f"init={init}",
+            "--set",
+            "lr=0.05",
+        )
+        == 0
+    )
     last = torch.load(tmp_path / "ft2" / "last.pt", weights_only=False)["model"]
     assert not torch.equal(before["conv.weight"], last["conv.weight"])
 
 
 def test_init_with_same_labels_keeps_the_head(data, tmp_path):
-    from audiocnn.config import config_from_mapping
-    from audiocnn.training.loop import build_model
+    from audiocnn.training.config import config_from_mapping
+    from audiocnn.training.setup import build_model
 
     cfg = write_config(tmp_path / "base.yaml", dataset="tones", model="test-tiny-mel", epochs=1)
     assert run(["--data-dir", str(data), "train", str(cfg), "--run-dir", str(tmp_path / "r"), "--device", "cpu"]) == 0
     ckpt = tmp_path / "r" / "best.safetensors"
     labels = read_manifest(data / "tones").labels
-    model, info = build_model(config_from_mapping({"dataset": "tones", "init": str(ckpt)}), labels, "single-label", data)
+    model, info = build_model(
+        config_from_mapping({"dataset": "tones", "init": str(ckpt)}), labels, "single-label", data
+    )
     ref, _ = load_checkpoint(ckpt)
     assert info["head_reset"] is False and model.registry_name == "test-tiny-mel"
     for (k, v), (_, w) in zip(model.state_dict().items(), ref.state_dict().items()):
@@ -253,11 +320,19 @@ def test_init_with_same_labels_keeps_the_head(data, tmp_path):
     from audiocnn.errors import ConfigError
 
     with pytest.raises(ConfigError, match="is a 'test-tiny-mel' checkpoint"):
-        build_model(config_from_mapping({"dataset": "tones", "model": "test-tiny-wave", "init": str(ckpt)}),
-                    labels, "single-label", data)
+        build_model(
+            config_from_mapping({"dataset": "tones", "model": "test-tiny-wave", "init": str(ckpt)}),
+            labels,
+            "single-label",
+            data,
+        )
     with pytest.raises(ConfigError, match="no such checkpoint file"):
-        build_model(config_from_mapping({"dataset": "tones", "init": str(tmp_path / "nope.safetensors")}),
-                    labels, "single-label", data)
+        build_model(
+            config_from_mapping({"dataset": "tones", "init": str(tmp_path / "nope.safetensors")}),
+            labels,
+            "single-label",
+            data,
+        )
 
 
 def test_cli_errors_are_one_line(data, tmp_path, capsys):

@@ -7,13 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from train_helpers import make_dataset, write_config
 
 from audiocnn.cli.main import run
 from audiocnn.training import health as H
 from audiocnn.training.state import load_state
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -33,9 +31,9 @@ def _train(data: Path, cfg: Path, run_dir: Path, *extra: str) -> int:
 def _nan_after(monkeypatch, steps: int) -> None:
     """The training loss becomes NaN from training step ``steps + 1`` on (counted over the
     whole process), as a run that diverges does."""
-    from audiocnn.training import loop
+    from audiocnn.training import losses
 
-    real = loop.TaggingLoss.forward
+    real = losses.TaggingLoss.forward
     calls = {"n": 0}
 
     def forward(self, logits, target, reduction="mean"):
@@ -46,7 +44,7 @@ def _nan_after(monkeypatch, steps: int) -> None:
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(loop.TaggingLoss, "forward", forward)
+    monkeypatch.setattr(losses.TaggingLoss, "forward", forward)
 
 
 def test_nan_loss_stops_with_one_line_naming_epoch_and_step(data, tmp_path, capsys, monkeypatch):
@@ -62,8 +60,9 @@ def test_nan_loss_stops_with_one_line_naming_epoch_and_step(data, tmp_path, caps
 
 def test_divergence_keeps_the_last_good_state_and_resume_continues(data, tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
-    good = write_config(tmp_path / "good.yaml", dataset="tones", model="test-tiny-mel", optimizer="sgd", lr=0.01,
-                        momentum=0.0, epochs=2)
+    good = write_config(
+        tmp_path / "good.yaml", dataset="tones", model="test-tiny-mel", optimizer="sgd", lr=0.01, momentum=0.0, epochs=2
+    )
     assert _train(data, good, run_dir) == 0
     before = (run_dir / "last.pt").read_bytes()
     with monkeypatch.context() as m:
@@ -74,7 +73,9 @@ def test_divergence_keeps_the_last_good_state_and_resume_continues(data, tmp_pat
     assert "at epoch 3, step 2" in line and "after epoch 2" in line and "--resume" in line
     assert (run_dir / "last.pt").read_bytes() == before
     state = load_state(run_dir / "last.pt")
-    assert state["epoch"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert state["epoch"] == 2 and all(
+        torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
+    )
     assert _train(data, good, run_dir, "--resume", "--set", "epochs=3") == 0
     assert load_state(run_dir / "last.pt")["epoch"] == 3
 

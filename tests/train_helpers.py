@@ -86,8 +86,9 @@ def _clip_audio(labels: list[str], freqs: dict[str, float], seconds: float, seed
     return (y / max(1.0, np.abs(y).max())).astype(np.float32)
 
 
-def write_audio_folder(src: Path, task: str, *, n_train: int = 8, n_valid: int = 4, n_test: int = 4,
-                       seconds: float = 1.5) -> tuple[Path, Path, list[tuple[str, list[str], str]]]:
+def write_audio_folder(
+    src: Path, task: str, *, n_train: int = 8, n_valid: int = 4, n_test: int = 4, seconds: float = 1.5
+) -> tuple[Path, Path, list[tuple[str, list[str], str]]]:
     """Synthetic tones whose labels are learnable, plus a ``path,labels,split`` CSV."""
     rows = []
     rng = np.random.default_rng(1 if task == "single-label" else 2)
@@ -106,7 +107,7 @@ def write_audio_folder(src: Path, task: str, *, n_train: int = 8, n_valid: int =
         sf.write(str(path), _clip_audio(labels, freqs, seconds, seed=i), SR)
         rows.append((rel, labels, split))
     csv_path = src.parent / f"{src.name}-labels.csv"
-    csv_path.write_text("path,labels,split\n" + "".join(f"{r},{';'.join(l)},{s}\n" for r, l, s in rows))
+    csv_path.write_text("path,labels,split\n" + "".join(f"{r},{';'.join(labs)},{s}\n" for r, labs, s in rows))
     return src, csv_path, rows
 
 
@@ -116,26 +117,63 @@ def make_dataset(data_dir: Path, name: str, task: str, **kw) -> Path:
     from audiocnn.cli.main import run
 
     src, csv_path, rows = write_audio_folder(Path(data_dir).parent / f"{name}-audio", task, **kw)
-    code = run(["--data-dir", str(data_dir), "prepare", "folder", "--source", str(src), "--labels", str(csv_path),
-                "--name", name, "--task", task, "-j", "1"])
+    code = run(
+        [
+            "--data-dir",
+            str(data_dir),
+            "prepare",
+            "folder",
+            "--source",
+            str(src),
+            "--labels",
+            str(csv_path),
+            "--name",
+            name,
+            "--task",
+            task,
+            "-j",
+            "1",
+        ]
+    )
     if code == 0:
         return Path(data_dir) / name
     assert code == 2, f"prepare folder failed with exit code {code}"  # 2: not in this build
-    clips = [Clip(id=rel[:-4], path=rel, duration=1.5, sample_rate=SR, labels=labs, split=split,
-                  integrity={"size": (src / rel).stat().st_size})
-             for rel, labs, split in rows]
+    clips = [
+        Clip(
+            id=rel[:-4],
+            path=rel,
+            duration=1.5,
+            sample_rate=SR,
+            labels=labs,
+            split=split,
+            integrity={"size": (src / rel).stat().st_size},
+        )
+        for rel, labs, split in rows
+    ]
     labels = sorted({lab for _r, labs, _s in rows for lab in labs})
     root = Path(data_dir) / name
-    write_manifest(Manifest(name=name, dataset="folder", task=task, labels=labels, clips=clips,
-                            audio_root=str(src.resolve())), root)
+    write_manifest(
+        Manifest(name=name, dataset="folder", task=task, labels=labels, clips=clips, audio_root=str(src.resolve())),
+        root,
+    )
     return root
 
 
 def write_config(path: Path, **values) -> Path:
     import yaml
 
-    base = {"epochs": 2, "batch_size": 4, "optimizer": "adam", "lr": 0.01, "seed": 0, "workers": 0,
-            "eval_chunks": 3, "eval_batch_size": 2, "amp": "none", "tensorboard": False}
+    base = {
+        "epochs": 2,
+        "batch_size": 4,
+        "optimizer": "adam",
+        "lr": 0.01,
+        "seed": 0,
+        "workers": 0,
+        "eval_chunks": 3,
+        "eval_batch_size": 2,
+        "amp": "none",
+        "tensorboard": False,
+    }
     base.update(values)
     path.write_text(yaml.safe_dump(base))
     return path

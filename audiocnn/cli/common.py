@@ -7,15 +7,30 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-DEFAULT_DATA_DIR = "data"
+from audiocnn.constants import DEFAULT_DATA_DIR, default_data_dir
+from audiocnn.errors import UsageError
+from audiocnn.fileio import FileWriteError, ensure_writable_dir
+
+
+class TableOrJson(str, Enum):
+    """``--format`` of the commands that print a table for people or JSON for programs."""
+
+    table = "table"
+    json = "json"
+
+
+class Split(str, Enum):
+    train = "train"
+    valid = "valid"
+    test = "test"
 
 
 @dataclass
@@ -36,10 +51,7 @@ def err_console() -> Console:
 
 
 def resolve_data_dir(value: str | None) -> Path:
-    if value:
-        return Path(value)
-    env = os.environ.get("AUDIOCNN_DATA_DIR")
-    return Path(env) if env else Path(DEFAULT_DATA_DIR)
+    return Path(value) if value else default_data_dir()
 
 
 def setup_logging(verbose: bool) -> None:
@@ -76,9 +88,6 @@ def printable(text: object) -> str:
 def writable_dir(option: str, folder: Path) -> Path:
     """Create ``folder`` for an output option and check it can be written, before any slow
     work (root ignores permission bits, so this also probes with a real file)."""
-    from audiocnn.errors import UsageError
-    from audiocnn.fileio import FileWriteError, ensure_writable_dir
-
     try:
         return ensure_writable_dir(folder, option)
     except FileWriteError as exc:

@@ -50,7 +50,8 @@ def datasets(
 def prepare(
     dataset: str = typer.Argument(..., help="Dataset name (see `audiocnn datasets`)."),
     source: Optional[list[str]] = typer.Option(
-        None, "--source",
+        None,
+        "--source",
         help="Local archive, folder holding the archives (or, for `folder`, your audio), or a mirror base URL. "
         "Repeatable.",
     ),
@@ -71,7 +72,8 @@ def prepare(
         None, "-j", "--jobs", help="Parallel processes for checking clips (default: all CPUs)."
     ),
     force: bool = typer.Option(
-        False, "--force",
+        False,
+        "--force",
         help="Extract and rebuild the manifest even if already prepared; folder: replace a --name prepared from "
         "another --source.",
     ),
@@ -79,8 +81,9 @@ def prepare(
         Features.none, "--features", help="Also extract features: waveform, mel, both or none."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of random/stratified splits."),
-    fmt: common.TableOrJson = typer.Option(common.TableOrJson.table, "--format",
-                                           help="table or json (the `info` object)."),
+    fmt: common.TableOrJson = typer.Option(
+        common.TableOrJson.table, "--format", help="table or json (the `info` object)."
+    ),
 ) -> None:
     """Download (or take from --source), verify, extract a dataset and write its manifest."""
     manifest = pipeline.prepare(
@@ -117,8 +120,9 @@ def verify(
         common.print_json(report.to_dict())
     else:
         out = common.out_console()
-        out.print(f"{dataset}: checked {report.checked} clips ({'full decode' if full else 'size + header'})",
-                  highlight=False)
+        out.print(
+            f"{dataset}: checked {report.checked} clips ({'full decode' if full else 'size + header'})", highlight=False
+        )
         out.print(f"missing: {len(report.missing)}", highlight=False)
         for m in report.missing:
             out.print(f"  {m['id']}  {m['path']}", highlight=False)

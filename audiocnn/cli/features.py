@@ -57,11 +57,15 @@ def features(
     dataset: str = typer.Argument(..., help="A prepared dataset (name under --data-dir, or its folder)."),
     kind: Kind = typer.Option(Kind.mel, "--kind", help="waveform, mel or both."),
     sample_rate: Optional[int] = typer.Option(
-        None, "--sample-rate", min=1, show_default=False,
+        None,
+        "--sample-rate",
+        min=1,
+        show_default=False,
         help="Target sample rate (default 16000; SampleCNN's paper setting is 22050).",
     ),
-    jobs: Optional[int] = typer.Option(None, "-j", "--jobs", min=1, help="Worker processes (default: all cores).",
-                                       show_default=False),
+    jobs: Optional[int] = typer.Option(
+        None, "-j", "--jobs", min=1, help="Worker processes (default: all cores).", show_default=False
+    ),
     overrides: Optional[list[str]] = typer.Option(
         None, "--set", help="Front-end option key=value, e.g. --set n_mels=128 (repeatable).", show_default=False
     ),
@@ -80,8 +84,14 @@ def features(
     from audiocnn.features.store import extraction_summary  # deferred: torch, only once there is work to do
 
     configs = pipeline.frontend_configs(kind.value, sample_rate, parse_overrides(overrides or []))
-    stores = pipeline.extract(resolve_dataset_dir(dataset), configs, jobs=jobs, min_seconds=min_seconds,
-                              max_failure_fraction=max_failures, progress=not no_progress)
+    stores = pipeline.extract(
+        resolve_dataset_dir(dataset),
+        configs,
+        jobs=jobs,
+        min_seconds=min_seconds,
+        max_failure_fraction=max_failures,
+        progress=not no_progress,
+    )
     results = [extraction_summary(store) for store in stores]
     if fmt is TextOrJson.json:
         common.print_json(results if len(results) > 1 else results[0])

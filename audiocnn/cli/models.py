@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from audiocnn.cli import common
+from audiocnn.cli.app import app
 from audiocnn.cli.common import print_json
-from audiocnn.cli.main import app
 from audiocnn.errors import UsageError
 
 
@@ -19,18 +20,16 @@ def _human(n: int) -> str:
 
 @app.command("models")
 def models(
-    fmt: str = typer.Option("table", "--format", help="table or json."),
+    fmt: common.TableOrJson = typer.Option(common.TableOrJson.table, "--format", help="table or json."),
     num_outputs: int = typer.Option(50, "--outputs", help="Output size used to count parameters."),
 ) -> None:
     """List the model zoo: input kind and length, parameters, paper."""
-    from audiocnn.models.registry import describe_models
+    from audiocnn.models.registry import describe_models  # deferred: torch, only once there is work to do
 
-    if fmt not in ("table", "json"):
-        raise UsageError(f"--format must be 'table' or 'json', got {fmt!r}")
     if num_outputs < 1:
         raise UsageError(f"--outputs must be >= 1, got {num_outputs}")
     rows = describe_models(num_outputs)
-    if fmt == "json":
+    if fmt is common.TableOrJson.json:
         print_json(rows)
         return
 

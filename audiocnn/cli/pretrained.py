@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import typer
+from rich.table import Table
 
 from audiocnn.cli import common
 from audiocnn.errors import UsageError
@@ -15,24 +16,16 @@ pretrained_app = typer.Typer(
     add_completion=False,
 )
 
-FORMATS = ("table", "json")
-
-
-def _check_format(fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-
 
 @pretrained_app.command("list")
-def list_cmd(fmt: str = typer.Option("table", "--format", help="table or json.")) -> None:
+def list_cmd(
+    fmt: common.TableOrJson = typer.Option(common.TableOrJson.table, "--format", help="table or json."),
+) -> None:
     """List the pretrained models and whether they are imported into the data folder."""
-    from rich.table import Table
+    from audiocnn.pretrained import list_pretrained  # deferred: torch, only once there is work to do
 
-    from audiocnn.pretrained import list_pretrained
-
-    _check_format(fmt)
     rows = list_pretrained(common.state.data_dir)
-    if fmt == "json":
+    if fmt is common.TableOrJson.json:
         common.print_json(rows)
         return
     table = Table(show_edge=False)
@@ -43,7 +36,9 @@ def list_cmd(fmt: str = typer.Option("table", "--format", help="table or json.")
         table.add_row(name, r["model"], r["dataset"], "yes" if r["imported"] else "no")
     common.out_console().print(table)
     if not all(r["imported"] for r in rows):
-        common.log("import them with: audiocnn pretrained import musicnn  (needs: pip install --no-deps musicnn==0.1.0)")
+        common.log(
+            "import them with: audiocnn pretrained import musicnn  (needs: pip install --no-deps musicnn==0.1.0)"
+        )
 
 
 @pretrained_app.command("import")
@@ -56,20 +51,19 @@ def import_cmd(
         "file; default: the installed package.",
         show_default=False,
     ),
-    names: Optional[List[str]] = typer.Option(
+    names: Optional[list[str]] = typer.Option(
         None, "--name", help="Import only this pretrained model (repeatable); default: all.", show_default=False
     ),
-    fmt: str = typer.Option("table", "--format", help="table or json."),
+    fmt: common.TableOrJson = typer.Option(common.TableOrJson.table, "--format", help="table or json."),
 ) -> None:
     """Convert a package's pretrained TensorFlow models into audiocnn checkpoints."""
-    from audiocnn.pretrained import import_musicnn, pretrained_dir
+    from audiocnn.pretrained import import_musicnn, pretrained_dir  # deferred: torch, only once there is work to do
 
-    _check_format(fmt)
     if package != "musicnn":
         raise UsageError(f"unknown package {package!r}; pretrained models can be imported from: musicnn")
     common.log(f"importing musicnn models into {pretrained_dir(common.state.data_dir)}")
     paths = import_musicnn(source, common.state.data_dir, list(names) if names else None)
-    if fmt == "json":
+    if fmt is common.TableOrJson.json:
         common.print_json([{"name": p.stem, "path": str(p)} for p in paths])
         return
     for p in paths:

@@ -11,12 +11,12 @@ import sys
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
 from audiocnn.cli import common
-from audiocnn.cli.main import app
+from audiocnn.cli.app import app
 from audiocnn.constants import DEFAULT_MODEL, Aggregate, Framing
 from audiocnn.errors import UsageError
 
@@ -62,37 +62,107 @@ def _table(result, top_k: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The options of `audiocnn tag`, declared once each.
+Paths = Annotated[
+    list[str], typer.Argument(help="Audio files, folders (searched recursively) or globs.", show_default=False)
+]
+ModelName = Annotated[
+    str,
+    typer.Option(
+        "--model", "-m", help="Pretrained model name (see `audiocnn pretrained list`) or a .safetensors checkpoint."
+    ),
+]
+TopK = Annotated[
+    Optional[int],
+    typer.Option(
+        "--top-k", "-k", min=1, show_default=False, help="Tags to show per file [default: 5 for table, all for json]."
+    ),
+]
+Format = Annotated[
+    OutputFormat,
+    typer.Option(
+        "--format",
+        "-f",
+        help="table, json (one object per line per file) or csv (one row per file, one column per label).",
+    ),
+]
+Window = Annotated[
+    Optional[float],
+    typer.Option(
+        "--window",
+        callback=_seconds,
+        show_default=False,
+        help="Window length in seconds [default: the model's input length].",
+    ),
+]
+Hop = Annotated[
+    Optional[float],
+    typer.Option(
+        "--hop",
+        callback=_seconds,
+        show_default=False,
+        help="Hop between windows in seconds [default: the window, no overlap].",
+    ),
+]
+AggregateOpt = Annotated[
+    Aggregate, typer.Option("--aggregate", help="How window scores combine per song: mean or max.")
+]
+TaggramDir = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--taggram",
+        show_default=False,
+        help="Write per-window scores (.npy, .csv) and a taggram image (.png) per file here.",
+    ),
+]
+EmbeddingsDir = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--embeddings", show_default=False, help="Write penultimate features per window (.npy) per file here."
+    ),
+]
+Device = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps.")]
+BatchSize = Annotated[
+    Optional[int],
+    typer.Option(
+        "--batch-size", min=1, show_default=False, help="Windows per forward pass [default: 1 on CPU, 32 on GPU]."
+    ),
+]
+FramingOpt = Annotated[
+    Framing,
+    typer.Option(
+        "--framing",
+        help="song: cut the whole-song log-mel into patches (mel models, musicnn's way); "
+        "window: run the front-end per window; auto: song where possible.",
+    ),
+]
+Chunks = Annotated[
+    Optional[int],
+    typer.Option(
+        "--chunks",
+        min=1,
+        show_default=False,
+        help="Score N windows spread evenly over each file (the papers' protocol, "
+        "= `evaluate --eval-chunks N`) instead of consecutive windows.",
+    ),
+]
+
+
 @app.command("tag")
 def tag(
-    paths: list[str] = typer.Argument(..., help="Audio files, folders (searched recursively) or globs.",
-                                      show_default=False),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Pretrained model name (see `audiocnn "
-                              "pretrained list`) or a .safetensors checkpoint."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", "-k", min=1, show_default=False,
-                                        help="Tags to show per file [default: 5 for table, all for json]."),
-    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f",
-                                     help="table, json (one object per line per file) or csv (one row per file, "
-                                          "one column per label)."),
-    window: Optional[float] = typer.Option(None, "--window", callback=_seconds, show_default=False,
-                                           help="Window length in seconds [default: the model's input length]."),
-    hop: Optional[float] = typer.Option(None, "--hop", callback=_seconds, show_default=False,
-                                        help="Hop between windows in seconds [default: the window, no overlap]."),
-    aggregate: Aggregate = typer.Option(Aggregate.mean, "--aggregate",
-                                        help="How window scores combine per song: mean or max."),
-    taggram_dir: Optional[Path] = typer.Option(None, "--taggram", show_default=False,
-                                               help="Write per-window scores (.npy, .csv) and a taggram image (.png) "
-                                                    "per file here."),
-    embeddings_dir: Optional[Path] = typer.Option(None, "--embeddings", show_default=False,
-                                                  help="Write penultimate features per window (.npy) per file here."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, show_default=False,
-                                             help="Windows per forward pass [default: 1 on CPU, 32 on GPU]."),
-    framing: Framing = typer.Option(Framing.auto, "--framing",
-                                    help="song: cut the whole-song log-mel into patches (mel models, musicnn's way); "
-                                         "window: run the front-end per window; auto: song where possible."),
-    chunks: Optional[int] = typer.Option(None, "--chunks", min=1, show_default=False,
-                                         help="Score N windows spread evenly over each file (the papers' protocol, "
-                                              "= `evaluate --eval-chunks N`) instead of consecutive windows."),
+    paths: Paths,
+    model: ModelName = DEFAULT_MODEL,
+    top_k: TopK = None,
+    fmt: Format = OutputFormat.table,
+    window: Window = None,
+    hop: Hop = None,
+    aggregate: AggregateOpt = Aggregate.mean,
+    taggram_dir: TaggramDir = None,
+    embeddings_dir: EmbeddingsDir = None,
+    device: Device = "auto",
+    batch_size: BatchSize = None,
+    framing: FramingOpt = Framing.auto,
+    chunks: Chunks = None,
 ) -> None:
     """Tag whole songs: top tags per file, optionally the taggram over time and embeddings."""
     if chunks is not None and hop is not None:
@@ -114,10 +184,22 @@ def tag(
         sys.stdout.flush()
 
     summary = tag_command(
-        paths, model=model, data_dir=common.state.data_dir, device=device, batch_size=batch_size,
-        window=window, hop=hop, aggregate=aggregate, framing=framing, chunks=chunks,
-        top_k=table_k if writer is None else top_k, taggram_dir=taggram_dir, embeddings_dir=embeddings_dir,
-        on_result=show, report=_progress, started=started,
+        paths,
+        model=model,
+        data_dir=common.state.data_dir,
+        device=device,
+        batch_size=batch_size,
+        window=window,
+        hop=hop,
+        aggregate=aggregate,
+        framing=framing,
+        chunks=chunks,
+        top_k=table_k if writer is None else top_k,
+        taggram_dir=taggram_dir,
+        embeddings_dir=embeddings_dir,
+        on_result=show,
+        report=_progress,
+        started=started,
     )
     if summary.failed:
         raise typer.Exit(1)

@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import os
-import socket
 import stat
 import tarfile
 import time
@@ -112,7 +111,9 @@ def verify_file(
         log.warning(
             "WARNING: --skip-checksum: %s is NOT verified against its published %s %s; "
             "a corrupt or tampered file will go unnoticed",
-            p.name, algorithm, checksum,
+            p.name,
+            algorithm,
+            checksum,
         )
         return
     actual = file_digest(p, algorithm, progress=progress)
@@ -200,14 +201,15 @@ def download_file(
             if exc.code not in _RETRY_STATUS:
                 raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
             last_error = f"HTTP {exc.code} {exc.reason}"
-        except (urllib.error.URLError, HTTPException, socket.timeout, ConnectionError, OSError) as exc:
+        except (TimeoutError, urllib.error.URLError, HTTPException, ConnectionError, OSError) as exc:
             reason = getattr(exc, "reason", None) or exc
             last_error = f"{type(exc).__name__}: {reason}"
         attempt += 1
         if attempt > retries:
             raise DownloadError(
                 f"{url}: download failed after {retries + 1} attempts ({last_error})",
-                hint=f"run the same command again to resume from the {_human(part.stat().st_size if part.exists() else 0)} "
+                hint="run the same command again to resume from the "
+                f"{_human(part.stat().st_size if part.exists() else 0)} "
                 "already fetched",
             )
         delay = backoff * (2 ** (attempt - 1))
@@ -224,8 +226,7 @@ def download_file(
             # A bad part would only be "resumed" into the same bad file: drop it.
             part.unlink(missing_ok=True)
             raise ChecksumError(
-                f"{dest}: {algorithm} mismatch after download from {url}: "
-                f"expected {checksum.lower()}, got {actual}",
+                f"{dest}: {algorithm} mismatch after download from {url}: expected {checksum.lower()}, got {actual}",
                 hint="the server sent a different file; try another mirror with --source, "
                 "or pass --skip-checksum to accept it",
             )
@@ -359,7 +360,7 @@ class MultiPartFile(io.RawIOBase):
                 self._handles[i] = fh
             local = self._pos - self._starts[i]
             fh.seek(local)
-            n = fh.readinto(view[done: done + min(len(view) - done, self._sizes[i] - local)]) or 0
+            n = fh.readinto(view[done : done + min(len(view) - done, self._sizes[i] - local)]) or 0
             if n == 0:  # a part shrank under us
                 break
             self._pos += n
@@ -385,7 +386,12 @@ def open_archive_stream(paths: Sequence[str | os.PathLike]) -> io.BufferedReader
 
 #: What reading a cut-off or damaged archive raises (gzip's BadGzipFile is an OSError).
 _READ_ERRORS: tuple[type[BaseException], ...] = (
-    tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError, *_LZMA_ERRORS,
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    EOFError,
+    zlib.error,
+    OSError,
+    *_LZMA_ERRORS,
 )
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
@@ -413,8 +419,9 @@ def _corrupt(archive: str, exc: BaseException | str, member: str | None = None) 
 
 
 def _unwritable(path: Path, exc: OSError) -> DatasetError:
-    return DatasetError(f"{path}: cannot write ({exc.strerror or exc})",
-                        hint="check the free space and permissions of the data dir")
+    return DatasetError(
+        f"{path}: cannot write ({exc.strerror or exc})", hint="check the free space and permissions of the data dir"
+    )
 
 
 def _member_parts(name: str, archive: str) -> list[str]:
@@ -430,8 +437,7 @@ def _member_parts(name: str, archive: str) -> list[str]:
 
 def _refuse_link(archive: str, name: str, kind: str, target: str) -> UnsafeArchiveError:
     return UnsafeArchiveError(
-        f"{archive}: member {name!r} is a {kind} (to {target!r}); dataset archives hold no links, "
-        "refusing to extract"
+        f"{archive}: member {name!r} is a {kind} (to {target!r}); dataset archives hold no links, refusing to extract"
     )
 
 
@@ -443,8 +449,7 @@ def _check_on_disk(dest: Path, parts: list[str], archive: str, name: str) -> Non
         path = path / part
         if path.is_symlink():
             raise UnsafeArchiveError(
-                f"{archive}: member {name!r} would be written through the symbolic link {path}; "
-                "refusing to extract",
+                f"{archive}: member {name!r} would be written through the symbolic link {path}; refusing to extract",
                 hint=f"delete {path} and run the command again",
             )
         if not path.exists():
@@ -690,8 +695,11 @@ def extract_once(
     The marker is removed first and written last, so an interrupted extraction is
     redone from scratch on the next run.
     """
-    signature = {"archives": [p.name for p in paths], "sizes": [p.stat().st_size for p in paths],
-                 "members": sorted(members) if members is not None else None}
+    signature = {
+        "archives": [p.name for p in paths],
+        "sizes": [p.stat().st_size for p in paths],
+        "members": sorted(members) if members is not None else None,
+    }
     done = read_marker(state_dir, key)
     if done is not None and not force and done.get("signature") == signature:
         log.info("%s: already extracted", key)

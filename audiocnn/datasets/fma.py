@@ -21,6 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
+from audiocnn.constants import MULTI_LABEL, SINGLE_LABEL
 from audiocnn.datasets.download import Remote
 from audiocnn.datasets.registry import Candidate, Collected, DatasetSpec, PrepareContext, register_dataset
 from audiocnn.errors import DatasetError
@@ -30,17 +31,42 @@ log = logging.getLogger("audiocnn.datasets")
 # URLs and sha1 sums from the FMA README (github.com/mdeff/fma, "Data" and "History,
 # 2017-05-09 pre-publication release"); sizes as stated there.
 BASE_URL = "https://os.unil.cloud.switch.ch/fma/"
-METADATA = Remote(BASE_URL + "fma_metadata.zip", "fma_metadata.zip",
-                  "f0df49ffe5f2a6008d7dc83c6915b31835dfe733", "sha1", approx_size="342 MiB")
+METADATA = Remote(
+    BASE_URL + "fma_metadata.zip",
+    "fma_metadata.zip",
+    "f0df49ffe5f2a6008d7dc83c6915b31835dfe733",
+    "sha1",
+    approx_size="342 MiB",
+)
 SUBSET_REMOTES = {
-    "small": Remote(BASE_URL + "fma_small.zip", "fma_small.zip",
-                    "ade154f733639d52e35e32f5593efe5be76c6d70", "sha1", approx_size="7.2 GiB"),
-    "medium": Remote(BASE_URL + "fma_medium.zip", "fma_medium.zip",
-                     "c67b69ea232021025fca9231fc1c7c1a063ab50b", "sha1", approx_size="22 GiB"),
-    "large": Remote(BASE_URL + "fma_large.zip", "fma_large.zip",
-                    "497109f4dd721066b5ce5e5f250ec604dc78939e", "sha1", approx_size="93 GiB"),
-    "full": Remote(BASE_URL + "fma_full.zip", "fma_full.zip",
-                   "0f0ace23fbe9ba30ecb7e95f763e435ea802b8ab", "sha1", approx_size="879 GiB"),
+    "small": Remote(
+        BASE_URL + "fma_small.zip",
+        "fma_small.zip",
+        "ade154f733639d52e35e32f5593efe5be76c6d70",
+        "sha1",
+        approx_size="7.2 GiB",
+    ),
+    "medium": Remote(
+        BASE_URL + "fma_medium.zip",
+        "fma_medium.zip",
+        "c67b69ea232021025fca9231fc1c7c1a063ab50b",
+        "sha1",
+        approx_size="22 GiB",
+    ),
+    "large": Remote(
+        BASE_URL + "fma_large.zip",
+        "fma_large.zip",
+        "497109f4dd721066b5ce5e5f250ec604dc78939e",
+        "sha1",
+        approx_size="93 GiB",
+    ),
+    "full": Remote(
+        BASE_URL + "fma_full.zip",
+        "fma_full.zip",
+        "0f0ace23fbe9ba30ecb7e95f763e435ea802b8ab",
+        "sha1",
+        approx_size="879 GiB",
+    ),
 }
 SUBSET_ORDER = ("small", "medium", "large")
 SPLIT_NAMES = {"training": "train", "validation": "valid", "test": "test"}
@@ -57,8 +83,8 @@ EMPTY_CLIPS = {
 
 class _FMA(DatasetSpec):
     subset: str
-    task = "single-label"
-    tasks = ("single-label", "multi-label")
+    task = SINGLE_LABEL
+    tasks = (SINGLE_LABEL, MULTI_LABEL)
     split_schemes = ("official",)
     default_split_scheme = "official"
     license = (
@@ -66,8 +92,8 @@ class _FMA(DatasetSpec):
         "(per track in tracks.csv); for research use"
     )
     citation = (
-        "M. Defferrard, K. Benzi, P. Vandergheynst and X. Bresson, \"FMA: A Dataset For Music "
-        "Analysis\", ISMIR 2017. arXiv:1612.01840"
+        'M. Defferrard, K. Benzi, P. Vandergheynst and X. Bresson, "FMA: A Dataset For Music '
+        'Analysis", ISMIR 2017. arXiv:1612.01840'
     )
     homepage = "https://github.com/mdeff/fma"
 
@@ -94,12 +120,13 @@ class _FMA(DatasetSpec):
                     break
         for p in (tracks_csv, genres_csv):
             if not p.is_file():
-                raise DatasetError(f"{p}: missing; fma_metadata.zip was not extracted",
-                                   hint=f"audiocnn prepare {self.name} --force")
+                raise DatasetError(
+                    f"{p}: missing; fma_metadata.zip was not extracted", hint=f"audiocnn prepare {self.name} --force"
+                )
         genre_names = read_genres(genres_csv)
         base = ctx.audio_base or ctx.raw_dir
         audio_dir = base / f"fma_{self.subset}"
-        multi = ctx.task == "multi-label"
+        multi = ctx.task == MULTI_LABEL
         keep = set(SUBSET_ORDER[: SUBSET_ORDER.index(self.subset) + 1]) if self.subset in SUBSET_ORDER else None
         candidates: list[Candidate] = []
         excluded: list[dict] = []
@@ -111,16 +138,14 @@ class _FMA(DatasetSpec):
             rel = f"fma_{self.subset}/{track_id[:3]}/{track_id}.mp3"
             split = SPLIT_NAMES.get(split_name)
             if split is None:
-                excluded.append({"id": track_id, "path": rel,
-                                 "reason": f"unknown split {split_name!r} in tracks.csv"})
+                excluded.append({"id": track_id, "path": rel, "reason": f"unknown split {split_name!r} in tracks.csv"})
                 continue
             if multi:
                 try:
                     ids = ast.literal_eval(genres_all) if genres_all else []
                     labels = sorted({genre_names[int(g)] for g in ids})
                 except (ValueError, SyntaxError, KeyError) as exc:
-                    excluded.append({"id": track_id, "path": rel,
-                                     "reason": f"bad genres_all {genres_all!r} ({exc})"})
+                    excluded.append({"id": track_id, "path": rel, "reason": f"bad genres_all {genres_all!r} ({exc})"})
                     continue
                 if not labels:
                     excluded.append({"id": track_id, "path": rel, "reason": "no genre in genres_all"})
@@ -140,11 +165,17 @@ class _FMA(DatasetSpec):
             candidates.append(Candidate(track_id, rel, labels, split))
             labels_seen.update(labels)
         if not audio_dir.is_dir():
-            raise DatasetError(f"{audio_dir}: no fma_{self.subset} folder; the audio archive was not extracted",
-                               hint=f"audiocnn prepare {self.name} --force")
-        return Collected(labels=sorted(labels_seen), candidates=candidates,
-                         audio_root=str(base) if ctx.audio_base is not None else "raw",
-                         excluded=excluded, extra={"subset": self.subset})
+            raise DatasetError(
+                f"{audio_dir}: no fma_{self.subset} folder; the audio archive was not extracted",
+                hint=f"audiocnn prepare {self.name} --force",
+            )
+        return Collected(
+            labels=sorted(labels_seen),
+            candidates=candidates,
+            audio_root=str(base) if ctx.audio_base is not None else "raw",
+            excluded=excluded,
+            extra={"subset": self.subset},
+        )
 
 
 def read_genres(path: Path) -> dict[int, str]:
@@ -208,7 +239,5 @@ def _make(subset: str, classes: int | None, title: str, size: str) -> type[_FMA]
 
 FMASmall = _make("small", 8, "FMA small: 8,000 30-s clips, 8 balanced genres", "7.5 GiB")
 FMAMedium = _make("medium", 16, "FMA medium: 25,000 30-s clips, 16 unbalanced genres", "22.3 GiB")
-FMALarge = _make("large", 16, "FMA large: 106,574 30-s clips (genre_top: 16; genres_all: 161)",
-                 "93.3 GiB")
-FMAFull = _make("full", 16, "FMA full: 106,574 untrimmed tracks (genre_top: 16; genres_all: 161)",
-                "879 GiB")
+FMALarge = _make("large", 16, "FMA large: 106,574 30-s clips (genre_top: 16; genres_all: 161)", "93.3 GiB")
+FMAFull = _make("full", 16, "FMA full: 106,574 untrimmed tracks (genre_top: 16; genres_all: 161)", "879 GiB")

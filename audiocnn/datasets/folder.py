@@ -27,21 +27,30 @@ import logging
 from pathlib import Path
 
 from audiocnn.audio import find_audio_files
+from audiocnn.constants import MULTI_LABEL, SINGLE_LABEL
 from audiocnn.datasets.registry import Candidate, Collected, DatasetSpec, PrepareContext, register_dataset
 from audiocnn.datasets.splits import stratified_split, stratum_keys
 from audiocnn.errors import DatasetError, UsageError
 
 log = logging.getLogger("audiocnn.datasets")
-SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "validation": "valid",
-                 "val": "valid", "dev": "valid", "test": "test", "testing": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "valid": "valid",
+    "validation": "valid",
+    "val": "valid",
+    "dev": "valid",
+    "test": "test",
+    "testing": "test",
+}
 
 
 @register_dataset
 class Folder(DatasetSpec):
     name = "folder"
     title = "your own audio folder (labels from sub-folders or a CSV)"
-    task = "single-label"
-    tasks = ("single-label", "multi-label")
+    task = SINGLE_LABEL
+    tasks = (SINGLE_LABEL, MULTI_LABEL)
     classes = None
     split_schemes = ("auto",)
     default_split_scheme = "auto"
@@ -70,7 +79,9 @@ class Folder(DatasetSpec):
         else:
             rows = _scan_subfolders(root)
         if not rows:
-            raise DatasetError(f"{root}: no audio files found", hint="audio files go in DIR/<label>/ or are listed in --labels")
+            raise DatasetError(
+                f"{root}: no audio files found", hint="audio files go in DIR/<label>/ or are listed in --labels"
+            )
         excluded = []
         present = []
         for row in rows:
@@ -82,13 +93,15 @@ class Folder(DatasetSpec):
         if not rows:
             raise DatasetError(f"{ctx.labels_file}: none of the listed files exist under {root}")
         multi = any(len(labs) > 1 for _i, _p, labs, _s in rows)
-        if multi and ctx.task_explicit and ctx.task == "single-label":
+        if multi and ctx.task_explicit and ctx.task == SINGLE_LABEL:
             raise UsageError(f"--task single-label: {ctx.labels_file} gives some files several labels")
-        task = "multi-label" if (multi or ctx.task == "multi-label") else "single-label"
+        task = MULTI_LABEL if (multi or ctx.task == MULTI_LABEL) else SINGLE_LABEL
         labels = sorted({lab for _i, _p, labs, _s in rows for lab in labs})
         given = [s for *_x, s in rows if s is not None]
         if given and len(given) != len(rows):
-            raise DatasetError(f"{ctx.labels_file}: the split column is empty on some rows; fill it on every row or drop it")
+            raise DatasetError(
+                f"{ctx.labels_file}: the split column is empty on some rows; fill it on every row or drop it"
+            )
         if given:
             split_of = {cid: s for cid, _p, _l, s in rows}
             scheme_note = "split column"
@@ -96,9 +109,18 @@ class Folder(DatasetSpec):
             split_of = stratified_split(stratum_keys({cid: labs for cid, _p, labs, _s in rows}), seed=ctx.seed)
             scheme_note = f"stratified 80/10/10, seed {ctx.seed}"
         candidates = [Candidate(cid, path, list(labs), split_of[cid]) for cid, path, labs, _s in rows]
-        return Collected(labels=labels, candidates=candidates, audio_root=str(root), task=task, excluded=excluded,
-                         extra={"source": str(root), "split": scheme_note,
-                                "labels_file": str(ctx.labels_file) if ctx.labels_file else None})
+        return Collected(
+            labels=labels,
+            candidates=candidates,
+            audio_root=str(root),
+            task=task,
+            excluded=excluded,
+            extra={
+                "source": str(root),
+                "split": scheme_note,
+                "labels_file": str(ctx.labels_file) if ctx.labels_file else None,
+            },
+        )
 
 
 def _clip_id(rel: str) -> str:

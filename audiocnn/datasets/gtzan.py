@@ -17,11 +17,12 @@ Split schemes
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
+from audiocnn.constants import SINGLE_LABEL
 from audiocnn.datasets.download import Remote
-from audiocnn.datasets.splits import stratified_split
 from audiocnn.datasets.registry import (
     Candidate,
     Collected,
@@ -30,6 +31,7 @@ from audiocnn.datasets.registry import (
     read_resource_lines,
     register_dataset,
 )
+from audiocnn.datasets.splits import stratified_split
 from audiocnn.errors import DatasetError
 
 GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
@@ -41,7 +43,7 @@ LAYOUT_DIRS = ("genres", "genres_original")
 class GTZAN(DatasetSpec):
     name = "gtzan"
     title = "GTZAN genre collection (Tzanetakis & Cook 2002)"
-    task = "single-label"
+    task = SINGLE_LABEL
     classes = 10
     split_schemes = ("fault-filtered", "random")
     default_split_scheme = "fault-filtered"
@@ -60,16 +62,16 @@ class GTZAN(DatasetSpec):
     approx_size = "1.2 GB"
     license = "No explicit license; distributed by the authors for research use (mirdata: license unknown)."
     citation = (
-        "G. Tzanetakis and P. Cook, \"Musical genre classification of audio signals\", "
+        'G. Tzanetakis and P. Cook, "Musical genre classification of audio signals", '
         "IEEE Trans. Speech and Audio Processing 10(5), 2002. Fault-filtered split: "
-        "C. Kereliuk, B. L. Sturm and J. Larsen, \"Deep learning and music adversaries\", "
+        'C. Kereliuk, B. L. Sturm and J. Larsen, "Deep learning and music adversaries", '
         "IEEE Trans. Multimedia 17(11), 2015."
     )
     homepage = "http://marsyas.info/downloads/datasets.html"
     unavailable_hint = (
         "The original GTZAN host (opihi.cs.uvic.ca, linked from marsyas.info) has been offline "
         "since 2022. genres.tar.gz is usually found on Hugging Face (dataset marsyas/gtzan, "
-        "file data/genres.tar.gz) or Kaggle (\"GTZAN Dataset - Music Genre Classification\", "
+        'file data/genres.tar.gz) or Kaggle ("GTZAN Dataset - Music Genre Classification", '
         "the genres_original/*.wav variant); download it by hand and pass the file or its "
         "folder with --source"
     )
@@ -110,22 +112,27 @@ class GTZAN(DatasetSpec):
             split_of = {cid: split for cid, split in assignment.items()}
             for cid, (path, _g) in clips.items():
                 if cid not in split_of:
-                    excluded.append({
-                        "id": cid, "path": path,
-                        "reason": "not in the fault-filtered split (Kereliuk, Sturm & Larsen 2015 "
-                                  "drop it as a repetition, mislabeling or distortion)",
-                    })
+                    excluded.append(
+                        {
+                            "id": cid,
+                            "path": path,
+                            "reason": "not in the fault-filtered split (Kereliuk, Sturm & Larsen 2015 "
+                            "drop it as a repetition, mislabeling or distortion)",
+                        }
+                    )
             absent = sorted(cid for cid in split_of if cid not in clips)
             for cid in absent:
-                excluded.append({"id": cid, "path": "",
-                                 "reason": "listed in the fault-filtered split but not in the archive"})
+                excluded.append(
+                    {"id": cid, "path": "", "reason": "listed in the fault-filtered split but not in the archive"}
+                )
             extra["missing_from_archive"] = len(absent)
             if absent:
-                import logging
-
                 logging.getLogger("audiocnn.datasets").warning(
                     "gtzan: %d of the %d clips of the fault-filtered split are not in the archive "
-                    "(e.g. %s); they are listed as excluded", len(absent), len(split_of), absent[0],
+                    "(e.g. %s); they are listed as excluded",
+                    len(absent),
+                    len(split_of),
+                    absent[0],
                 )
         else:
             split_of = stratified_split([(cid, g) for cid, (_p, g) in clips.items()], seed=ctx.seed)
@@ -135,8 +142,9 @@ class GTZAN(DatasetSpec):
             if cid in split_of
         ]
         audio_root = str(base) if ctx.audio_base is not None else "raw"
-        return Collected(labels=list(GENRES), candidates=candidates, audio_root=audio_root,
-                         excluded=excluded, extra=extra)
+        return Collected(
+            labels=list(GENRES), candidates=candidates, audio_root=audio_root, excluded=excluded, extra=extra
+        )
 
 
 def _layout_dirs(folder: Path, depth: int):
@@ -158,8 +166,11 @@ def fault_filtered_split() -> dict[str, str]:
     (data/index/GTZAN/*_filtered.txt); both agree.
     """
     out: dict[str, str] = {}
-    for split, fname in (("train", "train_filtered.txt"), ("valid", "valid_filtered.txt"),
-                         ("test", "test_filtered.txt")):
+    for split, fname in (
+        ("train", "train_filtered.txt"),
+        ("valid", "valid_filtered.txt"),
+        ("test", "test_filtered.txt"),
+    ):
         for line in read_resource_lines("gtzan", fname):
             stem = line.rsplit("/", 1)[-1]
             cid = stem.rsplit(".", 1)[0]

@@ -85,8 +85,12 @@ def prepare_lock(state_dir: Path, name: str) -> Iterator[None]:
             if st is not None and (st.st_dev, st.st_ino) != file_before:
                 # acquire_lock replaced a file that was still locked although its holder is
                 # gone (an orphaned worker of a killed prepare kept it)
-                log.warning("%s: the prepare lock of PID %s, which has exited, is still held by its leftover "
-                            "worker processes; taking it over", name, before)
+                log.warning(
+                    "%s: the prepare lock of PID %s, which has exited, is still held by its leftover "
+                    "worker processes; taking it over",
+                    name,
+                    before,
+                )
     try:
         yield
     finally:

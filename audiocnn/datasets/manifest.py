@@ -24,12 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from audiocnn import __version__
+from audiocnn.constants import SINGLE_LABEL, TASKS
 from audiocnn.errors import DatasetError
 
 MANIFEST_NAME = "manifest.jsonl"
 MANIFEST_VERSION = 1
 SPLITS = ("train", "valid", "test")
-TASKS = ("single-label", "multi-label")
 
 
 @dataclass
@@ -74,7 +75,7 @@ class Manifest:
         return [c for c in self.clips if c.split == name]
 
     def split_counts(self) -> dict[str, int]:
-        counts = {s: 0 for s in SPLITS}
+        counts = dict.fromkeys(SPLITS, 0)
         for c in self.clips:
             counts[c.split] = counts.get(c.split, 0) + 1
         return counts
@@ -115,8 +116,6 @@ def write_manifest(manifest: Manifest, dataset_dir: str | os.PathLike) -> Path:
     dataset_dir = Path(dataset_dir)
     dataset_dir.mkdir(parents=True, exist_ok=True)
     _validate(manifest)
-    from audiocnn import __version__
-
     header = {
         "type": "header",
         "version": MANIFEST_VERSION,
@@ -204,10 +203,8 @@ def _validate(m: Manifest) -> None:
         unknown = [lab for lab in c.labels if lab not in vocab]
         if unknown:
             raise DatasetError(f"manifest {m.name!r}: clip {c.id!r} has labels outside the vocabulary: {unknown}")
-        if m.task == "single-label" and len(c.labels) != 1:
-            raise DatasetError(
-                f"manifest {m.name!r}: single-label clip {c.id!r} has {len(c.labels)} labels"
-            )
+        if m.task == SINGLE_LABEL and len(c.labels) != 1:
+            raise DatasetError(f"manifest {m.name!r}: single-label clip {c.id!r} has {len(c.labels)} labels")
 
 
 def iter_clip_ids(clips: Iterable[Clip]) -> list[str]:

@@ -23,6 +23,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from audiocnn.constants import MULTI_LABEL
 from audiocnn.datasets.download import Remote
 from audiocnn.datasets.registry import (
     Candidate,
@@ -62,29 +63,52 @@ def split_of_path(mp3_path: str) -> str | None:
 class MagnaTagATune(DatasetSpec):
     name = "mtat"
     title = "MagnaTagATune (Law et al. 2009), top-50 tags"
-    task = "multi-label"
+    task = MULTI_LABEL
     classes = 50
     split_schemes = ("standard", "all-clips")
     default_split_scheme = "standard"
     remotes = (
-        Remote(BASE_URL + "mp3.zip.001", "mp3.zip.001", "179c91c8c2a6e9b3da3d4e69d306fd3b",
-               approx_size="1.0 GB", group="mp3.zip"),
-        Remote(BASE_URL + "mp3.zip.002", "mp3.zip.002", "acf8265ff2e35c6ff22210e46457a824",
-               approx_size="1.0 GB", group="mp3.zip"),
-        Remote(BASE_URL + "mp3.zip.003", "mp3.zip.003", "582dc649cabb8cd991f09e14b99349a5",
-               approx_size="0.7 GB", group="mp3.zip"),
-        Remote(BASE_URL + "annotations_final.csv", "annotations_final.csv",
-               "f04fa01752a8cc64f6e1ca142a0fef1d", approx_size="10 MB", extract=False),
-        Remote(BASE_URL + "clip_info_final.csv", "clip_info_final.csv",
-               "03ef3cb8ddcfe53fdcdb8e0cda005be2", approx_size="4 MB", extract=False),
+        Remote(
+            BASE_URL + "mp3.zip.001",
+            "mp3.zip.001",
+            "179c91c8c2a6e9b3da3d4e69d306fd3b",
+            approx_size="1.0 GB",
+            group="mp3.zip",
+        ),
+        Remote(
+            BASE_URL + "mp3.zip.002",
+            "mp3.zip.002",
+            "acf8265ff2e35c6ff22210e46457a824",
+            approx_size="1.0 GB",
+            group="mp3.zip",
+        ),
+        Remote(
+            BASE_URL + "mp3.zip.003",
+            "mp3.zip.003",
+            "582dc649cabb8cd991f09e14b99349a5",
+            approx_size="0.7 GB",
+            group="mp3.zip",
+        ),
+        Remote(
+            BASE_URL + "annotations_final.csv",
+            "annotations_final.csv",
+            "f04fa01752a8cc64f6e1ca142a0fef1d",
+            approx_size="10 MB",
+            extract=False,
+        ),
+        Remote(
+            BASE_URL + "clip_info_final.csv",
+            "clip_info_final.csv",
+            "03ef3cb8ddcfe53fdcdb8e0cda005be2",
+            approx_size="4 MB",
+            extract=False,
+        ),
     )
     approx_size = "2.7 GB"
-    license = (
-        "Creative Commons BY-NC-SA 1.0 (audio from Magnatune; annotations from the TagATune game)"
-    )
+    license = "Creative Commons BY-NC-SA 1.0 (audio from Magnatune; annotations from the TagATune game)"
     citation = (
-        "E. Law, K. West, M. Mandel, M. Bay and J. S. Downie, \"Evaluation of algorithms using "
-        "games: the case of music tagging\", ISMIR 2009."
+        'E. Law, K. West, M. Mandel, M. Bay and J. S. Downie, "Evaluation of algorithms using '
+        'games: the case of music tagging", ISMIR 2009.'
     )
     homepage = "https://mirg.city.ac.uk/codeapps/the-magnatagatune-dataset"
     # Zero-byte / undecodable MP3s of the distribution (6/norine_braun-now_and_zen-08-gently-
@@ -124,7 +148,10 @@ class MagnaTagATune(DatasetSpec):
             log.warning(
                 "mtat: the 50 most frequent tags of %s differ from the standard top-50 list "
                 "(%d differ: only derived %s; only standard %s); using the standard list",
-                annotations.name, len(only_derived), only_derived[:5], only_lit[:5],
+                annotations.name,
+                len(only_derived),
+                only_derived[:5],
+                only_lit[:5],
             )
         index = {t: i for i, t in enumerate(tags)}
         missing_tags = [t for t in literature if t not in index]
@@ -136,24 +163,27 @@ class MagnaTagATune(DatasetSpec):
         for clip_id, values, mp3_path in rows:
             split = split_of_path(mp3_path)
             if split is None:
-                excluded.append({"id": clip_id, "path": mp3_path,
-                                 "reason": f"mp3_path {mp3_path!r} is not in a folder 0-f"})
+                excluded.append(
+                    {"id": clip_id, "path": mp3_path, "reason": f"mp3_path {mp3_path!r} is not in a folder 0-f"}
+                )
                 continue
             if clip_id in self.always_exclude:
                 candidates.append(Candidate(clip_id, mp3_path, [], split))
                 continue
             labels = [t for t in literature if values[index[t]] == "1"]
             if not labels and not keep_empty:
-                excluded.append({"id": clip_id, "path": mp3_path,
-                                 "reason": "no top-50 tag (the standard split drops these)"})
+                excluded.append(
+                    {"id": clip_id, "path": mp3_path, "reason": "no top-50 tag (the standard split drops these)"}
+                )
                 continue
             if not (base / mp3_path).is_file():
                 excluded.append({"id": clip_id, "path": mp3_path, "reason": "missing from the archive"})
                 continue
             candidates.append(Candidate(clip_id, mp3_path, labels, split))
         audio_root = str(base) if ctx.audio_base is not None else "raw"
-        return Collected(labels=list(literature), candidates=candidates, audio_root=audio_root,
-                         excluded=excluded, extra=extra)
+        return Collected(
+            labels=list(literature), candidates=candidates, audio_root=audio_root, excluded=excluded, extra=extra
+        )
 
 
 def read_annotations(path: Path) -> tuple[list[str], list[tuple[str, list[str], str]]]:
@@ -166,8 +196,7 @@ def read_annotations(path: Path) -> tuple[list[str], list[tuple[str, list[str], 
             raise DatasetError(f"{path}: empty annotations file") from None
         if len(header) < 3 or header[0] != "clip_id" or header[-1] != "mp3_path":
             raise DatasetError(
-                f"{path}: expected a tab-separated header clip_id, <tags>, mp3_path; got "
-                f"{header[:2]}...{header[-1:]}"
+                f"{path}: expected a tab-separated header clip_id, <tags>, mp3_path; got {header[:2]}...{header[-1:]}"
             )
         tags = header[1:-1]
         if len(tags) != NUM_TAGS:

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
@@ -22,18 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from audiocnn.datasets import probe as _probe
+from audiocnn.datasets.acquire import acquire_remotes
 from audiocnn.datasets.download import (
     CorruptArchiveError,
-    Remote,
     clear_marker,
-    download_file,
-    extract_once,
     human_size,
-    is_url,
     mirror_from_env,
-    mirror_url,
     read_marker,
-    verify_file,
     write_marker,
 )
 from audiocnn.datasets.lock import prepare_lock
@@ -56,7 +51,7 @@ from audiocnn.datasets.registry import (
     list_datasets,
 )
 from audiocnn.datasets.splits import stratified_split, stratum_keys  # noqa: F401 (re-exported)
-from audiocnn.errors import ChecksumError, DatasetError, DownloadError, UsageError
+from audiocnn.errors import DatasetError, UsageError
 from audiocnn.fileio import FileWriteError
 from audiocnn.progress import progress_bar
 
@@ -64,137 +59,6 @@ log = logging.getLogger("audiocnn.datasets")
 
 PREPARE_MARKER = "prepare"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-# ---------------------------------------------------------------------------- acquire
-def _local_candidates(sources: Sequence[str]) -> list[Path]:
-    return [Path(s).expanduser() for s in sources if not is_url(s)]
-
-
-def _find_local(filename: str, sources: Sequence[str]) -> Path | None:
-    for p in _local_candidates(sources):
-        if p.is_file() and p.name == filename:
-            return p
-        if p.is_dir() and (p / filename).is_file():
-            return p / filename
-        if p.is_file() and (p.parent / filename).is_file():
-            return p.parent / filename
-    return None
-
-
-def _remote_url(remote: Remote, sources: Sequence[str], mirror: str | None) -> tuple[str, bool]:
-    """URL to fetch ``remote`` from, and whether it is the registry's own URL."""
-    for s in sources:
-        if is_url(s):
-            return mirror_url(s, remote.filename), False
-    if mirror:
-        return mirror_url(mirror, remote.filename), False
-    return remote.url, True
-
-
-def _check_sources(sources: Sequence[str]) -> None:
-    for s in sources:
-        if is_url(s):
-            continue
-        p = Path(s).expanduser()
-        if not p.exists():
-            raise UsageError(
-                f"--source {s}: no such file or folder",
-                hint="give a local archive, a folder holding the archives, or an http(s) mirror URL",
-            )
-
-
-def acquire_remotes(spec: DatasetSpec, ctx: PrepareContext) -> None:
-    """Locate or download every remote, verify it, extract archives once."""
-    _check_sources(ctx.sources)
-    local_dirs = [p for p in _local_candidates(ctx.sources) if p.is_dir()]
-    archives = [r for r in spec.remotes if r.extract]
-    # An already-extracted copy given as --source DIR is used in place.
-    for d in local_dirs:
-        if any(_find_local(r.filename, [str(d)]) for r in archives):
-            continue
-        layout = spec.locate_layout(d)
-        if layout is not None:
-            log.info("%s: using the extracted files in %s in place", spec.name, layout)
-            ctx.audio_base = layout.resolve()
-            for r in spec.remotes:
-                if not r.extract:
-                    ctx.files[r.filename] = _fetch_one(spec, r, ctx)
-            return
-
-    groups: dict[str, list[Remote]] = defaultdict(list)
-    for r in spec.remotes:
-        if r.extract:
-            groups[r.group or r.filename].append(r)
-        else:
-            ctx.files[r.filename] = _fetch_one(spec, r, ctx)
-
-    single_file = [p for p in _local_candidates(ctx.sources) if p.is_file()]
-    for group, members in groups.items():
-        members = sorted(members, key=lambda r: r.filename)
-        key = f"extract-{group}"
-        # Finished before with the same archives: nothing to fetch, verify or extract.
-        located = [_find_local(r.filename, ctx.sources) or _downloaded(ctx, r) for r in members]
-        done = read_marker(ctx.state_dir, key)
-        if done is not None and not ctx.force and all(located):
-            sig = done.get("signature", {})
-            if sig.get("archives") == [p.name for p in located] and sig.get("sizes") == [
-                p.stat().st_size for p in located
-            ]:
-                log.info("%s: already extracted", group)
-                continue
-        paths: list[Path] = []
-        for r, loc in zip(members, located, strict=True):
-            if loc is None and len(groups) == 1 and len(members) == 1 and len(single_file) == 1 \
-                    and single_file[0].name != r.filename:
-                # A differently named archive (e.g. a mirror's repackaging): usable, but
-                # there is no published digest for it.
-                loc = single_file[0]
-                log.warning(
-                    "%s: not the published %s, so there is no checksum to verify it against; "
-                    "its clips are still decoded one by one", loc, r.filename,
-                )
-                paths.append(loc)
-                continue
-            paths.append(_fetch_one(spec, r, ctx, located=loc))
-        extract_once(paths, ctx.raw_dir, ctx.state_dir, key=key, members=spec_members(spec, group),
-                     force=ctx.force, progress=ctx.progress)
-
-
-def spec_members(spec: DatasetSpec, group: str) -> list[str] | None:
-    fn = getattr(spec, "extract_members", None)
-    return fn(group) if fn else None
-
-
-def _downloaded(ctx: PrepareContext, r: Remote) -> Path | None:
-    p = ctx.downloads_dir / r.filename
-    return p if p.is_file() else None
-
-
-def _fetch_one(spec: DatasetSpec, r: Remote, ctx: PrepareContext, located: Path | None = None) -> Path:
-    local = located or _find_local(r.filename, ctx.sources)
-    if local is not None and local.parent != ctx.downloads_dir:
-        log.info("%s: using %s", r.filename, local)
-        verify_file(local, r.checksum, r.algorithm, skip_checksum=ctx.skip_checksum, progress=ctx.progress)
-        return local
-    url, official = _remote_url(r, ctx.sources, ctx.mirror)
-    dest = ctx.downloads_dir / r.filename
-    if not dest.exists():
-        log.info("downloading %s (%s)", url, r.approx_size or "size unknown")
-    try:
-        return download_file(
-            url, dest, checksum=r.checksum, algorithm=r.algorithm, size=r.size,
-            skip_checksum=ctx.skip_checksum, progress=ctx.progress,
-            backoff=float(os.environ.get("AUDIOCNN_DOWNLOAD_BACKOFF", "1.0")),
-            retries=int(os.environ.get("AUDIOCNN_DOWNLOAD_RETRIES", "5")),
-        )
-    except ChecksumError:
-        raise
-    except DownloadError as exc:
-        if official and spec.unavailable_hint:
-            raise DownloadError(f"{r.filename}: {exc.message}. {spec.unavailable_hint}",
-                                hint=f"audiocnn prepare {spec.name} --source /path/to/{r.filename}") from None
-        raise
 
 
 # ---------------------------------------------------------------------------- probe
@@ -241,16 +105,18 @@ def _fingerprint(spec: DatasetSpec, ctx: PrepareContext) -> dict[str, Any]:
 
 
 def _check_options(
-    spec: DatasetSpec, *, split_scheme: str | None, task: str | None,
-    labels_file: str | os.PathLike | None, dataset_name: str | None,
+    spec: DatasetSpec,
+    *,
+    split_scheme: str | None,
+    task: str | None,
+    labels_file: str | os.PathLike | None,
+    dataset_name: str | None,
 ) -> tuple[str, str]:
     """Refuse bad option values before anything is touched; returns (split scheme, task)."""
     name = spec.name
     scheme = split_scheme or spec.default_split_scheme
     if scheme not in spec.split_schemes:
-        raise UsageError(
-            f"--split-scheme {scheme}: {name} has split schemes {', '.join(spec.split_schemes)}"
-        )
+        raise UsageError(f"--split-scheme {scheme}: {name} has split schemes {', '.join(spec.split_schemes)}")
     chosen_task = task or spec.task
     if chosen_task not in TASKS:
         raise UsageError(f"--task {chosen_task}: expected one of {', '.join(TASKS)}")
@@ -289,8 +155,12 @@ def _not_writable(path: Path, exc: OSError | FileWriteError) -> DatasetError:
 
 def _is_done(ctx: PrepareContext, fingerprint: dict[str, Any]) -> bool:
     done = read_marker(ctx.state_dir, PREPARE_MARKER)
-    return (not ctx.force and done is not None and done.get("fingerprint") == fingerprint
-            and manifest_path(ctx.dataset_dir).is_file())
+    return (
+        not ctx.force
+        and done is not None
+        and done.get("fingerprint") == fingerprint
+        and manifest_path(ctx.dataset_dir).is_file()
+    )
 
 
 def _check_same_source(spec: DatasetSpec, ctx: PrepareContext) -> None:
@@ -336,8 +206,9 @@ def prepare_dataset(
     """
     spec = get_dataset(name)
     jobs = resolve_jobs(jobs)
-    scheme, chosen_task = _check_options(spec, split_scheme=split_scheme, task=task,
-                                         labels_file=labels_file, dataset_name=dataset_name)
+    scheme, chosen_task = _check_options(
+        spec, split_scheme=split_scheme, task=task, labels_file=labels_file, dataset_name=dataset_name
+    )
     ctx = PrepareContext(
         name=dataset_name or spec.name,
         dataset_dir=Path(data_dir) / (dataset_name or spec.name),
@@ -371,8 +242,7 @@ def prepare_dataset(
 
 
 def _already_prepared(ctx: PrepareContext) -> Manifest:
-    log.info("%s is already prepared in %s; nothing to do (use --force to prepare it again)",
-             ctx.name, ctx.dataset_dir)
+    log.info("%s is already prepared in %s; nothing to do (use --force to prepare it again)", ctx.name, ctx.dataset_dir)
     return read_manifest(ctx.dataset_dir)
 
 
@@ -390,8 +260,13 @@ def _prepare_now(spec: DatasetSpec, ctx: PrepareContext, fingerprint: dict[str, 
     counts = manifest.split_counts()
     log.info(
         "%s: %d clips (train %d, valid %d, test %d), %d excluded; manifest %s",
-        ctx.name, len(manifest.clips), counts["train"], counts["valid"], counts["test"],
-        len(manifest.excluded), manifest_path(ctx.dataset_dir),
+        ctx.name,
+        len(manifest.clips),
+        counts["train"],
+        counts["valid"],
+        counts["test"],
+        len(manifest.excluded),
+        manifest_path(ctx.dataset_dir),
     )
     for warning in split_warnings(manifest):
         log.warning("WARNING: %s", warning)
@@ -417,8 +292,10 @@ def split_warnings(manifest: Manifest) -> list[str]:
     present = sorted({lab for c in manifest.clips for lab in c.labels})
     out = []
     if len(present) < 2:
-        out.append(f"{manifest.name}: every clip has the one label {present[0]!r}: a model learns nothing "
-                   "and ROC-AUC is undefined; add clips of at least one other label")
+        out.append(
+            f"{manifest.name}: every clip has the one label {present[0]!r}: a model learns nothing "
+            "and ROC-AUC is undefined; add clips of at least one other label"
+        )
     empty = [s for s in ("valid", "test") if counts[s] == 0]
     if empty:
         out.append(
@@ -523,8 +400,11 @@ def _dataset_dir(data_dir: str | os.PathLike, name: str) -> Path:
     d = Path(data_dir) / name
     if not manifest_path(d).is_file():
         known = ", ".join(prepared_datasets(data_dir)) or "none"
-        hint = f"run `audiocnn prepare {name}`" if name in list_datasets() else \
-            "run `audiocnn prepare folder --source DIR --name NAME`"
+        hint = (
+            f"run `audiocnn prepare {name}`"
+            if name in list_datasets()
+            else "run `audiocnn prepare folder --source DIR --name NAME`"
+        )
         raise DatasetError(f"{d}: {name} is not prepared under {data_dir} (prepared: {known})", hint=hint)
     return d
 
@@ -605,38 +485,47 @@ def datasets_overview(data_dir: str | os.PathLike) -> list[dict[str, Any]]:
         d = root / name
         prepared = (d / MANIFEST_NAME).is_file() and not spec.needs_name
         size = disk_usage(d) if d.is_dir() and not spec.needs_name else None
-        rows.append({
-            "name": name,
-            "dataset": name,
-            "title": spec.title,
-            "task": ("from labels" if spec.needs_name else
-                     spec.task if len(spec.allowed_tasks()) == 1 else "single/multi-label"),
-            "tasks": list(spec.allowed_tasks()),
-            "classes": spec.classes,
-            "download_size": spec.approx_size,
-            "size_on_disk": size,
-            "size_on_disk_human": human_size(size) if size is not None else None,
-            "prepared": prepared,
-            "path": str(d) if prepared else None,
-        })
+        rows.append(
+            {
+                "name": name,
+                "dataset": name,
+                "title": spec.title,
+                "task": (
+                    "from labels"
+                    if spec.needs_name
+                    else spec.task
+                    if len(spec.allowed_tasks()) == 1
+                    else "single/multi-label"
+                ),
+                "tasks": list(spec.allowed_tasks()),
+                "classes": spec.classes,
+                "download_size": spec.approx_size,
+                "size_on_disk": size,
+                "size_on_disk_human": human_size(size) if size is not None else None,
+                "prepared": prepared,
+                "path": str(d) if prepared else None,
+            }
+        )
     builtin = set(list_datasets())
     for name in prepared_datasets(root):
         if name in builtin:
             continue
         header = _read_header(root / name) or {}
         size = disk_usage(root / name)
-        rows.append({
-            "name": name,
-            "dataset": header.get("dataset", "?"),
-            "title": f"user dataset ({header.get('dataset', '?')})",
-            "task": header.get("task", "?"),
-            "classes": len(header.get("labels", [])),
-            "download_size": "",
-            "size_on_disk": size,
-            "size_on_disk_human": human_size(size),
-            "prepared": True,
-            "path": str(root / name),
-        })
+        rows.append(
+            {
+                "name": name,
+                "dataset": header.get("dataset", "?"),
+                "title": f"user dataset ({header.get('dataset', '?')})",
+                "task": header.get("task", "?"),
+                "classes": len(header.get("labels", [])),
+                "download_size": "",
+                "size_on_disk": size,
+                "size_on_disk_human": human_size(size),
+                "prepared": True,
+                "path": str(root / name),
+            }
+        )
     return rows
 
 

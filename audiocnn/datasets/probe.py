@@ -27,7 +27,7 @@ MP3_FRAME_SLACK = 1152 * 4
 
 def _strip(path: str, message: str) -> str:
     prefix = f"{path}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
+    return message[len(prefix) :] if message.startswith(prefix) else message
 
 
 def decode_frames(path: str) -> tuple[int, int, int, str]:
@@ -58,9 +58,7 @@ def decode_frames(path: str) -> tuple[int, int, int, str]:
         raise AudioDecodeError(f"{path}: contains no audio samples")
     slack = MP3_FRAME_SLACK if info.format == "MPEG" else 0
     if info.frames - frames > slack:
-        raise AudioDecodeError(
-            f"{path}: truncated: the header promises {info.frames} frames, only {frames} decode"
-        )
+        raise AudioDecodeError(f"{path}: truncated: the header promises {info.frames} frames, only {frames} decode")
     return frames, info.sample_rate, info.channels, info.format
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from audiocnn.datasets.acquire import acquire_remotes
 from audiocnn.datasets.download import Remote
 from audiocnn.errors import DatasetError, UsageError
 
@@ -106,8 +107,6 @@ class DatasetSpec:
 
     def acquire(self, ctx: PrepareContext) -> None:
         """Make the dataset's files available (download/verify/extract)."""
-        from audiocnn.datasets.prepare import acquire_remotes
-
         acquire_remotes(self, ctx)
 
     def locate_layout(self, folder: Path) -> Path | None:
@@ -150,9 +149,7 @@ def register_dataset(cls: type[DatasetSpec]) -> type[DatasetSpec]:
     if not name or not isinstance(name, str):
         raise DatasetError(f"{cls.__name__}: a dataset needs a string `name`")
     if name in _REGISTRY and type(_REGISTRY[name]) is not cls:
-        raise DatasetError(
-            f"dataset name {name!r} is already registered by {type(_REGISTRY[name]).__name__}"
-        )
+        raise DatasetError(f"dataset name {name!r} is already registered by {type(_REGISTRY[name]).__name__}")
     _REGISTRY[name] = cls()
     return cls
 

@@ -52,5 +52,3 @@ def stratum_keys(labels_by_id: dict[str, list[str]]) -> list[tuple[str, str]]:
         key = min(labs, key=lambda lab: (counts[lab], lab)) if labs else ""
         items.append((cid, key))
     return items
-
-

@@ -87,18 +87,14 @@ class MelConfig(_ConfigBase):
         if self.kind != "mel":
             raise ConfigError(f"MelConfig.kind must be 'mel', got {self.kind!r}")
         if self.compression not in COMPRESSIONS:
-            raise ConfigError(
-                f"mel compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}"
-            )
+            raise ConfigError(f"mel compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
         if self.norm not in (None, "slaney"):
             raise ConfigError(f"mel norm must be 'slaney' or null, got {self.norm!r}")
         if self.n_fft <= 0 or self.hop_length <= 0 or self.n_mels <= 0:
             raise ConfigError("n_fft, hop_length and n_mels must be positive")
         f_max = self.f_max if self.f_max is not None else self.sample_rate / 2
         if not 0 <= self.f_min < f_max <= self.sample_rate / 2:
-            raise ConfigError(
-                f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={self.f_min}, f_max={f_max}"
-            )
+            raise ConfigError(f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={self.f_min}, f_max={f_max}")
 
     def num_frames(self, num_samples: int) -> int:
         """Frames produced for ``num_samples`` input samples."""
@@ -219,8 +215,13 @@ class MelFrontend(nn.Module):
             left = (config.n_fft - win) // 2
             window = torch.nn.functional.pad(window, (left, config.n_fft - win - left))
         fb = mel_filterbank(
-            config.sample_rate, config.n_fft, config.n_mels, config.f_min, config.f_max,
-            config.htk, config.norm,
+            config.sample_rate,
+            config.n_fft,
+            config.n_mels,
+            config.f_min,
+            config.f_max,
+            config.htk,
+            config.norm,
         )
         # Kept in float64: on CPU the whole front-end runs in float64 (2.5x the cost of
         # float32, still ~800x real time on one core) so quiet bins match librosa to 1e-5
@@ -289,7 +290,8 @@ class MelStream:
     Memory stays bounded by one block: the signal's two ends get the centre padding
     here, once, and a ``center=False`` copy of the front-end (same buffers, same code)
     runs over the whole frames each block completes. ``push`` returns the compressed
-    frames a block completes, ``(n_mels, frames)``; ``finish`` those left at the end. Per-example ``top_db`` clipping needs
+    frames a block completes, ``(n_mels, frames)``; ``finish`` those left at the end. Per-example
+    ``top_db`` clipping needs
     the whole signal's peak: it is left out of ``push`` and applied by ``clip_top_db``.
     """
 
@@ -336,8 +338,11 @@ class MelStream:
 
     def _left_padded(self) -> np.ndarray:
         pad = self.pad
-        left = np.pad(self._head[: pad + 1], (pad, 0), mode=self._np_mode)[:pad] if self._head.size else \
-            np.zeros(0, np.float32)
+        left = (
+            np.pad(self._head[: pad + 1], (pad, 0), mode=self._np_mode)[:pad]
+            if self._head.size
+            else np.zeros(0, np.float32)
+        )
         y = np.concatenate([left.astype(np.float32), self._head])
         self._head = np.zeros(0, np.float32)
         self._started = True

@@ -26,8 +26,9 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from audiocnn.constants import SINGLE_LABEL
 from audiocnn.errors import ModelError
-from audiocnn.features.frontends import FrontendConfig, MelConfig, WaveformConfig, build_frontend
+from audiocnn.features.frontends import FrontendConfig, MelConfig, WaveformConfig, build_frontend, config_from_dict
 
 LENGTH_POLICIES = ("fixed", "adaptive")
 
@@ -231,8 +232,6 @@ def coerce_frontend(frontend: Any) -> FrontendConfig | None:
     if frontend is None or isinstance(frontend, (MelConfig, WaveformConfig)):
         return frontend
     if isinstance(frontend, dict):
-        from audiocnn.features.frontends import config_from_dict
-
         return config_from_dict(frontend)
     raise ModelError(f"frontend must be a front-end config or a mapping, got {type(frontend).__name__}")
 
@@ -244,6 +243,6 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 def logits_to_proba(logits: torch.Tensor, task: str) -> torch.Tensor:
     """The one place that maps logits to probabilities: softmax or independent sigmoids."""
     logits = logits.float()
-    if task == "single-label":
+    if task == SINGLE_LABEL:
         return torch.softmax(logits, dim=-1)
     return torch.sigmoid(logits)

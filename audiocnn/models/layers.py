@@ -13,6 +13,7 @@ from torch import nn
 
 from audiocnn.errors import ModelError
 from audiocnn.features.frontends import FrontendConfig, MelConfig
+from audiocnn.models.base import coerce_frontend
 
 
 def pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -188,8 +189,6 @@ def won2020_mel(sample_rate: int = 16000, n_mels: int = 96) -> MelConfig:
 
 def mel_frontend(name: str, frontend: FrontendConfig | None, n_mels: int | None, default_mels: int) -> MelConfig:
     """The model's mel config: ``frontend`` if given (checked against ``n_mels``), else Won 2020's."""
-    from audiocnn.models.base import coerce_frontend
-
     frontend = coerce_frontend(frontend)
     if frontend is None:
         return won2020_mel(n_mels=int(n_mels or default_mels))

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audiocnn.constants import MULTI_LABEL
 from audiocnn.errors import ModelError
 from audiocnn.features.frontends import FrontendConfig, MelConfig
 from audiocnn.models.base import ModelSpec, TaggingModel, coerce_frontend
@@ -181,7 +182,7 @@ class MusiCNN(TaggingModel):
     def __init__(
         self,
         num_classes: int = 50,
-        task: str = "multi-label",
+        task: str = MULTI_LABEL,
         *,
         frontend: FrontendConfig | None = None,
         timbral_filters: int = 204,

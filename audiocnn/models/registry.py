@@ -2,31 +2,22 @@
 
 Each entry is a class derived from :class:`audiocnn.models.base.TaggingModel` whose
 ``spec`` class attribute declares input kind, native input length, sample rate, default
-front-end and paper reference.
+front-end and paper reference. The family modules register themselves when
+``audiocnn.models`` is imported (its ``__init__`` imports them all, below this module).
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
 from typing import Any, Callable, TypeVar
 
-from audiocnn.errors import ModelError
+import torch
 
-TASKS = ("single-label", "multi-label")
+from audiocnn.constants import MULTI_LABEL, TASKS
+from audiocnn.errors import ModelError
+from audiocnn.models.base import count_parameters
 
 _REGISTRY: dict[str, type] = {}
-_LOADED = False
-
-# Modules that register models when imported; a model family module not listed here is
-# not part of the zoo. Missing modules are skipped so the registry works while the zoo grows.
-_MODEL_MODULES = (
-    "audiocnn.models.samplecnn",
-    "audiocnn.models.fcn",
-    "audiocnn.models.musicnn",
-    "audiocnn.models.vgg",
-    "audiocnn.models.shortchunk",
-)
 
 T = TypeVar("T", bound=type)
 
@@ -44,27 +35,12 @@ def register_model(name: str) -> Callable[[T], T]:
     return deco
 
 
-def _load_all() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    for mod in _MODEL_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
-    _LOADED = True
-
-
 def list_models() -> list[str]:
     """Registered model names, sorted."""
-    _load_all()
     return sorted(_REGISTRY)
 
 
 def get_model_class(name: str) -> type:
-    _load_all()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -76,7 +52,7 @@ def get_model_class(name: str) -> type:
         ) from None
 
 
-def create_model(name: str, num_classes: int, task: str = "multi-label", **kwargs: Any):
+def create_model(name: str, num_classes: int, task: str = MULTI_LABEL, **kwargs: Any):
     """Build model ``name`` with a ``num_classes``-way head for ``task``.
 
     ``kwargs`` override the paper's hyper-parameters (see each model's docstring).
@@ -98,10 +74,6 @@ def model_info(name: str, num_classes: int = 50) -> dict[str, Any]:
     Built on the ``meta`` device where possible, so counting parameters of the whole zoo
     allocates no weights.
     """
-    import torch
-
-    from audiocnn.models.base import count_parameters
-
     try:
         with torch.device("meta"):
             model = create_model(name, num_classes=num_classes)

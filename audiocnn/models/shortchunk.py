@@ -84,10 +84,10 @@ class _ShortChunkBase(TaggingModel):
         # Frequency must shrink to exactly one row; the time axis is max-pooled globally.
         if self.residual:  # stride-2 'same' convs: ceil halving
             rows = strided_size(config.n_mels, [2] * n)
-            mel_range = f"1..{2 ** n}"
+            mel_range = f"1..{2**n}"
         else:  # 2x2 max-pooling: floor halving
             rows = pooled_size(config.n_mels, [2] * n)
-            mel_range = f"{2 ** n}..{2 ** (n + 1) - 1}"
+            mel_range = f"{2**n}..{2 ** (n + 1) - 1}"
         if rows != 1:
             raise ModelError(
                 f"{name}: {n} stages reduce {config.n_mels} mel bins to {rows} rows, not 1; "

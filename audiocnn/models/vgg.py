@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audiocnn.constants import MULTI_LABEL
 from audiocnn.errors import ModelError
 from audiocnn.features.frontends import FrontendConfig, MelConfig
 from audiocnn.models.base import ModelSpec, TaggingModel, coerce_frontend
@@ -96,7 +97,7 @@ class VGG(TaggingModel):
     def __init__(
         self,
         num_classes: int = 50,
-        task: str = "multi-label",
+        task: str = MULTI_LABEL,
         *,
         frontend: FrontendConfig | None = None,
         filters: int = 128,

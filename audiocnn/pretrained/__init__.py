@@ -13,16 +13,18 @@ import os
 from pathlib import Path
 from typing import Any
 
+from audiocnn.constants import DEFAULT_MODEL
 from audiocnn.errors import CheckpointError
 from audiocnn.pretrained.musicnn import (
     INSTALL_HINT,
     MUSICNN_LICENSE,
     MUSICNN_MODELS,
+    import_models,
     installed_package_dir,
     open_source,
 )
 
-DEFAULT_PRETRAINED = "musicnn-mtt"
+DEFAULT_PRETRAINED = DEFAULT_MODEL  # what `audiocnn tag` uses without --model
 
 
 class PretrainedNotFound(CheckpointError):
@@ -74,8 +76,6 @@ def import_musicnn(
     ``None`` uses the installed package. ``names`` defaults to all four. Re-running
     overwrites the checkpoints atomically.
     """
-    from audiocnn.pretrained.musicnn import import_models
-
     wanted = list(MUSICNN_MODELS) if names is None else list(names)
     unknown = [n for n in wanted if n not in MUSICNN_MODELS]
     if unknown:

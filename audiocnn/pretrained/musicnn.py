@@ -23,7 +23,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from audiocnn.constants import MULTI_LABEL
 from audiocnn.errors import CheckpointError
+from audiocnn.models.checkpoint import model_metadata, save_checkpoint
+from audiocnn.models.registry import create_model
 from audiocnn.pretrained.tf_bundle import TensorBundle
 
 log = logging.getLogger(__name__)
@@ -50,19 +53,35 @@ MUSICNN_MODELS: dict[str, MusicnnModel] = {
     m.name: m
     for m in (
         MusicnnModel(
-            "musicnn-mtt", "MTT_musicnn", "musicnn", "MTT_LABELS", "MagnaTagATune",
+            "musicnn-mtt",
+            "MTT_musicnn",
+            "musicnn",
+            "MTT_LABELS",
+            "MagnaTagATune",
             "musicnn trained on MagnaTagATune, 50 tags (default model)",
         ),
         MusicnnModel(
-            "vgg-mtt", "MTT_vgg", "vgg", "MTT_LABELS", "MagnaTagATune",
+            "vgg-mtt",
+            "MTT_vgg",
+            "vgg",
+            "MTT_LABELS",
+            "MagnaTagATune",
             "VGG baseline trained on MagnaTagATune, 50 tags",
         ),
         MusicnnModel(
-            "musicnn-msd", "MSD_musicnn", "musicnn", "MSD_LABELS", "Million Song Dataset",
+            "musicnn-msd",
+            "MSD_musicnn",
+            "musicnn",
+            "MSD_LABELS",
+            "Million Song Dataset",
             "musicnn trained on the Million Song Dataset, 50 Last.fm tags",
         ),
         MusicnnModel(
-            "vgg-msd", "MSD_vgg", "vgg", "MSD_LABELS", "Million Song Dataset",
+            "vgg-msd",
+            "MSD_vgg",
+            "vgg",
+            "MSD_LABELS",
+            "Million Song Dataset",
             "VGG baseline trained on the Million Song Dataset, 50 Last.fm tags",
         ),
     )
@@ -161,17 +180,12 @@ def open_source(source: Path | str | None) -> PackageSource:
     if source is None:
         found = installed_package_dir()
         if found is None:
-            raise CheckpointError(
-                "the musicnn package (pretrained weights) is not installed", hint=INSTALL_HINT
-            )
+            raise CheckpointError("the musicnn package (pretrained weights) is not installed", hint=INSTALL_HINT)
         source = found
     src = PackageSource(Path(source))
-    if src.find("configuration.py") is None or not any(
-        src.find(f"{m.folder}/.index") for m in MUSICNN_MODELS.values()
-    ):
+    if src.find("configuration.py") is None or not any(src.find(f"{m.folder}/.index") for m in MUSICNN_MODELS.values()):
         raise CheckpointError(
-            f"{src.root}: no musicnn models found (expected musicnn/configuration.py and "
-            f"MTT_musicnn/.index ...)",
+            f"{src.root}: no musicnn models found (expected musicnn/configuration.py and MTT_musicnn/.index ...)",
             hint=INSTALL_HINT,
         )
     return src
@@ -340,12 +354,10 @@ def load_tf_weights(model, bundle: TensorBundle) -> None:
 
 def build_pretrained(src: PackageSource, name: str):
     """``(model, labels, metrics)`` for pretrained ``name`` read from ``src``, in eval mode."""
-    from audiocnn.models.registry import create_model
-
     spec = MUSICNN_MODELS[name]
     labels = read_labels(src, spec.labels_var)
     bundle = read_bundle(src, spec.folder)
-    model = create_model(spec.model, num_classes=len(labels), task="multi-label")
+    model = create_model(spec.model, num_classes=len(labels), task=MULTI_LABEL)
     load_tf_weights(model, bundle)
     model.eval()
     return model, labels, read_reported_metrics(src, spec.folder)
@@ -353,8 +365,6 @@ def build_pretrained(src: PackageSource, name: str):
 
 def import_models(src: PackageSource, out_dir: Path, names: list[str]) -> list[Path]:
     """Convert ``names`` from ``src`` into ``<out_dir>/<name>.safetensors``."""
-    from audiocnn.checkpoint import model_metadata, save_checkpoint
-
     paths = []
     for name in names:
         spec = MUSICNN_MODELS[name]

@@ -432,7 +432,7 @@ class TensorBundle:
         self._shards: dict[int, bytes | Path] = dict(shards)
 
     @classmethod
-    def open(cls, prefix: str | Path) -> "TensorBundle":
+    def open(cls, prefix: str | Path) -> TensorBundle:
         """Open ``<prefix>.index`` and its data shards from disk.
 
         ``prefix`` may also be the ``.index`` path itself or a folder holding a bundle with
@@ -508,8 +508,7 @@ class TensorBundle:
                 dt = dt.newbyteorder(">")
             if count * dt.itemsize != e.size:
                 raise CheckpointError(
-                    f"{self.source}.index: tensor {name!r} of shape {e.shape} ({e.dtype_name}) "
-                    f"cannot be {e.size} bytes"
+                    f"{self.source}.index: tensor {name!r} of shape {e.shape} ({e.dtype_name}) cannot be {e.size} bytes"
                 )
             arr = np.frombuffer(raw, dtype=dt).astype(dt.newbyteorder("="))
         if arr.size != count:

@@ -85,8 +85,9 @@ class TagSummary:
 
     def __str__(self) -> str:
         total, failed = self.total, self.failed
-        return (f"tagged {total - failed} of {total} file{'s' if total != 1 else ''} in {self.seconds:.1f} s"
-                + (f"; {failed} failed" if failed else ""))
+        return f"tagged {total - failed} of {total} file{'s' if total != 1 else ''} in {self.seconds:.1f} s" + (
+            f"; {failed} failed" if failed else ""
+        )
 
 
 def tag_command(
@@ -127,15 +128,24 @@ def tag_command(
     if not files:
         raise UsageError("nothing to tag: none of the given paths is an audio file or holds one")
     tagger = Tagger(model, device=device, batch_size=batch_size, data_dir=data_dir)
-    options = {"window": window, "hop": hop, "aggregate": aggregate, "top_k": top_k, "framing": framing,
-               "chunks": chunks}
+    options = {
+        "window": window,
+        "hop": hop,
+        "aggregate": aggregate,
+        "top_k": top_k,
+        "framing": framing,
+        "chunks": chunks,
+    }
     tagger.check(**options)
-    report(f"model {tagger.name} ({tagger.task}, {len(tagger.labels)} labels) loaded in "
-           f"{time.perf_counter() - t0:.1f} s; tagging {len(files)} file{'s' if len(files) != 1 else ''}")
+    report(
+        f"model {tagger.name} ({tagger.task}, {len(tagger.labels)} labels) loaded in "
+        f"{time.perf_counter() - t0:.1f} s; tagging {len(files)} file{'s' if len(files) != 1 else ''}"
+    )
     total = len(files) + len(failures)
     stems: set[str] = set()
-    tagged = tagger.tag_files(files, return_taggram=taggram_dir is not None,
-                              return_embeddings=embeddings_dir is not None, **options)
+    tagged = tagger.tag_files(
+        files, return_taggram=taggram_dir is not None, return_embeddings=embeddings_dir is not None, **options
+    )
     for i, (path, res) in enumerate(tagged, 1):
         if isinstance(res, AudiocnnError):
             failures.append(str(res))
@@ -150,8 +160,13 @@ def tag_command(
     return summary
 
 
-def _write_files(result: TagResult, path: Path, stems: set[str], taggram_dir: str | os.PathLike | None,
-                 embeddings_dir: str | os.PathLike | None) -> dict[str, Path]:
+def _write_files(
+    result: TagResult,
+    path: Path,
+    stems: set[str],
+    taggram_dir: str | os.PathLike | None,
+    embeddings_dir: str | os.PathLike | None,
+) -> dict[str, Path]:
     """The per-window files asked for, under a stem unique among ``stems``."""
     files: dict[str, Path] = {}
     if taggram_dir is None and embeddings_dir is None:

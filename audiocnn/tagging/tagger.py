@@ -208,11 +208,7 @@ def _song_framing_supported(frontend: torch.nn.Module) -> bool:
     """Whole-song mel framing needs a streamable mel front-end whose compression is per
     frame (dB with ``top_db`` clips relative to the whole example's peak)."""
     c = getattr(frontend, "config", None)
-    return (
-        isinstance(c, MelConfig)
-        and MelStream.supports(c)
-        and not (c.compression == "db" and c.top_db is not None)
-    )
+    return isinstance(c, MelConfig) and MelStream.supports(c) and not (c.compression == "db" and c.top_db is not None)
 
 
 def _positive_seconds(value: float | None, name: str) -> None:
@@ -280,8 +276,9 @@ class Tagger:
     def input_seconds(self) -> float:
         return self.model.input_length / self.sample_rate
 
-    def plan(self, window: float | None = None, hop: float | None = None,
-             framing: str | Framing = Framing.auto) -> WindowPlan:
+    def plan(
+        self, window: float | None = None, hop: float | None = None, framing: str | Framing = Framing.auto
+    ) -> WindowPlan:
         """Window and hop of ``tag_file`` in frames or samples (see the module docstring)."""
         framing = _choice(Framing, framing, "framing")
         _positive_seconds(window, "window")
@@ -304,9 +301,16 @@ class Tagger:
         step = size if hop is None else max(1, int(round(hop * sr)))
         return WindowPlan(Framing.window.value, size, step, 1.0 / sr, size)
 
-    def check(self, *, window: float | None = None, hop: float | None = None,
-              aggregate: str | Aggregate = Aggregate.mean, top_k: int | None = None,
-              framing: str | Framing = Framing.auto, chunks: int | None = None) -> WindowPlan:
+    def check(
+        self,
+        *,
+        window: float | None = None,
+        hop: float | None = None,
+        aggregate: str | Aggregate = Aggregate.mean,
+        top_k: int | None = None,
+        framing: str | Framing = Framing.auto,
+        chunks: int | None = None,
+    ) -> WindowPlan:
         """The plan ``tag_file`` follows with these options, or the UsageError naming the
         option at fault: call it once before many files to fail before the first."""
         _choice(Aggregate, aggregate, "aggregate")
@@ -383,8 +387,9 @@ class Tagger:
 
     # ------------------------------------------------------------------ internals
 
-    def _stream(self, path: Path, plan: WindowPlan, windower: _Windower | _EvenChunks, want_emb: bool,
-                custom: bool) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    def _stream(
+        self, path: Path, plan: WindowPlan, windower: _Windower | _EvenChunks, want_emb: bool, custom: bool
+    ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
         """Decode, frame and score one song: ``(taggram, embeddings or None, info)``."""
         self.stats = StreamStats()
         info: dict[str, Any] = {"samples": 0, "padded": False}
@@ -456,7 +461,6 @@ class Tagger:
             ) from None
         if proba.shape != (x.shape[0], len(self.labels)):
             raise ModelError(
-                f"model {self.name!r} returned scores of shape {proba.shape}, "
-                f"expected {(x.shape[0], len(self.labels))}"
+                f"model {self.name!r} returned scores of shape {proba.shape}, expected {(x.shape[0], len(self.labels))}"
             )
         return proba, emb

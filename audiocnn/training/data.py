@@ -42,8 +42,13 @@ def store_source(manifest: Manifest) -> StoreSource:
         for c in manifest.clips
         if c.split in SPLITS
     )
-    return StoreSource(name=manifest.name, task=manifest.task, labels=tuple(manifest.labels), clips=clips,
-                       fingerprint=manifest_fingerprint(manifest))
+    return StoreSource(
+        name=manifest.name,
+        task=manifest.task,
+        labels=tuple(manifest.labels),
+        clips=clips,
+        fingerprint=manifest_fingerprint(manifest),
+    )
 
 
 def open_dataset_store(
@@ -61,5 +66,13 @@ def open_dataset_store(
     manifest that changed since makes it extract again). See
     :func:`audiocnn.features.store.extract_features` for the options."""
     source = store_source(read_manifest(dataset_dir))
-    return extract_features(Path(dataset_dir), config, source, jobs=jobs, min_seconds=min_seconds,
-                            max_failure_fraction=max_failure_fraction, progress=progress, chunk_clips=chunk_clips)
+    return extract_features(
+        Path(dataset_dir),
+        config,
+        source,
+        jobs=jobs,
+        min_seconds=min_seconds,
+        max_failure_fraction=max_failure_fraction,
+        progress=progress,
+        chunk_clips=chunk_clips,
+    )

@@ -21,8 +21,7 @@ from audiocnn.errors import TrainingError
 OVERFIT_EPOCHS = 3
 
 
-def check_loss(loss: float, *, epoch: int, step: int, run_dir: Path, last_good_epoch: int,
-               has_state: bool) -> None:
+def check_loss(loss: float, *, epoch: int, step: int, run_dir: Path, last_good_epoch: int, has_state: bool) -> None:
     """Raise :class:`TrainingError` when ``loss`` is NaN or infinite (``epoch``/``step`` 1-based)."""
     if math.isfinite(loss):
         return
@@ -32,8 +31,9 @@ def check_loss(loss: float, *, epoch: int, step: int, run_dir: Path, last_good_e
     )
 
 
-def check_weights(params: Iterable[torch.Tensor], *, epoch: int, run_dir: Path, last_good_epoch: int,
-                  has_state: bool) -> None:
+def check_weights(
+    params: Iterable[torch.Tensor], *, epoch: int, run_dir: Path, last_good_epoch: int, has_state: bool
+) -> None:
     """Raise :class:`TrainingError` when a weight became NaN or infinite during ``epoch``."""
     if all(bool(torch.isfinite(p).all()) for p in params):
         return
@@ -45,8 +45,10 @@ def check_weights(params: Iterable[torch.Tensor], *, epoch: int, run_dir: Path, 
 
 def _next_step(run_dir: Path, last_good_epoch: int, has_state: bool) -> str:
     if has_state and last_good_epoch > 0:
-        return (f"{run_dir} keeps the state after epoch {last_good_epoch}; continue from it with a lower "
-                f"learning rate: `audiocnn train CONFIG --run-dir {run_dir} --resume --set lr=...`")
+        return (
+            f"{run_dir} keeps the state after epoch {last_good_epoch}; continue from it with a lower "
+            f"learning rate: `audiocnn train CONFIG --run-dir {run_dir} --resume --set lr=...`"
+        )
     return "nothing was saved yet; train again with a lower learning rate (`--set lr=...`) or `--set grad_clip=1`"
 
 
@@ -55,7 +57,7 @@ def overfitting_note(history: Sequence[dict[str, Any]], epochs: int = OVERFIT_EP
     training loss fell over the same epochs, else None."""
     if len(history) < epochs + 1:
         return None
-    recent = history[-(epochs + 1):]
+    recent = history[-(epochs + 1) :]
     valid = [float(r["valid_loss"]) for r in recent]
     train = [float(r["train_loss"]) for r in recent]
     if not all(math.isfinite(v) for v in valid + train):
@@ -64,6 +66,8 @@ def overfitting_note(history: Sequence[dict[str, Any]], epochs: int = OVERFIT_EP
     falling = all(b < a for a, b in zip(train, train[1:]))
     if not (rising and falling):
         return None
-    return (f"the model is overfitting: validation loss rose for {epochs} epochs "
-            f"({valid[0]:.4f} -> {valid[-1]:.4f}) while training loss fell ({train[0]:.4f} -> {train[-1]:.4f}); "
-            "best.safetensors keeps the best epoch (consider early_stopping, weight_decay or augmentation)")
+    return (
+        f"the model is overfitting: validation loss rose for {epochs} epochs "
+        f"({valid[0]:.4f} -> {valid[-1]:.4f}) while training loss fell ({train[0]:.4f} -> {train[-1]:.4f}); "
+        "best.safetensors keeps the best epoch (consider early_stopping, weight_decay or augmentation)"
+    )

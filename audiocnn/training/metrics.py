@@ -14,6 +14,9 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from audiocnn.constants import SINGLE_LABEL
 
 
 def to_multi_hot(targets: np.ndarray, num_classes: int) -> np.ndarray:
@@ -31,8 +34,6 @@ def per_label_auc(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, 
 
     Returns ``(roc_auc, pr_auc, n_positive)``.
     """
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
     n_labels = y_true.shape[1]
     roc = np.full(n_labels, np.nan)
     pr = np.full(n_labels, np.nan)
@@ -55,8 +56,6 @@ def compute_metrics(
     ``targets``: class indices (n,) for single-label or multi-hot (n, C) for multi-label;
     ``scores``: probabilities (n, C) (softmax or sigmoid, averaged over chunks).
     """
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
     scores = np.asarray(scores, dtype=np.float64)
     n, n_labels = scores.shape if scores.ndim == 2 else (0, len(labels))
     if n_labels != len(labels):
@@ -93,7 +92,7 @@ def compute_metrics(
         if 0 < yt.sum() < len(yt):
             out["roc_auc_micro"] = float(roc_auc_score(yt, ys))
             out["pr_auc_micro"] = float(average_precision_score(yt, ys))
-    if task == "single-label":
+    if task == SINGLE_LABEL:
         out.update(_single_label_metrics(np.asarray(targets), scores, n_labels))
     elif n:
         out.update(f1_at(y_true, scores, F1_THRESHOLD))
@@ -151,6 +150,15 @@ def _f(x: float) -> float | None:
 
 def summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """The scalar part (what goes into a checkpoint's metadata or a CSV row)."""
-    keys = ("roc_auc_macro", "pr_auc_macro", "roc_auc_micro", "pr_auc_micro", "accuracy", "balanced_accuracy",
-            "f1_macro", "f1_micro", "n_clips")
+    keys = (
+        "roc_auc_macro",
+        "pr_auc_macro",
+        "roc_auc_micro",
+        "pr_auc_micro",
+        "accuracy",
+        "balanced_accuracy",
+        "f1_macro",
+        "f1_micro",
+        "n_clips",
+    )
     return {k: metrics[k] for k in keys if k in metrics}

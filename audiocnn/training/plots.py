@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 from audiocnn.fileio import atomic_write_bytes
 
 
 def _figure(width: float, height: float):
+    # deferred: matplotlib takes a while to import and only plots need it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -114,8 +116,15 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str], ou
         for i in range(n):
             for j in range(n):
                 if cm[i, j]:
-                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6,
-                            color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        int(cm[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("confusion matrix (row-normalised)")
@@ -123,12 +132,14 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str], ou
 
 
 def plot_roc_pr_curves(
-    y_true: np.ndarray, scores: np.ndarray, labels: Sequence[str], per_tag: Sequence[dict[str, Any]],
-    out: str | os.PathLike, k: int = 3,
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    labels: Sequence[str],
+    per_tag: Sequence[dict[str, Any]],
+    out: str | os.PathLike,
+    k: int = 3,
 ) -> Path | None:
     """ROC and precision-recall curves of the ``k`` best and ``k`` worst labels by ROC-AUC."""
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
     scored = [(j, t["roc_auc"]) for j, t in enumerate(per_tag) if t.get("roc_auc") is not None]
     if not scored:
         return None

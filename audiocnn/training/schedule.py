@@ -14,10 +14,12 @@ from typing import Any, Iterable
 
 import torch
 
-from audiocnn.config import TrainConfig
+from audiocnn.training.config import TrainConfig
 
 
-def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, config: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    name: str, params: Iterable[torch.nn.Parameter], lr: float, config: TrainConfig
+) -> torch.optim.Optimizer:
     params = list(params)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
@@ -25,7 +27,10 @@ def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, 
         return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
     if name == "sgd":
         return torch.optim.SGD(
-            params, lr=lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,
+            params,
+            lr=lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov and config.momentum > 0,
             weight_decay=config.weight_decay,
         )
     raise ValueError(f"unknown optimizer {name!r}")
@@ -99,8 +104,12 @@ class LRSchedule:
                 new_lr = max(c.min_lr, self.lr * c.factor)
                 self.lr, self.bad_epochs = new_lr, 0
                 self.stage += 1
-                return ScheduleAction(lr=new_lr, reload_best=c.restore_best, stage_changed=True,
-                                      message=f"no improvement for {c.patience} epochs: lr -> {new_lr:g}")
+                return ScheduleAction(
+                    lr=new_lr,
+                    reload_best=c.restore_best,
+                    stage_changed=True,
+                    message=f"no improvement for {c.patience} epochs: lr -> {new_lr:g}",
+                )
         elif c.name == "skip":
             limit = c.adam_epochs if self.stage == 0 else c.sgd_epochs
             if self.stage < len(c.sgd_lrs) and self.stage_epochs >= limit:
@@ -111,8 +120,13 @@ class LRSchedule:
                 self.lr = new_lr
                 if switch:
                     self.optimizer_name = "sgd"
-                return ScheduleAction(lr=new_lr, reload_best=True, new_optimizer=switch, stage_changed=True,
-                                      message=f"stage {self.stage}: SGD lr {new_lr:g}, from the best weights")
+                return ScheduleAction(
+                    lr=new_lr,
+                    reload_best=True,
+                    new_optimizer=switch,
+                    stage_changed=True,
+                    message=f"stage {self.stage}: SGD lr {new_lr:g}, from the best weights",
+                )
         return ScheduleAction(lr=self.lr_at_epoch_start(epoch + 1))
 
     def state_dict(self) -> dict[str, Any]:

@@ -50,10 +50,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        try:
+        with contextlib.suppress(RuntimeError, IndexError):  # resumed on a machine with fewer GPUs
             torch.cuda.set_rng_state_all(state["cuda"])
-        except (RuntimeError, IndexError):  # resumed on a machine with fewer GPUs
-            pass
 
 
 def previous_path(path: str | os.PathLike) -> Path:
@@ -145,8 +143,10 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
         return _read_state(path)
     except CheckpointError as exc:
         first = exc
-    restart = (f"start the run folder over with `audiocnn train CONFIG --run-dir {path.parent} --restart`, "
-               "or train into a fresh --run-dir")
+    restart = (
+        f"start the run folder over with `audiocnn train CONFIG --run-dir {path.parent} --restart`, "
+        "or train into a fresh --run-dir"
+    )
     if not prev.is_file():
         raise CheckpointError(f"{first.message}; there is no {prev.name} to fall back on", hint=restart)
     try:
@@ -155,3 +155,36 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{first.message}; {exc.message}", hint=restart) from None
     log.warning("%s; resuming from the previous state %s (after epoch %s)", first.message, prev, state.get("epoch"))
     return state
+
+
+class Recoverables:
+    """One registry of what ``last.pt`` holds: each entry is saved and restored by the
+    same pair of functions, in the order added, so what is saved and what a resume
+    restores can never drift apart.
+
+    ``add(name, obj)`` takes anything with ``state_dict``/``load_state_dict``;
+    ``add(name, get=..., set=...)`` takes the pair itself (e.g. an optimiser that must be
+    rebuilt before its state is loaded).
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[Any, Any]] = {}
+
+    def add(self, name: str, obj: Any = None, *, get: Any = None, set: Any = None) -> None:  # noqa: A002
+        if name in self._entries:
+            raise ValueError(f"recoverable {name!r} is registered twice")
+        if obj is not None:
+            get, set = obj.state_dict, obj.load_state_dict
+        if get is None or set is None:
+            raise ValueError(f"recoverable {name!r} needs an object or a get/set pair")
+        self._entries[name] = (get, set)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: get() for name, (get, _set) in self._entries.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = [name for name in self._entries if name not in state]
+        if missing:
+            raise CheckpointError(f"training state lacks {', '.join(missing)}; it was written by another version")
+        for name, (_get, set_) in self._entries.items():
+            set_(state[name])

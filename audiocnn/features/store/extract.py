@@ -201,8 +201,9 @@ def _extract_chunk(task: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _extract_clips(fh: BinaryIO, task: dict[str, Any],
-                   config: FrontendConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _extract_clips(
+    fh: BinaryIO, task: dict[str, Any], config: FrontendConfig
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Append each clip of the chunk to ``fh``; a bad clip is truncated away and listed."""
     sr = int(config.sample_rate)
     min_len = task["min_seconds"] * sr
@@ -255,9 +256,7 @@ def _write(fh: BinaryIO, data: np.ndarray) -> None:
 
 def _check_length(path: Any, samples: int, min_len: float, sr: int) -> None:
     if samples == 0 or samples < min_len:
-        raise FeatureError(
-            f"{path}: too short: {samples / sr:.2f}s decoded, the minimum is {min_len / sr:g}s"
-        )
+        raise FeatureError(f"{path}: too short: {samples / sr:.2f}s decoded, the minimum is {min_len / sr:g}s")
 
 
 def _reason(exc: BaseException, path: Any) -> str:
@@ -321,8 +320,9 @@ def extract_features(
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FeatureError(f"{path}: cannot create the feature store folder ({exc.strerror or exc})") from None
-    run = _Run(path, config, source, jobs, min_seconds, max_failure_fraction, progress,
-               chunk_clips or DEFAULT_CHUNK_CLIPS)
+    run = _Run(
+        path, config, source, jobs, min_seconds, max_failure_fraction, progress, chunk_clips or DEFAULT_CHUNK_CLIPS
+    )
     with _store_lock(path):
         try:
             return _extract_locked(run)
@@ -559,4 +559,3 @@ def _finish(run: _Run, meta: dict[str, Any], tasks: list[dict[str, Any]]) -> Fea
     if failures:
         log.warning("%d clip(s) failed and were skipped; see %s", len(failures), path / "failures.jsonl")
     return FeatureStore(path)
-

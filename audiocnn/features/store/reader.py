@@ -178,8 +178,9 @@ class FeatureStore:
             return [json.loads(line) for line in fh if line.strip()]
 
 
-def open_store(dataset_dir: str | os.PathLike, config: FrontendConfig, *,
-               fingerprint: str | None = None) -> FeatureStore:
+def open_store(
+    dataset_dir: str | os.PathLike, config: FrontendConfig, *, fingerprint: str | None = None
+) -> FeatureStore:
     """The finished store of ``config`` under ``dataset_dir``; FeatureError says how to build
     it. With ``fingerprint`` (the manifest's), a store extracted from another is refused."""
     path = store_dir(dataset_dir, config)

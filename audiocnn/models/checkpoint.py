@@ -25,11 +25,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 
+from audiocnn import __version__
 from audiocnn.errors import CheckpointError
+from audiocnn.features.frontends import config_from_dict
 from audiocnn.fileio import atomic_write_bytes
+from audiocnn.models.registry import create_model
 
-log = logging.getLogger("audiocnn.checkpoint")
+log = logging.getLogger("audiocnn.models.checkpoint")
 
 #: Metadata key holding :func:`tensor_digest` of the weights.
 DIGEST_KEY = "tensor_sha256"
@@ -37,8 +42,6 @@ DIGEST_KEY = "tensor_sha256"
 
 def model_metadata(model, labels: list[str], metrics: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """Metadata describing ``model`` (a TaggingModel) for :func:`save_checkpoint`."""
-    from audiocnn import __version__
-
     if len(labels) != model.num_classes:
         raise CheckpointError(f"{len(labels)} labels for a model with {model.num_classes} outputs")
     meta = {
@@ -64,15 +67,13 @@ def tensor_digest(state: Mapping[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode("utf-8"))
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 
 def save_checkpoint(path: str | os.PathLike, model, meta: dict[str, Any]) -> Path:
     """Write weights + metadata (with the weights' digest) atomically as safetensors."""
-    from safetensors.torch import save
-
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {**meta, DIGEST_KEY: tensor_digest(state)}
@@ -82,7 +83,6 @@ def save_checkpoint(path: str | os.PathLike, model, meta: dict[str, Any]) -> Pat
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
@@ -108,7 +108,6 @@ def load_weights(
     Every place that loads weights goes through here, so a damaged file is one clear
     error rather than a model that runs and answers garbage.
     """
-    from safetensors.torch import load_file
 
     path = Path(path)
     meta = read_metadata(path) if meta is None else meta
@@ -127,9 +126,6 @@ def load_weights(
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """Rebuild the model of a checkpoint; returns ``(model, metadata)`` in eval mode."""
-    from audiocnn.features.frontends import config_from_dict
-    from audiocnn.models.registry import create_model
-
     path = Path(path)
     meta = read_metadata(path)
     kwargs = dict(meta.get("model_kwargs") or {})

@@ -25,14 +25,15 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from audiocnn.constants import TASKS
 from audiocnn.errors import ConfigError
+from audiocnn.fileio import atomic_write_bytes
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "plateau", "skip", "cosine", "step")
 AMP_MODES = ("none", "auto", "bf16", "fp16")
 MONITORS = ("auto", "roc_auc_macro", "pr_auc_macro", "accuracy", "balanced_accuracy", "valid_loss")
 CLASS_WEIGHTING = ("none", "balanced")
-TASKS = ("single-label", "multi-label")
 
 
 @dataclass
@@ -110,14 +111,15 @@ class TrainConfig:
     channels_last: bool = False
     tensorboard: bool = True
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check values that a type alone cannot; raises ConfigError naming the key."""
         _check_finite(self)
         if not self.dataset:
             raise ConfigError("config key 'dataset' is required", hint="add `--set dataset=NAME`")
         if not self.model and not self.init:
-            raise ConfigError("config key 'model' is required (or 'init' to start from a checkpoint)",
-                              hint="see `audiocnn models`")
+            raise ConfigError(
+                "config key 'model' is required (or 'init' to start from a checkpoint)", hint="see `audiocnn models`"
+            )
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule.name", self.schedule.name, SCHEDULES)
         _choice("amp", self.amp, AMP_MODES)
@@ -148,7 +150,9 @@ class TrainConfig:
         if s.patience < 0 or s.warmup_epochs < 0 or s.step_epochs < 1:
             raise ConfigError("config keys schedule.patience/warmup_epochs must be >= 0 and step_epochs >= 1")
         if s.name == "skip" and (not s.sgd_lrs or any(v <= 0 for v in s.sgd_lrs)):
-            raise ConfigError(f"config key 'schedule.sgd_lrs' must be a non-empty list of positive rates, got {s.sgd_lrs}")
+            raise ConfigError(
+                f"config key 'schedule.sgd_lrs' must be a non-empty list of positive rates, got {s.sgd_lrs}"
+            )
         if self.early_stopping.patience < 1:
             raise ConfigError(f"config key 'early_stopping.patience' must be >= 1, got {self.early_stopping.patience}")
         _check_ranges(self)
@@ -179,7 +183,7 @@ def _check_finite(obj: Any, prefix: str = "") -> None:
                 raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}")
 
 
-def _check_ranges(cfg: "TrainConfig") -> None:
+def _check_ranges(cfg: TrainConfig) -> None:
     """Ranges of the numeric keys :meth:`TrainConfig.validate` does not check itself."""
     if not 0 <= cfg.seed <= MAX_SEED:
         raise ConfigError(f"config key 'seed' must be in [0, {MAX_SEED}], got {cfg.seed}")
@@ -191,8 +195,10 @@ def _check_ranges(cfg: "TrainConfig") -> None:
     if s.min_lr < 0:
         raise ConfigError(f"config key 'schedule.min_lr' must be >= 0, got {s.min_lr}")
     if s.adam_epochs < 0 or s.sgd_epochs < 1:
-        raise ConfigError(f"config keys 'schedule.adam_epochs' must be >= 0 and 'schedule.sgd_epochs' >= 1, "
-                          f"got {s.adam_epochs} and {s.sgd_epochs}")
+        raise ConfigError(
+            f"config keys 'schedule.adam_epochs' must be >= 0 and 'schedule.sgd_epochs' >= 1, "
+            f"got {s.adam_epochs} and {s.sgd_epochs}"
+        )
     if cfg.early_stopping.min_delta < 0:
         raise ConfigError(f"config key 'early_stopping.min_delta' must be >= 0, got {cfg.early_stopping.min_delta}")
 
@@ -318,7 +324,11 @@ def _expand_shorthand(key: str, value: Any, prefix: str) -> dict[str, Any]:
     if isinstance(value, dict):
         return value
     if prefix == "" and key == "early_stopping":
-        if value is None or value is False or (isinstance(value, str) and value.lower() in ("false", "off", "no", "null")):
+        if (
+            value is None
+            or value is False
+            or (isinstance(value, str) and value.lower() in ("false", "off", "no", "null"))
+        ):
             return {"enabled": False}
         if value is True or (isinstance(value, str) and value.lower() in ("true", "on", "yes")):
             return {"enabled": True}
@@ -356,7 +366,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             child = node.get(part)
             if not isinstance(child, dict):
                 # `schedule: plateau` shorthand already in the file: expand before descending
-                child = _expand_shorthand(part, child, "") if (i == 0 and part in _SHORTHAND and child is not None) else {}
+                child = (
+                    _expand_shorthand(part, child, "") if (i == 0 and part in _SHORTHAND and child is not None) else {}
+                )
                 node[part] = child
             node = child
         node[parts[-1]] = value
@@ -427,8 +439,9 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 def _yaml_error(where: str, exc: yaml.YAMLError) -> ConfigError:
     """One line with the file, line and column of a YAML error."""
     if isinstance(exc, _DuplicateKey):
-        return ConfigError(f"{where}:{exc.line}: duplicate key {exc.key!r} (first given on line {exc.first})",
-                           hint="keep one of them")
+        return ConfigError(
+            f"{where}:{exc.line}: duplicate key {exc.key!r} (first given on line {exc.first})", hint="keep one of them"
+        )
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
     return ConfigError(f"{where}{at}: not valid YAML ({_yaml_problem(exc)})")
@@ -455,8 +468,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise ConfigError(
-            f"{path}:{line}: not UTF-8 text "
-            f"(byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
             hint="save the file as UTF-8",
         ) from None
     data = load_yaml_text(text, str(path))
@@ -478,8 +490,6 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> Path:
     """Write the resolved config atomically."""
-    from audiocnn.fileio import atomic_write_bytes
-
     path = Path(path)
     atomic_write_bytes(path, config.to_yaml().encode("utf-8"))
     return path

@@ -1,0 +1,211 @@
+"""The run folder: its layout, its lock, and which folder a ``train`` command uses.
+
+``RunDir`` names every file ``audiocnn train`` writes (``config.yaml``, ``metrics.csv``,
+``best.safetensors``, ``last.pt`` and ``last.prev.pt``, ``curves.png``, ``tensorboard/``,
+``eval-<split>/``), so training, evaluation and resume agree on one layout.
+
+One training per run folder: ``<run_dir>/train.lock`` (flock + the holder's PID). Two
+``audiocnn train --run-dir R`` at once would interleave their epochs in one
+``metrics.csv`` and overwrite each other's ``last.pt``; the second is refused before it
+writes anything, naming the first one's PID. The lock file is removed on exit; a lock left
+by a killed run is free (the kernel drops a dead process's flock) or, when a child of the
+dead run still holds it, taken over (see :mod:`audiocnn.fileio`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+
+from audiocnn.errors import AudiocnnError, UsageError
+from audiocnn.fileio import FileWriteError, acquire_lock, release_lock
+
+log = logging.getLogger("audiocnn.train")
+
+CONFIG_NAME = "config.yaml"
+METRICS_NAME = "metrics.csv"
+BEST_NAME = "best.safetensors"
+LAST_NAME = "last.pt"
+PREV_NAME = "last.prev.pt"
+CURVES_NAME = "curves.png"
+TENSORBOARD_NAME = "tensorboard"
+RUN_LOCK_NAME = "train.lock"
+#: what ``audiocnn train`` writes into a run folder (what ``--restart`` removes)
+RUN_OUTPUTS = (LAST_NAME, PREV_NAME, BEST_NAME, METRICS_NAME, CURVES_NAME, CONFIG_NAME, TENSORBOARD_NAME)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run folder and the names of what lives in it."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG_NAME
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS_NAME
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST_NAME
+
+    @property
+    def last(self) -> Path:
+        return self.path / LAST_NAME
+
+    @property
+    def curves(self) -> Path:
+        return self.path / CURVES_NAME
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD_NAME
+
+    def eval_dir(self, split: str) -> Path:
+        return self.path / f"eval-{split}"
+
+    def holds_run(self) -> bool:
+        return holds_run(self.path)
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: Path) -> RunDir | None:
+        """The run folder a checkpoint file lies in (None for a loose checkpoint)."""
+        parent = Path(checkpoint).parent
+        return cls(parent) if (parent / CONFIG_NAME).is_file() else None
+
+
+def default_run_dir(config_name: str, runs_root: str | os.PathLike = "runs") -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(runs_root) / f"{config_name}-{stamp}"
+
+
+def latest_run_dir(config_name: str, runs_root: str | os.PathLike = "runs") -> Path | None:
+    """Newest ``runs/<config_name>-<stamp>`` holding a ``last.pt`` (what ``--resume`` picks)."""
+    root = Path(runs_root)
+    if not root.is_dir():
+        return None
+    pat = re.compile(re.escape(config_name) + r"-\d{8}-\d{6}(-\d+)?$")
+    runs = sorted(p for p in root.iterdir() if p.is_dir() and pat.match(p.name) and (p / LAST_NAME).is_file())
+    return runs[-1] if runs else None
+
+
+def unique_path(path: Path) -> Path:
+    """``path``, or ``path-1``, ``path-2``... when it exists (two runs started in one second)."""
+    if not path.exists():
+        return path
+    i = 1
+    while Path(f"{path}-{i}").exists():
+        i += 1
+    return Path(f"{path}-{i}")
+
+
+def choose_run_dir(config_name: str, run_dir: str | os.PathLike | None, *, resume: bool, world_size: int) -> RunDir:
+    """The folder a ``train`` command writes: the one given; with ``resume`` the newest run
+    of the config; else a new ``runs/<config>-<timestamp>``."""
+    if run_dir:
+        return RunDir(Path(run_dir))
+    if resume:
+        found = latest_run_dir(config_name)
+        if found is None:
+            raise UsageError(f"--resume: no earlier run of {config_name!r} under runs/", hint="pass --run-dir DIR")
+        return RunDir(found)
+    if world_size > 1:
+        raise UsageError("with torchrun every process must agree on the run folder", hint="pass --run-dir DIR")
+    return RunDir(unique_path(default_run_dir(config_name)))
+
+
+def check_run_folder(run: RunDir, *, resume: bool, restart: bool, is_main: bool) -> None:
+    """Refuse to overwrite an earlier run unless asked to resume it or to start it over
+    (``restart`` clears what training wrote; evaluations and notes stay)."""
+    if resume and restart:
+        raise UsageError("--resume and --restart contradict each other", hint="pass one of them")
+    if restart and is_main:
+        clear_run(run.path)
+    elif not resume and not restart and run.holds_run():
+        raise UsageError(
+            f"{run.path} already holds a run",
+            hint="add --resume to continue it, --restart to start it over, or choose another --run-dir",
+        )
+
+
+class RunFolderBusy(AudiocnnError):
+    """Another training is writing this run folder right now."""
+
+
+def _busy(run_dir: Path):
+    def make(pid: int | None) -> RunFolderBusy:
+        who = f" (PID {pid})" if pid else ""
+        return RunFolderBusy(
+            f"{run_dir}: another `audiocnn train`{who} is using this run folder right now",
+            hint="wait for it to finish, or pass another --run-dir",
+        )
+
+    return make
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``run_dir``'s lock for a ``with`` block (creating the folder); a folder this
+    call created and nothing else wrote into is removed again on the way out."""
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FileWriteError(f"{run_dir}: cannot create the run folder ({exc.strerror or exc})") from None
+    fd = None
+    try:
+        fd = acquire_lock(run_dir / RUN_LOCK_NAME, _busy(run_dir))
+        yield run_dir
+    finally:
+        release_lock(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only succeeds when empty
+
+
+def holds_run(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` already holds (part of) a training run's state."""
+    run_dir = Path(run_dir)
+    return (run_dir / "last.pt").exists() or (run_dir / "last.prev.pt").exists()
+
+
+def clear_run(run_dir: str | os.PathLike) -> list[str]:
+    """Remove what an earlier training wrote into ``run_dir`` (``--restart``); other
+    files (evaluations, notes) are left alone. Returns the names removed."""
+    run_dir = Path(run_dir)
+    removed = []
+    for name in RUN_OUTPUTS:
+        p = run_dir / name
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+            else:
+                continue
+        except OSError as exc:
+            raise FileWriteError(f"{p}: cannot remove it to restart the run ({exc.strerror or exc})") from None
+        removed.append(name)
+    if removed:
+        log.info("restart: removed %s from %s", ", ".join(removed), run_dir)
+    return removed

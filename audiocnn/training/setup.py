@@ -1,0 +1,202 @@
+"""Setting a run up: the dataset's task and labels, the model (from scratch or from a
+checkpoint), where it runs, and what it is optimised for."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from audiocnn.constants import MULTI_LABEL, SINGLE_LABEL
+from audiocnn.datasets.manifest import Manifest
+from audiocnn.datasets.registry import get_dataset
+from audiocnn.errors import AudiocnnError, CheckpointError, ConfigError, DatasetError
+from audiocnn.features.frontends import config_from_dict
+from audiocnn.models.checkpoint import load_weights, read_metadata
+from audiocnn.models.registry import create_model
+from audiocnn.pretrained import resolve_model
+from audiocnn.training import distributed as D
+from audiocnn.training.config import TrainConfig
+from audiocnn.training.losses import TaggingLoss, class_weights
+
+log = logging.getLogger("audiocnn.train")
+
+
+# -- dataset -----------------------------------------------------------------------------
+
+
+def check_dataset(config: TrainConfig, manifest: Manifest) -> str:
+    """The task to train (the config's or the dataset's); refuses datasets a run cannot use."""
+    if (
+        config.split_scheme
+        and config.split_scheme != manifest.split_scheme
+        and _family_has_scheme(manifest.dataset, config.split_scheme)
+    ):
+        raise DatasetError(
+            f"dataset {config.dataset!r} is prepared with split scheme {manifest.split_scheme!r}, "
+            f"the config asks for {config.split_scheme!r}",
+            hint=f"prepare it again with that split scheme, or `--set split_scheme={manifest.split_scheme}`",
+        )
+    task = config.task or manifest.task
+    if manifest.task == MULTI_LABEL and task == SINGLE_LABEL:
+        raise ConfigError(f"task=single-label on the multi-label dataset {config.dataset!r}: clips have several labels")
+    counts = manifest.split_counts()
+    for split in ("train", "valid"):
+        if counts.get(split, 0) == 0:
+            raise DatasetError(
+                f"dataset {config.dataset!r} has no clips in its {split!r} split",
+                hint=f"see `audiocnn info {config.dataset}`",
+            )
+    return task
+
+
+def _family_has_scheme(family: str, scheme: str) -> bool:
+    """Whether datasets of ``family`` (gtzan, mtat, folder, ...) offer split ``scheme``.
+
+    A config written for GTZAN's fault-filtered split, pointed with ``--set dataset=NAME``
+    at a user's folder dataset, trains on that dataset's own split: there is nothing to
+    mismatch. Asking GTZAN prepared with ``random`` for ``fault-filtered`` is an error.
+    """
+    try:
+        return scheme in get_dataset(family).split_schemes
+    except AudiocnnError:  # unknown family (e.g. a hand-written manifest): compare names only
+        return True
+
+
+def monitor_of(config: TrainConfig, task: str) -> tuple[str, bool]:
+    """(metric that picks the best epoch, whether higher is better)."""
+    name = config.monitor
+    if name == "auto":
+        name = "accuracy" if task == SINGLE_LABEL else "roc_auc_macro"
+    if name in ("accuracy", "balanced_accuracy") and task != SINGLE_LABEL:
+        raise ConfigError(f"monitor={name} is only defined for single-label tasks; use roc_auc_macro")
+    return name, name != "valid_loss"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# -- model -------------------------------------------------------------------------------
+
+
+def resolve_init(init: str, data_dir: str | os.PathLike) -> Path:
+    """A checkpoint path, a run folder, or a pretrained model name (``audiocnn.pretrained``)."""
+    try:
+        return resolve_model(init, data_dir)
+    except CheckpointError as exc:
+        raise ConfigError(f"init={init!r}: {exc.message}", hint=exc.hint) from None
+
+
+def build_model(config: TrainConfig, labels: Sequence[str], task: str, data_dir: str | os.PathLike):
+    """Create the model of ``config``; with ``init``, start from a checkpoint's weights
+    (same architecture and front-end), re-initialising the head when the labels differ."""
+    if not config.init:
+        return create_model(config.model, num_classes=len(labels), task=task, **config.model_kwargs), None
+    path = resolve_init(config.init, data_dir)
+    meta = read_metadata(path)
+    if config.model and config.model != meta["model"]:
+        raise ConfigError(
+            f"init={config.init!r} is a {meta['model']!r} checkpoint but the config asks for model {config.model!r}",
+            hint=f"set `--set model={meta['model']}` or leave model empty",
+        )
+    kwargs = dict(meta.get("model_kwargs") or {})
+    kwargs.update(config.model_kwargs)
+    kwargs["frontend"] = config_from_dict(meta["frontend"])
+    model = create_model(meta["model"], num_classes=meta["num_classes"], task=meta["task"], **kwargs)
+    try:
+        model.load_state_dict(load_weights(path, meta=meta), strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: weights do not fit model {meta['model']!r} with these model_kwargs ({str(exc).splitlines()[0]})"
+        ) from None
+    same_head = list(meta.get("labels", [])) == list(labels) and meta.get("task") == task
+    if not same_head:
+        model.reset_head(len(labels))
+    model.task = task
+    info = {"path": str(path), "model": meta["model"], "head_reset": not same_head, "labels": meta.get("labels")}
+    return model, info
+
+
+def freeze_backbone(model: nn.Module) -> int:
+    """Freeze every parameter outside the head; returns the number of frozen tensors."""
+    head = {id(p) for p in model.head.parameters()}
+    n = 0
+    for p in model.parameters():
+        if id(p) not in head:
+            p.requires_grad_(False)
+            n += 1
+    return n
+
+
+def set_train_mode(model: nn.Module, frozen_backbone: bool) -> None:
+    """Train mode; with a frozen backbone its BatchNorm statistics and dropout stay in
+    eval mode too, so the backbone is exactly unchanged."""
+    model.train()
+    if frozen_backbone:
+        for name, child in model.named_children():
+            if name != "head":
+                child.eval()
+
+
+def place_model(
+    raw: nn.Module, config: TrainConfig, device: torch.device, info: D.DistInfo
+) -> tuple[nn.Module, list[nn.Parameter]]:
+    """Freeze, move and wrap (DDP, torch.compile) the model; returns (the model to call,
+    the parameters to optimise)."""
+    if config.freeze_backbone:
+        n = freeze_backbone(raw)
+        log.info("freeze_backbone: %d parameter tensors frozen, training the head only", n)
+    raw.to(device)
+    if config.channels_last:
+        raw.to(memory_format=torch.channels_last)
+    model: nn.Module = raw
+    if info.enabled:
+        model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        model = torch.compile(model)
+    params = [p for p in raw.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("no trainable parameters (freeze_backbone left nothing to train)")
+    return model, params
+
+
+def make_loss(config: TrainConfig, manifest: Manifest, task: str, device: torch.device) -> TaggingLoss:
+    """The task's loss, with ``class_weighting: balanced`` weights from the train split."""
+    labels = list(manifest.labels)
+    weight = None
+    if config.class_weighting == "balanced":
+        train_clips = manifest.split("train")
+        cnt = np.zeros(len(labels))
+        for clip in train_clips:
+            cnt[manifest.targets(clip)] += 1
+        weight = class_weights(cnt, len(train_clips), task)
+    return TaggingLoss(task, len(labels), label_smoothing=config.label_smoothing, weight=weight).to(device)
+
+
+def describe(
+    model: nn.Module,
+    config: TrainConfig,
+    task: str,
+    n_train: int,
+    n_valid: int,
+    steps: int,
+    device: torch.device,
+    amp_dtype: Any,
+    info: D.DistInfo,
+) -> str:
+    """The one log line that says what is about to be trained."""
+    return (
+        f"training {model.registry_name} on {config.dataset}: {n_train} train / {n_valid} valid clips, {task}, "
+        f"{steps} steps/epoch, device {device}"
+        + (f", amp {str(amp_dtype).replace('torch.', '')}" if amp_dtype else "")
+        + (f", {info.world_size} processes" if info.enabled else "")
+    )

@@ -1,0 +1,169 @@
+"""The shape of the package, checked: layers import only downward, no import hides a cycle,
+no function grows past 80 lines.
+
+Layers, bottom to top (README, "Architecture"):
+
+    0 core        errors, fileio, audio, progress, constants, devices
+    1 front-ends  features.frontends
+    2 datasets | models (models, models.checkpoint, pretrained)
+    3 store       features.store
+    4 training | tagging
+    5 evaluation (tag's prediction path + training's metrics) | pipeline (prepare -> extract)
+    6 cli
+
+A module may import from its own layer group and from any lower layer, never from a
+higher one nor from a sibling group of its layer (datasets <-> models, training <->
+tagging, evaluation <-> pipeline). Function-local imports count like any other, and each
+must say on its line why it is deferred (``# deferred: ...``: a heavy or optional
+dependency, or the CLI's start-up time), so none can hide a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "audiocnn"
+MAX_FUNCTION_LINES = 80
+
+# (module prefix, layer, group); the longest matching prefix wins
+LAYERS = [
+    ("audiocnn", 0, "core"),
+    ("audiocnn.features", 1, "frontends"),
+    ("audiocnn.features.frontends", 1, "frontends"),
+    ("audiocnn.datasets", 2, "datasets"),
+    ("audiocnn.models", 2, "models"),
+    ("audiocnn.pretrained", 2, "models"),
+    ("audiocnn.features.store", 3, "store"),
+    ("audiocnn.training", 4, "training"),
+    ("audiocnn.tagging", 4, "tagging"),
+    ("audiocnn.evaluation", 5, "evaluation"),
+    ("audiocnn.pipeline", 5, "pipeline"),
+    ("audiocnn.cli", 6, "cli"),
+    ("audiocnn.__main__", 6, "cli"),
+]
+CORE = {
+    "audiocnn",
+    "audiocnn.errors",
+    "audiocnn.fileio",
+    "audiocnn.audio",
+    "audiocnn.progress",
+    "audiocnn.constants",
+    "audiocnn.devices",
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    best = max((p for p in LAYERS if module == p[0] or module.startswith(p[0] + ".")), key=lambda p: len(p[0]))
+    return best[1], best[2]
+
+
+def imports(path: Path) -> list[tuple[int, str, bool, str]]:
+    """(line, imported audiocnn module, function-local?, source line) of every import."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    local_nodes = {
+        id(n)
+        for f in ast.walk(tree)
+        if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for n in ast.walk(f)
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+    }
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from audiocnn.features import store` imports the submodule
+            targets = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module for a in node.names
+            ]
+        else:
+            continue
+        src = " ".join(lines[node.lineno - 1 : node.end_lineno])
+        above = _deferral_above(lines, node.lineno - 1)
+        if above:
+            src = f"{src} {above}"
+        for t in targets:
+            out.append((node.lineno, t, id(node) in local_nodes, src))
+    return out
+
+
+def _deferral_above(lines: list[str], index: int) -> str:
+    """The ``# deferred:`` comment a block of imports shares: on the line above the block
+    (a comment line) or on an import line of the block above this one."""
+    i = index - 1
+    while i >= 0:
+        text = lines[i].strip()
+        if "# deferred:" in text:
+            return text
+        if not (text.startswith(("from ", "import ", ")")) or text.endswith(",")):
+            return ""
+        i -= 1
+    return ""
+
+
+def test_layer_map_covers_every_module():
+    for name in MODULES:
+        layer, group = layer_of(name)
+        if layer == 0:
+            assert name in CORE, f"{name} is not assigned to a layer (add it to LAYERS or CORE)"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_go_down_the_layers(module):
+    layer, group = layer_of(module)
+    bad = []
+    for line, target, _local, _src in imports(MODULES[module]):
+        if not target.startswith("audiocnn"):
+            continue
+        t_layer, t_group = layer_of(target)
+        if t_layer > layer or (t_layer == layer and t_group != group):
+            bad.append(f"line {line}: {target} ({t_group}, layer {t_layer})")
+    assert not bad, f"{module} ({group}, layer {layer}) imports upward or sideways: " + "; ".join(bad)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_function_local_imports_say_why(module):
+    bad = [
+        f"line {line}: {src.strip()}"
+        for line, _t, local, src in imports(MODULES[module])
+        if local and "# deferred:" not in src
+    ]
+    assert not bad, f"{module}: function-local imports without a '# deferred: <why>' comment: " + "; ".join(bad)
+
+
+def test_no_function_exceeds_the_line_limit():
+    long = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{name}.{node.name} ({n} lines, line {node.lineno})")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: " + ", ".join(long)
+
+
+def test_the_checker_sees_a_violation(tmp_path, monkeypatch):
+    """The layer check is not vacuous: a datasets module importing the store is caught."""
+    fake = tmp_path / "audiocnn" / "datasets" / "x.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("def f():\n    from audiocnn.features.store import open_store\n    return open_store\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", tmp_path / "audiocnn", raising=False)
+    found = imports(fake)
+    assert found == [(2, "audiocnn.features.store", True, "    from audiocnn.features.store import open_store")]
+    layer, group = layer_of("audiocnn.datasets.x")
+    t_layer, _ = layer_of(found[0][1])
+    assert t_layer > layer
