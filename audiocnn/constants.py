@@ -14,6 +14,8 @@ DEFAULT_MODEL = "musicnn-mtt"  # what `audiocnn tag` uses when no --model is giv
 
 SPLITS = ("train", "valid", "test")
 
+BEST_CHECKPOINT_NAME = "best.safetensors"  # what a run folder's best weights are called (training.rundir)
+
 DATA_DIR_ENV = "AUDIOCNN_DATA_DIR"
 DEFAULT_DATA_DIR = "data"  # datasets and pretrained models live here unless told otherwise
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from audiocnn.constants import DEFAULT_MODEL
+from audiocnn.constants import BEST_CHECKPOINT_NAME, DEFAULT_MODEL
 from audiocnn.errors import CheckpointError
 from audiocnn.pretrained.musicnn import (
     INSTALL_HINT,
@@ -109,7 +109,7 @@ def resolve_model(name_or_path: str | os.PathLike, data_dir: str | os.PathLike) 
     if path.is_file():
         return path
     if path.is_dir():
-        if (path / "best.safetensors").is_file():
+        if (path / BEST_CHECKPOINT_NAME).is_file():
             return path / "best.safetensors"
         raise CheckpointError(f"{path}: folder holds no best.safetensors checkpoint")
     if path.suffix in (".safetensors", ".pt", ".ckpt") or os.sep in text or "/" in text:

@@ -67,7 +67,7 @@ class TrainResult:
 
 
 @dataclass
-class Progress:
+class RunState:
     """What the loop itself tracks across epochs (saved in ``last.pt``)."""
 
     epoch: int = 0  # epochs finished
@@ -204,7 +204,7 @@ class Trainer:
         self.model, self.params = S.place_model(self.raw, config, device, info)
         self.loss_fn = S.make_loss(config, self.manifest, self.task, device)
         self._optimisation()
-        self.state = Progress()
+        self.state = RunState()
         self.recoverables = self._recoverables()
 
     def _data(self) -> TrainData:

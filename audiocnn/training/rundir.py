@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
+from audiocnn.constants import BEST_CHECKPOINT_NAME
 from audiocnn.errors import AudiocnnError, UsageError
 from audiocnn.fileio import FileWriteError, acquire_lock, release_lock
 
@@ -31,7 +32,7 @@ log = logging.getLogger("audiocnn.train")
 
 CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.csv"
-BEST_NAME = "best.safetensors"
+BEST_NAME = BEST_CHECKPOINT_NAME
 LAST_NAME = "last.pt"
 PREV_NAME = "last.prev.pt"
 CURVES_NAME = "curves.png"
