@@ -14,6 +14,18 @@ DEFAULT_MODEL = "musicnn-mtt"  # what `audiocnn tag` uses when no --model is giv
 
 SPLITS = ("train", "valid", "test")
 
+#: the scalar song-level metrics, in the order tables and checkpoints list them
+SCALAR_METRICS = (
+    "roc_auc_macro",
+    "pr_auc_macro",
+    "roc_auc_micro",
+    "pr_auc_micro",
+    "accuracy",
+    "balanced_accuracy",
+    "f1_macro",
+    "f1_micro",
+)
+
 BEST_CHECKPOINT_NAME = "best.safetensors"  # what a run folder's best weights are called (training.rundir)
 
 DATA_DIR_ENV = "AUDIOCNN_DATA_DIR"

@@ -254,7 +254,6 @@ def _write_outputs(
     metrics_csv: Path | None,
     plots: bool,
 ) -> None:
-
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["label", "n_positive", "roc_auc", "pr_auc"])
@@ -276,7 +275,6 @@ def _draw(
     task: str,
     metrics_csv: Path | None,
 ) -> None:
-
     made = []
     try:
         made.append(P.plot_per_tag_auc(metrics["per_tag"], out / "per_tag_roc_auc.png"))

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from audiocnn.cli import common
 from audiocnn.cli.app import app
+from audiocnn.constants import SCALAR_METRICS
 from audiocnn.errors import UsageError
 
 
@@ -90,14 +91,7 @@ def evaluate(
     )
     if fmt is common.TableOrJson.json:
         keys = [
-            "roc_auc_macro",
-            "pr_auc_macro",
-            "roc_auc_micro",
-            "pr_auc_micro",
-            "accuracy",
-            "balanced_accuracy",
-            "f1_macro",
-            "f1_micro",
+            *SCALAR_METRICS,
             "n_clips",
             "split",
             "dataset",
@@ -123,21 +117,11 @@ def _clean(v):
 
 
 def _print_table(m: dict) -> None:
-
     framing = f"{m['eval_chunks']} chunks each" if m.get("eval_chunks") else "windows as `tag`"
     t = Table(title=f"{m['model']} on {m['dataset']} / {m['split']} ({m['n_clips']} clips, {framing})")
     t.add_column("metric")
     t.add_column("value", justify="right")
-    for key in (
-        "roc_auc_macro",
-        "pr_auc_macro",
-        "roc_auc_micro",
-        "pr_auc_micro",
-        "accuracy",
-        "balanced_accuracy",
-        "f1_macro",
-        "f1_micro",
-    ):
+    for key in SCALAR_METRICS:
         if key in m:
             v = m[key]
             t.add_row(key, "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}")

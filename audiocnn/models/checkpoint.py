@@ -83,7 +83,6 @@ def save_checkpoint(path: str | os.PathLike, model, meta: dict[str, Any]) -> Pat
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from audiocnn.constants import SINGLE_LABEL
+from audiocnn.constants import SCALAR_METRICS, SINGLE_LABEL
 
 
 def to_multi_hot(targets: np.ndarray, num_classes: int) -> np.ndarray:
@@ -150,15 +150,4 @@ def _f(x: float) -> float | None:
 
 def summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """The scalar part (what goes into a checkpoint's metadata or a CSV row)."""
-    keys = (
-        "roc_auc_macro",
-        "pr_auc_macro",
-        "roc_auc_micro",
-        "pr_auc_micro",
-        "accuracy",
-        "balanced_accuracy",
-        "f1_macro",
-        "f1_micro",
-        "n_clips",
-    )
-    return {k: metrics[k] for k in keys if k in metrics}
+    return {k: metrics[k] for k in (*SCALAR_METRICS, "n_clips") if k in metrics}
