@@ -376,3 +376,11 @@ def build_frontend(config: FrontendConfig) -> nn.Module:
     if isinstance(config, MelConfig):
         return MelFrontend(config)
     raise ConfigError(f"not a front-end config: {config!r}")
+
+
+def even_chunk_starts(length: int, size: int, n: int) -> np.ndarray:
+    """Starts of ``n`` windows of ``size`` frames spread evenly over ``length`` frames, the
+    first at 0 and the last ending at the end (the papers' song-level protocol). One rule
+    for training's validation chunks and ``tag --chunks`` / ``evaluate --eval-chunks``."""
+    room = max(0, int(length) - int(size))
+    return np.rint(np.linspace(0, room, int(n))).astype(np.int64)

@@ -38,7 +38,7 @@ from audiocnn.audio import iter_audio_blocks
 from audiocnn.constants import DEFAULT_MODEL, SINGLE_LABEL, Aggregate, Framing, default_data_dir
 from audiocnn.devices import resolve_device
 from audiocnn.errors import AudiocnnError, AudioDecodeError, CheckpointError, ModelError, UsageError
-from audiocnn.features.frontends import MelConfig, MelStream
+from audiocnn.features.frontends import MelConfig, MelStream, even_chunk_starts
 from audiocnn.models.base import TaggingModel
 from audiocnn.models.checkpoint import load_checkpoint
 from audiocnn.pretrained import resolve_model
@@ -195,8 +195,7 @@ class _EvenChunks:
         x = np.concatenate(self.parts, axis=-1)
         self.parts = []
         self.peak = x.shape[-1]
-        room = max(0, x.shape[-1] - self.size)
-        for s in np.rint(np.linspace(0, room, self.n)).astype(np.int64):
+        for s in even_chunk_starts(x.shape[-1], self.size, self.n):
             w = x[..., s : s + self.size]
             if w.shape[-1] < self.size:
                 w = np.pad(w, [(0, 0)] * (w.ndim - 1) + [(0, self.size - w.shape[-1])])

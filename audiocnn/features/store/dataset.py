@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from audiocnn.errors import ConfigError
+from audiocnn.features.frontends import even_chunk_starts
 from audiocnn.features.store.reader import FeatureStore
 
 MODES = ("train", "eval")
@@ -97,8 +98,7 @@ class StoreDataset(Dataset):
 
     def chunk_starts(self, index: int) -> np.ndarray:
         """Eval-mode starts: ``eval_chunks`` crops, first at 0, last ending at the clip end."""
-        room = max(0, int(self.lengths[index]) - self.crop_frames)
-        return np.rint(np.linspace(0, room, self.eval_chunks)).astype(np.int64)
+        return even_chunk_starts(int(self.lengths[index]), self.crop_frames, self.eval_chunks)
 
     def _crop(self, index: int, start: int) -> np.ndarray:
         x = self.store.read(self.split, index, start, self.crop_frames)
