@@ -109,9 +109,10 @@ def _step(s: Step, x: torch.Tensor, y: torch.Tensor, info: D.DistInfo, guard: Gu
     with s.autocast():
         logits = s.model(x, from_features=True)
     loss = s.loss_fn(logits, y)
-    value = float(loss.detach())
+    local = float(loss.detach())
+    value = local
     if info.enabled:  # one rank's NaN stops them all, or the others would wait forever
-        value = D.all_reduce_sum([value], info)[0]
+        value = D.all_reduce_sum([local], info)[0]
     H.check_loss(
         value,
         epoch=guard.epoch + 1,
@@ -127,7 +128,7 @@ def _step(s: Step, x: torch.Tensor, y: torch.Tensor, info: D.DistInfo, guard: Gu
         torch.nn.utils.clip_grad_norm_(s.params, s.grad_clip)
     s.scaler.step(s.optimizer)
     s.scaler.update()
-    return float(loss.detach())
+    return local
 
 
 def refresh_batchnorm(

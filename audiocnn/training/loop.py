@@ -14,6 +14,7 @@ was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -140,20 +141,12 @@ def train_command(
         config = config_from_mapping(read_yaml(run.config), overrides)
     else:
         config = load_config(path, overrides)
-    with run_lock(run.path) if is_main else _no_lock():  # one process of a torchrun job guards the folder
+    with run_lock(run.path) if is_main else contextlib.nullcontext():  # one process of a torchrun job guards the folder
         check_run_folder(run, resume=resume, restart=restart, is_main=is_main)
         try:
             return train(config, run.path, data_dir=data_dir, device=device, resume=resume, progress=True)
         except CheckpointError as exc:
             raise _named_config(exc, run, path, resume) from None
-
-
-class _no_lock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _named_config(exc: CheckpointError, run: RunDir, config_path: Path, resume: bool) -> CheckpointError:
@@ -210,10 +203,14 @@ class Trainer:
     def _data(self) -> TrainData:
         """The store of exactly this model's front-end config (extracted by rank 0) and its loaders."""
         dataset_dir = self.data_dir / self.config.dataset
-        if self.info.is_main:
+        store = (
             open_dataset_store(dataset_dir, self.raw.frontend_config, progress=self.progress)
+            if self.info.is_main
+            else None
+        )
         D.barrier(self.info)
-        store = open_dataset_store(dataset_dir, self.raw.frontend_config, progress=False)
+        if store is None:  # the other ranks open what rank 0 finished
+            store = open_dataset_store(dataset_dir, self.raw.frontend_config, progress=False)
         if list(store.labels) != self.labels:
             raise DatasetError(
                 f"feature store of {self.config.dataset!r} has other labels than its manifest; "
