@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from learning_data import SOURCES, shuffle_labels, write_folder
+from train_helpers import prepare_folder
 
-from audiocnn.cli.main import run
 from audiocnn.evaluation import evaluate
 from audiocnn.training.config import config_from_mapping
 from audiocnn.training.loop import train
@@ -97,24 +97,7 @@ def prepare_datasets(data_dir: Path, audio_root: Path, *, shuffled_seeds: tuple[
             shuffled = shuffle_labels(csv_path, s, src.parent / f"{name}-shuffled{s}.csv")
             variants.append((f"{name}-shuffled{s}", shuffled))
         for dataset, labels in variants:
-            code = run(
-                [
-                    "--data-dir",
-                    str(data_dir),
-                    "prepare",
-                    "folder",
-                    "--source",
-                    str(src),
-                    "--labels",
-                    str(labels),
-                    "--name",
-                    dataset,
-                    "--task",
-                    task,
-                    "-j",
-                    "1",
-                ]
-            )
+            code = prepare_folder(data_dir, src, labels, dataset, task)
             if code != 0:
                 raise RuntimeError(f"prepare folder {dataset} failed with exit code {code}")
             made[dataset] = task

@@ -41,6 +41,13 @@ def _cli(capsys, *args: str) -> tuple[int, str, str]:
     return code, cap.out, cap.err
 
 
+def _prepare_folder(capsys, data: Path, src: Path, *extra: str) -> tuple[int, str, str]:
+    """``audiocnn --data-dir DATA prepare folder --source SRC --name m -j 1 EXTRA...``."""
+    return _cli(
+        capsys, "--data-dir", str(data), "prepare", "folder", "--source", str(src), "--name", "m", "-j", "1", *extra
+    )
+
+
 def _one_error_line(err: str) -> str:
     """The single `error:` line of a failed command; no traceback, no click 'Aborted!'."""
     assert "Traceback" not in err and "Aborted!" not in err, err
@@ -331,21 +338,7 @@ def test_labels_csv_in_latin1_names_line_and_byte(tmp_path, capsys):
     src = make_folder(tmp_path / "music", {"calm": 3, "loud": 3})
     csv_path = _labels_csv(src, tmp_path / "labels.csv", "latin-1")
     first_bad = csv_path.read_bytes().index(b"\xe9")
-    code, _out, err = _cli(
-        capsys,
-        "--data-dir",
-        str(tmp_path / "data"),
-        "prepare",
-        "folder",
-        "--source",
-        str(src),
-        "--labels",
-        str(csv_path),
-        "--name",
-        "m",
-        "-j",
-        "1",
-    )
+    code, _out, err = _prepare_folder(capsys, tmp_path / "data", src, "--labels", str(csv_path))
     line = _one_error_line(err)
     assert code == 1
     assert f"{csv_path}:2: not UTF-8 (byte 0xe9 at byte offset {first_bad}); save the file as UTF-8" in line
@@ -357,23 +350,7 @@ def test_labels_csv_in_latin1_names_line_and_byte(tmp_path, capsys):
 def test_labels_csv_utf8_bom_and_utf16_with_bom_are_read(tmp_path, capsys, encoding, bom):
     src = make_folder(tmp_path / "music", {"calm": 3, "loud": 3})
     csv_path = _labels_csv(src, tmp_path / "labels.csv", encoding, bom)
-    code, _out, err = _cli(
-        capsys,
-        "--data-dir",
-        str(tmp_path / "data"),
-        "prepare",
-        "folder",
-        "--source",
-        str(src),
-        "--labels",
-        str(csv_path),
-        "--name",
-        "m",
-        "-j",
-        "1",
-        "--format",
-        "json",
-    )
+    code, _out, err = _prepare_folder(capsys, tmp_path / "data", src, "--labels", str(csv_path), "--format", "json")
     assert code == 0, err
     from audiocnn.datasets import read_manifest
 
@@ -383,21 +360,7 @@ def test_labels_csv_utf8_bom_and_utf16_with_bom_are_read(tmp_path, capsys, encod
 def test_labels_csv_utf16_without_bom_is_refused(tmp_path, capsys):
     src = make_folder(tmp_path / "music", {"calm": 3, "loud": 3})
     csv_path = _labels_csv(src, tmp_path / "labels.csv", "utf-16-le")
-    code, _out, err = _cli(
-        capsys,
-        "--data-dir",
-        str(tmp_path / "data"),
-        "prepare",
-        "folder",
-        "--source",
-        str(src),
-        "--labels",
-        str(csv_path),
-        "--name",
-        "m",
-        "-j",
-        "1",
-    )
+    code, _out, err = _prepare_folder(capsys, tmp_path / "data", src, "--labels", str(csv_path))
     assert code == 1 and "save the file as UTF-8" in _one_error_line(err)
 
 
@@ -555,19 +518,7 @@ def test_a_lock_held_for_a_dead_pid_is_taken_over(tmp_path, capsys):
 # ----------------------------------------------------------------------------- thin splits
 def test_one_clip_per_label_warns_that_valid_and_test_are_empty(tmp_path, capsys):
     src = make_folder(tmp_path / "music", {"calm": 1, "loud": 1, "spoken": 1})
-    code, _out, err = _cli(
-        capsys,
-        "--data-dir",
-        str(tmp_path / "data"),
-        "prepare",
-        "folder",
-        "--source",
-        str(src),
-        "--name",
-        "m",
-        "-j",
-        "1",
-    )
+    code, _out, err = _prepare_folder(capsys, tmp_path / "data", src)
     assert code == 0, err
     assert (
         "WARNING: m: the valid and test splits are empty (train 3, valid 0, test 0): training cannot "
@@ -577,57 +528,21 @@ def test_one_clip_per_label_warns_that_valid_and_test_are_empty(tmp_path, capsys
 
 def test_a_single_label_warns_that_nothing_can_be_learned(tmp_path, capsys):
     src = make_folder(tmp_path / "music", {"calm": 4})
-    code, _out, err = _cli(
-        capsys,
-        "--data-dir",
-        str(tmp_path / "data"),
-        "prepare",
-        "folder",
-        "--source",
-        str(src),
-        "--name",
-        "m",
-        "-j",
-        "1",
-    )
+    code, _out, err = _prepare_folder(capsys, tmp_path / "data", src)
     assert code == 0, err
     assert "WARNING: m: every clip has the one label 'calm': a model learns nothing and ROC-AUC is undefined" in err
 
 
 def test_a_label_missing_from_a_split_warns_about_its_auc(tmp_path, capsys):
     src = make_folder(tmp_path / "music", {"calm": 4, "loud": 2})
-    code, _out, err = _cli(
-        capsys,
-        "--data-dir",
-        str(tmp_path / "data"),
-        "prepare",
-        "folder",
-        "--source",
-        str(src),
-        "--name",
-        "m",
-        "-j",
-        "1",
-    )
+    code, _out, err = _prepare_folder(capsys, tmp_path / "data", src)
     assert code == 0, err
     assert "WARNING: m: ROC-AUC is undefined on the valid split for 2 of 2 labels" in err
 
 
 def test_enough_clips_give_no_split_warning(tmp_path, capsys):
     src = make_folder(tmp_path / "music", {"calm": 3, "loud": 3})
-    code, _out, err = _cli(
-        capsys,
-        "--data-dir",
-        str(tmp_path / "data"),
-        "prepare",
-        "folder",
-        "--source",
-        str(src),
-        "--name",
-        "m",
-        "-j",
-        "1",
-    )
+    code, _out, err = _prepare_folder(capsys, tmp_path / "data", src)
     assert code == 0 and "WARNING" not in err, err
 
 

@@ -111,30 +111,19 @@ def write_audio_folder(
     return src, csv_path, rows
 
 
+def prepare_folder(data_dir: Path, src: Path, labels_csv: Path, name: str, task: str) -> int:
+    """`audiocnn --data-dir DATA prepare folder --source SRC --labels CSV --name NAME --task TASK -j 1`."""
+    from audiocnn.cli.main import run
+
+    args = ["--source", str(src), "--labels", str(labels_csv), "--name", name, "--task", task, "-j", "1"]
+    return run(["--data-dir", str(data_dir), "prepare", "folder", *args])
+
+
 def make_dataset(data_dir: Path, name: str, task: str, **kw) -> Path:
     """A prepared dataset: `audiocnn prepare folder --source DIR --labels CSV --name NAME`
     when this build has it, else the same manifest written directly."""
-    from audiocnn.cli.main import run
-
     src, csv_path, rows = write_audio_folder(Path(data_dir).parent / f"{name}-audio", task, **kw)
-    code = run(
-        [
-            "--data-dir",
-            str(data_dir),
-            "prepare",
-            "folder",
-            "--source",
-            str(src),
-            "--labels",
-            str(csv_path),
-            "--name",
-            name,
-            "--task",
-            task,
-            "-j",
-            "1",
-        ]
-    )
+    code = prepare_folder(data_dir, src, csv_path, name, task)
     if code == 0:
         return Path(data_dir) / name
     assert code == 2, f"prepare folder failed with exit code {code}"  # 2: not in this build
