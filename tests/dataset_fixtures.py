@@ -13,6 +13,7 @@ import io
 import tarfile
 import threading
 import zipfile
+from collections import defaultdict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -47,9 +48,15 @@ def digest(data: bytes, algorithm: str) -> str:
 # ----------------------------------------------------------------------------- archives
 
 
-def tar_gz(files: dict[str, bytes]) -> bytes:
+def tar_gz(files: dict[str, bytes], *, mode: str = "w:gz", dirs: tuple[str, ...] = ()) -> bytes:
+    """A tar (gzipped unless ``mode="w"``) of ``files``, folders ``dirs`` first."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+    with tarfile.open(fileobj=buf, mode=mode) as tf:
+        for d in dirs:
+            info = tarfile.TarInfo(d)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            tf.addfile(info)
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -279,8 +286,12 @@ FMA_COLUMNS = (
 )
 
 
-def fma_fixture() -> Fixture:
-    """fma_metadata.zip (tracks.csv with the two-row header, genres.csv) + fma_small.zip."""
+def fma_fixture(extra_per_genre: int = 0) -> Fixture:
+    """fma_metadata.zip (tracks.csv with the two-row header, genres.csv) + fma_small.zip.
+
+    ``extra_per_genre`` adds that many more tracks per genre (80/10/10 over the splits,
+    as in the real subset), so that a few clips are a visibly small part of the zip.
+    """
     top_ids = [15, 38, 17, 21, 1235, 2, 10, 12]
     tracks = []  # (track_id, subset, split, genre_top_id, genres_all ids, in_zip)
     tid = 2
@@ -289,6 +300,11 @@ def fma_fixture() -> Fixture:
             extra = [25] if g == 12 and split == "training" else ([42] if g == 15 else [])
             tracks.append((tid, "small", split, g, [g, *extra], True))
             tid += 3
+    for g in top_ids:
+        for k in range(extra_per_genre):
+            split = "validation" if k % 10 == 8 else "test" if k % 10 == 9 else "training"
+            tracks.append((200000 + tid, "small", split, g, [g], True))
+            tid += 1
     tracks.append((99134, "small", "training", 12, [12], True))  # known empty clip
     tracks.append((140000, "small", "test", 10, [10], False))  # listed but not in the zip
     tracks.append((150000, "medium", "training", 12, [12], False))  # another subset
@@ -325,18 +341,82 @@ def fma_fixture() -> Fixture:
         compression=zipfile.ZIP_DEFLATED,
     )
     audio: dict[str, bytes] = {"fma_small/README.txt": b"fma_small\n"}
+    encoded = {seed: audio_bytes("mp3", sr=44100, seed=seed) for seed in range(5)}
     for k, (t, _subset, _s, _g, _a, in_zip) in enumerate(tracks):
         if not in_zip:
             continue
         name = f"{t:06d}"
-        audio[f"fma_small/{name[:3]}/{name}.mp3"] = (
-            b"\xff\xfb\x90\x00" + bytes(1748) if t == 99134 else audio_bytes("mp3", sr=44100, seed=k % 5)
-        )
+        audio[f"fma_small/{name[:3]}/{name}.mp3"] = b"\xff\xfb\x90\x00" + bytes(1748) if t == 99134 else encoded[k % 5]
     expected_single = {"train": 8, "valid": 8, "test": 8}
     return Fixture(
         {"fma_metadata.zip": meta, "fma_small.zip": zip_bytes(audio)},
         {"splits": expected_single, "tracks": tracks, "genre_names": names},
     )
+
+
+# ----------------------------------------------------------------------------- MTG-Jamendo
+
+MTG_COLUMNS = "TRACK_ID\tARTIST_ID\tALBUM_ID\tPATH\tDURATION\tTAGS\n"
+MTG_TAGS = ("genre---rock", "genre---jazz", "instrument---piano", "mood/theme---happy", "mood/theme---sad")
+MTG_SUBSETS = {  # subset file stem -> tag prefix kept (None: every tag)
+    "autotagging": None,
+    "autotagging_top50tags": None,
+    "autotagging_moodtheme": "mood/theme---",
+}
+
+
+def mtg_fixture(n_tars: int = 6, per_tar: int = 10, variants: tuple[str, ...] = ("audio",)) -> Fixture:
+    """The repository's data/ tree (split-0 and split-1 TSVs of three subsets, the sha256
+    lists) and raw_30s/<variant>/raw_30s_<variant>-NN.tar, each holding folder NN/ with
+    tracks NN/<id>.mp3 (audio-low: NN/<id>.low.mp3) -- the real names and layout.
+
+    Per tar: 60% train, 20% validation, 20% test (split-0); split-1 swaps valid and test.
+    ``expected["tracks"]``: track id -> (PATH, tags, split-0 split).
+    """
+    encoded = [audio_bytes("mp3", sr=16000, seconds=0.5, seed=k) for k in range(3)]
+    files: dict[str, bytes] = {}
+    tracks: dict[str, tuple[str, list[str], str]] = {}
+    rows: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    per_split_name = {"train": "train", "valid": "validation", "test": "test"}
+    for nn in range(n_tars):
+        for k in range(per_tar):
+            num = 1000 * (k + 1) + nn
+            tid, path = f"track_{num:07d}", f"{nn:02d}/{num}.mp3"
+            split0 = "train" if k % 5 < 3 else "valid" if k % 5 == 3 else "test"
+            split1 = {"valid": "test", "test": "valid"}.get(split0, split0)
+            tags = [MTG_TAGS[k % 2], MTG_TAGS[2 + (k + nn) % 3]] + ([MTG_TAGS[4]] if k % 4 == 0 else [])
+            tracks[tid] = (path, tags, split0)
+            for scheme, split in (("split-0", split0), ("split-1", split1)):
+                for subset, prefix in MTG_SUBSETS.items():
+                    kept = [t for t in tags if prefix is None or t.startswith(prefix)]
+                    if kept:
+                        line = "\t".join([tid, f"artist_{nn:06d}", f"album_{k:06d}", path, "30.0", *kept])
+                        rows[(scheme, subset, per_split_name[split])].append(line)
+    for (scheme, subset, split), lines in rows.items():
+        files[f"data/splits/{scheme}/{subset}-{split}.tsv"] = (MTG_COLUMNS + "\n".join(lines) + "\n").encode()
+    for variant in variants:
+        tar_lines, track_lines = [], []
+        for nn in range(n_tars):
+            members = {}
+            for tid, (path, _tags, _s) in tracks.items():
+                if path.startswith(f"{nn:02d}/"):
+                    name = path[:-4] + ".low.mp3" if variant == "audio-low" else path
+                    members[name] = encoded[int(tid[-4:]) % 3] + tid.encode()  # distinct bytes per track
+                    track_lines.append(f"{digest(members[name], 'sha256')} {name}")
+            name = f"raw_30s_{variant}-{nn:02d}.tar"
+            files[f"raw_30s/{variant}/{name}"] = data = tar_gz(members, mode="w", dirs=(f"{nn:02d}",))
+            tar_lines.append(f"{digest(data, 'sha256')} {name}")
+        files[f"data/download/raw_30s_{variant}_sha256_tars.txt"] = ("\n".join(tar_lines) + "\n").encode()
+        files[f"data/download/raw_30s_{variant}_sha256_tracks.txt"] = ("\n".join(track_lines) + "\n").encode()
+    return Fixture(files, {"tracks": tracks, "per_tar": per_tar, "n_tars": n_tars})
+
+
+def patch_mtg_pins(monkeypatch, files: dict[str, bytes]) -> None:
+    """Pin the fixture's metadata files (data/...) as the real ones are pinned."""
+    from audiocnn.datasets import mtg_jamendo
+
+    pins = {rel: {"sha256": digest(data, "sha256")} for rel, data in files.items() if rel.startswith("data/")}
+    monkeypatch.setitem(mtg_jamendo.PINNED, "files", pins)
 
 
 # ----------------------------------------------------------------------------- folder
@@ -381,9 +461,13 @@ class _Handler(BaseHTTPRequestHandler):
         data, mode = entry
         n_requests = sum(1 for r in srv.requests if r["path"] == path)
         start = 0
+        stop = len(data)  # exclusive
         status = 200
         if rng and mode != "ignore-range":
-            start = int(rng.split("=", 1)[1].split("-", 1)[0])
+            first, _dash, last = rng.split("=", 1)[1].partition("-")
+            start = int(first)
+            if last:
+                stop = min(len(data), int(last) + 1)
             if start >= len(data):
                 srv.record(path, rng, 416, 0)
                 self.send_response(416)
@@ -392,14 +476,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             status = 206
-        body = data[start:]
+        body = data[start:stop]
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(body)))
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{len(data)}")
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
+        if mode == "corrupt-once" and n_requests == 0:
+            body = bytes(len(body))  # a whole answer of the wrong bytes, as a bad cache serves
         if mode == "drop-once" and n_requests == 0:
             cut = len(body) // 2
             self.wfile.write(body[:cut])
@@ -413,7 +499,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FixtureServer:
-    """Serves registered byte strings; modes: normal, drop-once, ignore-range."""
+    """Serves registered byte strings; modes: normal, drop-once, corrupt-once, ignore-range.
+    Range requests may name an end (``bytes=a-b``), as :mod:`audiocnn.datasets.remotezip` asks."""
 
     def __init__(self) -> None:
         self.routes: dict[str, tuple[bytes, str]] = {}
@@ -480,6 +567,7 @@ def patch_remotes(monkeypatch, dataset: str, files: dict[str, bytes], urls: dict
 def write_files(folder: Path, files: dict[str, bytes]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
     return folder
 
@@ -494,6 +582,8 @@ __all__ = [
     "gtzan_pick",
     "http_server",
     "mtat_fixture",
+    "mtg_fixture",
+    "patch_mtg_pins",
     "patch_remotes",
     "split_bytes",
     "tar_gz",

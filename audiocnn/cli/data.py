@@ -14,6 +14,7 @@ from audiocnn.cli import common
 from audiocnn.cli.app import app
 from audiocnn.constants import TASKS
 from audiocnn.datasets import dataset_info, datasets_overview, verify_dataset
+from audiocnn.datasets.manifest import readable_label
 from audiocnn.datasets.prepare import excluded_summary
 
 #: ``prepare --features``: which feature stores to extract after preparing
@@ -32,7 +33,7 @@ def datasets(
         common.print_json(rows)
         return
     table = Table(title=f"datasets (data dir: {common.state.data_dir})", title_justify="left")
-    for col in ("name", "task", "classes", "download", "on disk", "prepared"):
+    for col in ("name", "task", "classes", "download", "license", "on disk", "prepared"):
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -40,10 +41,17 @@ def datasets(
             r["task"],
             "-" if r["classes"] is None else str(r["classes"]),
             r["download_size"] or "-",
+            r.get("license_short") or "-",
             r["size_on_disk_human"] or "-",
             "yes" if r["prepared"] else "no",
         )
-    common.out_console().print(table)
+    out = common.out_console()
+    out.print(table)
+    cited = {r["citation"]: r["name"] for r in rows if r.get("citation")}
+    if cited:
+        out.print("citations:", highlight=False)
+        for citation, name in cited.items():
+            out.print(f"  {name}: {citation}", highlight=False)
 
 
 @app.command("prepare")
@@ -81,6 +89,15 @@ def prepare(
         Features.none, "--features", help="Also extract features: waveform, mel, both or none."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of random/stratified splits."),
+    max_clips: Optional[int] = typer.Option(
+        None,
+        "--max-clips",
+        help="Fetch only what N clips need, keeping the official splits (zips: chosen members by HTTP Range; "
+        "mtg-jamendo: the fewest tars). Run again without it to complete the dataset.",
+    ),
+    variant: Optional[str] = typer.Option(
+        None, "--variant", help="Published form of the audio: audio (default) or audio-low (mtg-jamendo)."
+    ),
     fmt: common.TableOrJson = typer.Option(
         common.TableOrJson.table, "--format", help="table or json (the `info` object)."
     ),
@@ -100,6 +117,8 @@ def prepare(
         progress=sys.stderr.isatty(),
         features=features.value,
         seed=seed,
+        max_clips=max_clips,
+        variant=variant,
     )
     if fmt is common.TableOrJson.json:
         common.print_json(manifest.info())
@@ -157,12 +176,20 @@ def _print_info(data: dict, *, short: bool) -> None:
     total = sum(splits.values())
     out.print(f"name:     {data['name']}", highlight=False)
     out.print(f"task:     {data['task']}", highlight=False)
-    out.print(f"labels:   {len(data['labels'])}: {', '.join(data['labels'])}", highlight=False)
+    out.print(f"labels:   {len(data['labels'])}: {', '.join(map(readable_label, data['labels']))}", highlight=False)
     out.print(
         f"clips:    {total} (train {splits.get('train', 0)}, valid {splits.get('valid', 0)}, "
         f"test {splits.get('test', 0)})",
         highlight=False,
     )
+    partial = data.get("partial")
+    if partial:
+        listed = partial.get("listed", {})
+        of = ", ".join(f"{s} {partial['clips'].get(s, 0)} of {listed.get(s, '?')}" for s in ("train", "valid", "test"))
+        out.print(
+            f"partial:  --max-clips {partial['max_clips']}: {of}; run prepare again without --max-clips to complete it",
+            highlight=False,
+        )
     excluded = data["excluded"]
     out.print(f"excluded: {len(excluded)}", highlight=False)
     for reason, n in excluded_summary(excluded):

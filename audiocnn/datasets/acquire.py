@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import defaultdict
+import re
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,17 +19,24 @@ from audiocnn.datasets.download import (
     Remote,
     download_file,
     extract_once,
+    human_size,
     is_url,
     mirror_url,
     read_marker,
     verify_file,
+    write_marker,
 )
+from audiocnn.datasets.remotezip import fetch_members
+from audiocnn.datasets.splits import proportional_subset, stratum_keys
 from audiocnn.errors import ChecksumError, DownloadError, UsageError
 
 if TYPE_CHECKING:  # annotations only: the registry imports this module
     from audiocnn.datasets.registry import DatasetSpec, PrepareContext
 
 log = logging.getLogger("audiocnn.datasets")
+
+#: A zip, or one part of a zip cut with ``split`` (``mp3.zip.001``).
+_ZIP_NAME = re.compile(r"\.zip(\.\d+)?$")
 
 
 def _local_candidates(sources: Sequence[str]) -> list[Path]:
@@ -84,6 +92,8 @@ def acquire_remotes(spec: DatasetSpec, ctx: PrepareContext) -> None:
             for r in spec.remotes:
                 if not r.extract:
                     ctx.files[r.filename] = _fetch_one(spec, r, ctx)
+            if ctx.max_clips is not None:
+                _select(spec, ctx)
             return
 
     groups: dict[str, list[Remote]] = defaultdict(list)
@@ -93,50 +103,124 @@ def acquire_remotes(spec: DatasetSpec, ctx: PrepareContext) -> None:
         else:
             ctx.files[r.filename] = _fetch_one(spec, r, ctx)
 
-    single_file = [p for p in _local_candidates(ctx.sources) if p.is_file()]
     for group, members in groups.items():
         members = sorted(members, key=lambda r: r.filename)
-        key = f"extract-{group}"
-        # Finished before with the same archives: nothing to fetch, verify or extract.
         located = [_find_local(r.filename, ctx.sources) or _downloaded(ctx, r) for r in members]
-        done = read_marker(ctx.state_dir, key)
-        if done is not None and not ctx.force and all(located):
-            sig = done.get("signature", {})
-            if sig.get("archives") == [p.name for p in located] and sig.get("sizes") == [
-                p.stat().st_size for p in located
-            ]:
-                log.info("%s: already extracted", group)
-                continue
-        paths: list[Path] = []
-        for r, loc in zip(members, located, strict=True):
-            if (
-                loc is None
-                and len(groups) == 1
-                and len(members) == 1
-                and len(single_file) == 1
-                and single_file[0].name != r.filename
-            ):
-                # A differently named archive (e.g. a mirror's repackaging): usable, but
-                # there is no published digest for it.
-                loc = single_file[0]
-                log.warning(
-                    "%s: not the published %s, so there is no checksum to verify it against; "
-                    "its clips are still decoded one by one",
-                    loc,
-                    r.filename,
-                )
-                paths.append(loc)
-                continue
-            paths.append(_fetch_one(spec, r, ctx, located=loc))
-        extract_once(
-            paths,
-            ctx.raw_dir,
-            ctx.state_dir,
-            key=key,
-            members=spec_members(spec, group),
-            force=ctx.force,
-            progress=ctx.progress,
-        )
+        if not all(located) and _by_members(spec, ctx, group, members):
+            continue
+        if ctx.max_clips is not None and group == spec.audio_group:
+            _select(spec, ctx)
+        _acquire_group(spec, ctx, group, members, located, len(groups))
+
+
+def _acquire_group(
+    spec: DatasetSpec, ctx: PrepareContext, group: str, members: list[Remote], located: list, n_groups: int
+) -> None:
+    """Fetch and verify a group's archive(s), then extract them once."""
+    single_file = [p for p in _local_candidates(ctx.sources) if p.is_file()]
+    key = f"extract-{group}"
+    wanted = _wanted_members(spec, ctx, group)
+    # Finished before with the same archives: nothing to fetch, verify or extract.
+    done = read_marker(ctx.state_dir, key)
+    if done is not None and not ctx.force and all(located):
+        sig = done.get("signature", {})
+        if (
+            sig.get("archives") == [p.name for p in located]
+            and sig.get("sizes") == [p.stat().st_size for p in located]
+            and sig.get("members") == (sorted(wanted) if wanted is not None else None)
+        ):
+            log.info("%s: already extracted", group)
+            return
+    paths: list[Path] = []
+    for r, loc in zip(members, located, strict=True):
+        if (
+            loc is None
+            and n_groups == 1
+            and len(members) == 1
+            and len(single_file) == 1
+            and single_file[0].name != r.filename
+        ):
+            # A differently named archive (e.g. a mirror's repackaging): usable, but
+            # there is no published digest for it.
+            loc = single_file[0]
+            log.warning(
+                "%s: not the published %s, so there is no checksum to verify it against; "
+                "its clips are still decoded one by one",
+                loc,
+                r.filename,
+            )
+            paths.append(loc)
+            continue
+        paths.append(_fetch_one(spec, r, ctx, located=loc))
+    extract_once(paths, ctx.raw_dir, ctx.state_dir, key=key, members=wanted, force=ctx.force, progress=ctx.progress)
+
+
+def _wanted_members(spec: DatasetSpec, ctx: PrepareContext, group: str) -> list[str] | None:
+    """The members to extract: the chosen clips' files of a partial prepare, else the spec's."""
+    if ctx.selected is not None and group == spec.audio_group:
+        return sorted(ctx.selected_paths)
+    return spec_members(spec, group)
+
+
+def _select(spec: DatasetSpec, ctx: PrepareContext) -> None:
+    """Choose ``ctx.max_clips`` clips from the metadata alone (no audio yet), keeping each
+    split's share and every label; sets ``ctx.selected`` and ``ctx.selected_paths``."""
+    ctx.listing = True
+    try:
+        listed = spec.collect(ctx)
+    finally:
+        ctx.listing = False
+    usable = [c for c in listed.candidates if c.id not in spec.always_exclude]
+    keys = dict(stratum_keys({c.id: c.labels for c in usable}))
+    chosen = set(proportional_subset([(c.id, c.split, keys[c.id]) for c in usable], ctx.max_clips or 0))
+    ctx.selected = chosen
+    ctx.listed = dict(Counter(c.split for c in usable))
+    ctx.selected_paths = {c.path for c in usable if c.id in chosen}
+    log.info("%s: %d of %d listed clips chosen (--max-clips %d)", spec.name, len(chosen), len(usable), ctx.max_clips)
+
+
+def _by_members(spec: DatasetSpec, ctx: PrepareContext, group: str, members: list[Remote]) -> bool:
+    """Fetch a zip group member by member with HTTP Range when that is what is asked
+    (``--max-clips``) or what was begun (completing a partial prepare); True if done so."""
+    key = f"members-{group}"
+    begun = read_marker(ctx.state_dir, key)
+    if ctx.max_clips is None and begun is None:
+        return False
+    if spec.partial != "zip" or not all(_ZIP_NAME.search(r.filename) for r in members):
+        return False
+    if ctx.max_clips is None and begun.get("complete") and not ctx.force:
+        log.info("%s: every member was fetched before", group)
+        return True
+    if ctx.max_clips is not None and group == spec.audio_group:
+        _select(spec, ctx)
+        wanted: list[str] | None = sorted(ctx.selected_paths)
+    else:
+        wanted = spec_members(spec, group)
+    urls = [_remote_url(r, ctx.sources, ctx.mirror)[0] for r in members]
+    complete = not (ctx.max_clips is not None and group == spec.audio_group)
+    write_marker(ctx.state_dir, key, {"complete": False, "partial": not complete, "urls": urls})
+    fetched, kept, stats = fetch_members(
+        urls,
+        ctx.raw_dir,
+        wanted,
+        progress=ctx.progress,
+        retries=int(os.environ.get("AUDIOCNN_DOWNLOAD_RETRIES", "5")),
+        backoff=float(os.environ.get("AUDIOCNN_DOWNLOAD_BACKOFF", "1.0")),
+    )
+    whole = stats.size
+    log.info(
+        "%s: %d members fetched, %d already here; %s received in %d requests (%.1f%% of the %s archive); "
+        "each member checked against the CRC-32 of the zip's directory",
+        group,
+        fetched,
+        kept,
+        human_size(stats.bytes),
+        stats.requests,
+        100.0 * stats.bytes / max(1, whole),
+        human_size(whole),
+    )
+    write_marker(ctx.state_dir, key, {"complete": complete, "partial": not complete, "urls": urls})
+    return True
 
 
 def spec_members(spec: DatasetSpec, group: str) -> list[str] | None:

@@ -23,7 +23,14 @@ from pathlib import Path
 
 from audiocnn.constants import MULTI_LABEL, SINGLE_LABEL
 from audiocnn.datasets.download import Remote
-from audiocnn.datasets.registry import Candidate, Collected, DatasetSpec, PrepareContext, register_dataset
+from audiocnn.datasets.registry import (
+    MISSING_FROM_ARCHIVE,
+    Candidate,
+    Collected,
+    DatasetSpec,
+    PrepareContext,
+    register_dataset,
+)
 from audiocnn.errors import DatasetError
 
 log = logging.getLogger("audiocnn.datasets")
@@ -87,6 +94,7 @@ class _FMA(DatasetSpec):
     tasks = (SINGLE_LABEL, MULTI_LABEL)
     split_schemes = ("official",)
     default_split_scheme = "official"
+    license_short = "CC BY 4.0 metadata + per-track CC audio"
     license = (
         "Metadata CC BY 4.0; audio under the Creative Commons license each artist chose "
         "(per track in tracks.csv); for research use"
@@ -96,6 +104,7 @@ class _FMA(DatasetSpec):
         'Analysis", ISMIR 2017. arXiv:1612.01840'
     )
     homepage = "https://github.com/mdeff/fma"
+    partial = "zip"
 
     def extract_members(self, group: str) -> list[str] | None:
         if group == METADATA.filename:
@@ -159,12 +168,12 @@ class _FMA(DatasetSpec):
                 candidates.append(Candidate(track_id, rel, labels, split))
                 labels_seen.update(labels)
                 continue
-            if not (base / rel).is_file():
-                excluded.append({"id": track_id, "path": rel, "reason": "missing from the archive"})
+            if not ctx.listing and not (base / rel).is_file():
+                excluded.append({"id": track_id, "path": rel, "reason": MISSING_FROM_ARCHIVE})
                 continue
             candidates.append(Candidate(track_id, rel, labels, split))
             labels_seen.update(labels)
-        if not audio_dir.is_dir():
+        if not ctx.listing and not audio_dir.is_dir():
             raise DatasetError(
                 f"{audio_dir}: no fma_{self.subset} folder; the audio archive was not extracted",
                 hint=f"audiocnn prepare {self.name} --force",
@@ -229,6 +238,7 @@ def _make(subset: str, classes: int | None, title: str, size: str) -> type[_FMA]
         "title": title,
         "classes": classes,
         "remotes": (METADATA, SUBSET_REMOTES[subset]),
+        "audio_group": SUBSET_REMOTES[subset].filename,
         "approx_size": size,
         "always_exclude": EMPTY_CLIPS if subset != "full" else {},
         "__doc__": f"FMA {subset} subset.",

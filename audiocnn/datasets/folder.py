@@ -54,6 +54,7 @@ class Folder(DatasetSpec):
     classes = None
     split_schemes = ("auto",)
     default_split_scheme = "auto"
+    license_short = "yours"
     license = "yours"
     citation = ""
     homepage = ""

@@ -60,6 +60,11 @@ class GTZAN(DatasetSpec):
         ),
     )
     approx_size = "1.2 GB"
+    partial_refusal = (
+        "gtzan is one gzip stream (genres.tar.gz): no part of it can be read without the bytes before it, "
+        "so it cannot be cut; prepare it whole (1.2 GB)"
+    )
+    license_short = "none stated (research use)"
     license = "No explicit license; distributed by the authors for research use (mirdata: license unknown)."
     citation = (
         'G. Tzanetakis and P. Cook, "Musical genre classification of audio signals", '

@@ -97,14 +97,24 @@ class Manifest:
         return sorted(idx[name] for name in clip.labels)
 
     def info(self) -> dict[str, Any]:
-        """The ``audiocnn info --format json`` object."""
-        return {
+        """The ``audiocnn info --format json`` object (``partial`` only for a part of a dataset)."""
+        out = {
             "name": self.name,
             "task": self.task,
             "labels": list(self.labels),
             "splits": self.split_counts(),
             "excluded": [{"id": e["id"], "reason": e["reason"]} for e in self.excluded],
         }
+        if self.extra.get("partial"):
+            out["partial"] = self.extra["partial"]
+        return out
+
+
+def readable_label(name: str) -> str:
+    """How a label reads: MTG-Jamendo's ``genre---rock`` shows as ``genre:rock`` (the
+    manifest keeps the dataset's own form); other labels are shown as they are."""
+    category, sep, tag = name.partition("---")
+    return f"{category}:{tag}" if sep and category and tag else name
 
 
 def manifest_path(dataset_dir: str | os.PathLike) -> Path:

@@ -26,6 +26,7 @@ from pathlib import Path
 from audiocnn.constants import MULTI_LABEL
 from audiocnn.datasets.download import Remote
 from audiocnn.datasets.registry import (
+    MISSING_FROM_ARCHIVE,
     Candidate,
     Collected,
     DatasetSpec,
@@ -105,6 +106,9 @@ class MagnaTagATune(DatasetSpec):
         ),
     )
     approx_size = "2.7 GB"
+    partial = "zip"
+    audio_group = "mp3.zip"
+    license_short = "CC BY-NC-SA 1.0"
     license = "Creative Commons BY-NC-SA 1.0 (audio from Magnatune; annotations from the TagATune game)"
     citation = (
         'E. Law, K. West, M. Mandel, M. Bay and J. S. Downie, "Evaluation of algorithms using '
@@ -176,8 +180,8 @@ class MagnaTagATune(DatasetSpec):
                     {"id": clip_id, "path": mp3_path, "reason": "no top-50 tag (the standard split drops these)"}
                 )
                 continue
-            if not (base / mp3_path).is_file():
-                excluded.append({"id": clip_id, "path": mp3_path, "reason": "missing from the archive"})
+            if not ctx.listing and not (base / mp3_path).is_file():
+                excluded.append({"id": clip_id, "path": mp3_path, "reason": MISSING_FROM_ARCHIVE})
                 continue
             candidates.append(Candidate(clip_id, mp3_path, labels, split))
         audio_root = str(base) if ctx.audio_base is not None else "raw"

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from audiocnn.datasets.manifest import (
     write_manifest,
 )
 from audiocnn.datasets.registry import (
+    MISSING_FROM_ARCHIVE,
     Candidate,
     Collected,
     DatasetSpec,
@@ -96,6 +97,10 @@ def _fingerprint(spec: DatasetSpec, ctx: PrepareContext) -> dict[str, Any]:
         "task": ctx.task,
         "seed": ctx.seed,
     }
+    if ctx.max_clips is not None:
+        fp["max_clips"] = ctx.max_clips
+    if spec.variants:
+        fp["variant"] = ctx.variant
     if spec.needs_name:
         fp["source"] = [str(Path(s).expanduser().resolve()) for s in ctx.sources]
         if ctx.labels_file is not None:
@@ -111,9 +116,22 @@ def _check_options(
     task: str | None,
     labels_file: str | os.PathLike | None,
     dataset_name: str | None,
+    max_clips: int | None = None,
+    variant: str | None = None,
 ) -> tuple[str, str]:
     """Refuse bad option values before anything is touched; returns (split scheme, task)."""
     name = spec.name
+    if max_clips is not None:
+        if spec.partial is None:
+            raise UsageError(
+                f"--max-clips: {spec.partial_refusal or f'{name} cannot be fetched in part'}",
+                hint=f"audiocnn prepare {name} (without --max-clips)",
+            )
+        if max_clips < 1:
+            raise UsageError(f"--max-clips {max_clips}: give at least 1 clip")
+    if variant is not None and variant not in spec.variants:
+        have = f"variants {', '.join(spec.variants)}" if spec.variants else "no --variant"
+        raise UsageError(f"--variant {variant}: {name} has {have}")
     scheme = split_scheme or spec.default_split_scheme
     if scheme not in spec.split_schemes:
         raise UsageError(f"--split-scheme {scheme}: {name} has split schemes {', '.join(spec.split_schemes)}")
@@ -193,6 +211,8 @@ def prepare_dataset(
     dataset_name: str | None = None,
     progress: bool = True,
     seed: int = 0,
+    max_clips: int | None = None,
+    variant: str | None = None,
     then: Callable[[Manifest], None] | None = None,
 ) -> Manifest:
     """Download (or take from ``source``), verify, extract and write the manifest.
@@ -203,11 +223,22 @@ def prepare_dataset(
     dataset runs at a time (see :mod:`audiocnn.datasets.lock`); ``then(manifest)`` runs
     while that lock is still held, so nothing re-prepares the clips it reads
     (``audiocnn.pipeline`` extracts features there).
+
+    ``max_clips`` fetches only what that many clips need, keeping the official split
+    membership (the manifest's ``extra["partial"]`` says so and counts each split);
+    running it again without ``max_clips`` completes the dataset, reusing what is there.
+    ``variant`` picks a published form of the audio (MTG-Jamendo: ``audio``, ``audio-low``).
     """
     spec = get_dataset(name)
     jobs = resolve_jobs(jobs)
     scheme, chosen_task = _check_options(
-        spec, split_scheme=split_scheme, task=task, labels_file=labels_file, dataset_name=dataset_name
+        spec,
+        split_scheme=split_scheme,
+        task=task,
+        labels_file=labels_file,
+        dataset_name=dataset_name,
+        max_clips=max_clips,
+        variant=variant,
     )
     ctx = PrepareContext(
         name=dataset_name or spec.name,
@@ -222,6 +253,8 @@ def prepare_dataset(
         labels_file=Path(labels_file).expanduser() if labels_file is not None else None,
         seed=seed,
         task_explicit=task is not None,
+        max_clips=max_clips,
+        variant=variant or (spec.variants[0] if spec.variants else None),
     )
     fingerprint = _fingerprint(spec, ctx)
     with ExitStack() as stack:
@@ -254,7 +287,16 @@ def _prepare_now(spec: DatasetSpec, ctx: PrepareContext, fingerprint: dict[str, 
     except CorruptArchiveError as exc:
         raise _corrupt_with_next_step(exc, ctx) from None
     collected = spec.collect(ctx)
+    if ctx.selected is not None:
+        collected = _only_selected(collected, ctx)
     manifest = _finish(spec, ctx, collected, jobs)
+    if ctx.selected is not None:
+        listed = manifest.extra.pop("listed", {})
+        manifest.extra["partial"] = {
+            "max_clips": ctx.max_clips,
+            "clips": manifest.split_counts(),
+            "listed": {s: listed.get(s, 0) for s in SPLITS},
+        }
     write_manifest(manifest, ctx.dataset_dir)
     write_marker(ctx.state_dir, PREPARE_MARKER, {"fingerprint": fingerprint, "clips": len(manifest.clips)})
     counts = manifest.split_counts()
@@ -271,6 +313,16 @@ def _prepare_now(spec: DatasetSpec, ctx: PrepareContext, fingerprint: dict[str, 
     for warning in split_warnings(manifest):
         log.warning("WARNING: %s", warning)
     return manifest
+
+
+def _only_selected(collected: Collected, ctx: PrepareContext) -> Collected:
+    """The clips a partial prepare fetched; the others are simply not there (not excluded)."""
+    chosen = ctx.selected or set()
+    candidates = [c for c in collected.candidates if c.id in chosen]
+    excluded = [e for e in collected.excluded if e["id"] in chosen or e.get("reason") != MISSING_FROM_ARCHIVE]
+    extra = dict(collected.extra)
+    extra["listed"] = ctx.listed or dict(Counter(c.split for c in collected.candidates))
+    return replace(collected, candidates=candidates, excluded=excluded, extra=extra)
 
 
 def _corrupt_with_next_step(exc: CorruptArchiveError, ctx: PrepareContext) -> CorruptArchiveError:
@@ -500,6 +552,9 @@ def datasets_overview(data_dir: str | os.PathLike) -> list[dict[str, Any]]:
                 "tasks": list(spec.allowed_tasks()),
                 "classes": spec.classes,
                 "download_size": spec.approx_size,
+                "license": spec.license,
+                "license_short": spec.license_short,
+                "citation": spec.citation,
                 "size_on_disk": size,
                 "size_on_disk_human": human_size(size) if size is not None else None,
                 "prepared": prepared,

@@ -21,6 +21,9 @@ from audiocnn.errors import DatasetError, UsageError
 
 log = logging.getLogger("audiocnn.datasets")
 
+#: The exclusion reason of a clip the metadata lists but the audio lacks.
+MISSING_FROM_ARCHIVE = "missing from the archive"
+
 
 @dataclass
 class Candidate:
@@ -60,6 +63,18 @@ class PrepareContext:
     labels_file: Path | None = None
     seed: int = 0
     task_explicit: bool = False
+    #: ``--max-clips N``: fetch only what N clips need (None: the whole dataset)
+    max_clips: int | None = None
+    #: ``--variant``: which published form of the audio (e.g. MTG-Jamendo ``audio-low``)
+    variant: str | None = None
+    #: True while a dataset module lists its clips from the metadata alone (no audio yet),
+    #: so that a part of the dataset can be chosen before any audio is fetched
+    listing: bool = False
+    #: the clip ids a partial prepare fetched (None: every clip)
+    selected: set[str] | None = None
+    selected_paths: set[str] = field(default_factory=set)
+    #: clips per split the metadata lists, when only a part is fetched
+    listed: dict[str, int] = field(default_factory=dict)
     # filled by acquire(): remote filename -> local file (for files used as they are)
     files: dict[str, Path] = field(default_factory=dict)
     # set by acquire() when the layout was found already extracted somewhere (absolute)
@@ -90,6 +105,8 @@ class DatasetSpec:
     default_split_scheme: ClassVar[str] = "official"
     remotes: ClassVar[tuple[Remote, ...]] = ()
     license: ClassVar[str] = ""
+    #: A few words of the license for the `audiocnn datasets` table.
+    license_short: ClassVar[str] = ""
     citation: ClassVar[str] = ""
     homepage: ClassVar[str] = ""
     approx_size: ClassVar[str] = ""
@@ -101,6 +118,14 @@ class DatasetSpec:
     known_bad: ClassVar[dict[str, str]] = {}
     #: True when the user must name the prepared folder (``--name``).
     needs_name: ClassVar[bool] = False
+    #: Published forms of the audio (``--variant``); the first is the default.
+    variants: ClassVar[tuple[str, ...]] = ()
+    #: How ``--max-clips`` cuts the download: ``"zip"`` (members of the group named by
+    #: ``audio_group`` fetched with HTTP Range), ``"custom"`` (the module's own acquire
+    #: does it), or None (cannot be cut; ``partial_refusal`` says why).
+    partial: ClassVar[str | None] = None
+    audio_group: ClassVar[str | None] = None
+    partial_refusal: ClassVar[str] = ""
 
     def allowed_tasks(self) -> tuple[str, ...]:
         return self.tasks or (self.task,)
@@ -130,7 +155,10 @@ class DatasetSpec:
             "default_split_scheme": self.default_split_scheme,
             "download_size": self.approx_size,
             "license": self.license,
+            "citation": self.citation,
             "homepage": self.homepage,
+            "variants": list(self.variants),
+            "partial": self.partial is not None,
             "remotes": [
                 {"url": r.url, "filename": r.filename, "checksum": r.checksum, "algorithm": r.algorithm}
                 for r in self.remotes
@@ -139,7 +167,7 @@ class DatasetSpec:
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
-_BUILTIN_MODULES = ("gtzan", "mtat", "fma", "folder")
+_BUILTIN_MODULES = ("gtzan", "mtat", "fma", "mtg_jamendo", "folder")
 _loaded = False
 
 

@@ -52,3 +52,45 @@ def stratum_keys(labels_by_id: dict[str, list[str]]) -> list[tuple[str, str]]:
         key = min(labs, key=lambda lab: (counts[lab], lab)) if labs else ""
         items.append((cid, key))
     return items
+
+
+def proportional_subset(items: Sequence[tuple[str, str, str]], n: int) -> list[str]:
+    """At most ``n`` of ``items`` (id, split, stratum), every split keeping its share.
+
+    Each split gets ``n`` times its fraction (largest remainders first, and at least one
+    clip while ``n`` allows); within a split the strata (labels) take turns, in id order,
+    so a small part of a dataset still holds every label. Deterministic.
+    """
+    by_split: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for item_id, split, key in items:
+        by_split[split].append((item_id, key))
+    total = sum(len(v) for v in by_split.values())
+    if n >= total:
+        return sorted(i for i, _s, _k in items)
+    exact = {s: n * len(v) / total for s, v in by_split.items()}
+    quota = {s: int(x) for s, x in exact.items()}
+    for s in sorted(by_split, key=lambda s: (-(exact[s] - quota[s]), s)):
+        if sum(quota.values()) >= n:
+            break
+        quota[s] += 1
+    for s in sorted(by_split, key=lambda s: len(by_split[s])):
+        if quota[s] == 0 and n >= len(by_split):
+            donor = max(quota, key=lambda d: quota[d])
+            quota[donor] -= 1
+            quota[s] = 1
+    chosen: list[str] = []
+    for s, members in by_split.items():
+        strata: dict[str, list[str]] = defaultdict(list)
+        for item_id, key in sorted(members):
+            strata[key].append(item_id)
+        queues = [strata[k] for k in sorted(strata)]
+        taken = 0
+        depth = 0
+        deepest = max(len(q) for q in queues)
+        while taken < quota[s] and depth < deepest:
+            for q in queues:
+                if depth < len(q) and taken < quota[s]:
+                    chosen.append(q[depth])
+                    taken += 1
+            depth += 1
+    return sorted(chosen)
