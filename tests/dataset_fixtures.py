@@ -342,11 +342,13 @@ def fma_fixture(extra_per_genre: int = 0) -> Fixture:
     )
     audio: dict[str, bytes] = {"fma_small/README.txt": b"fma_small\n"}
     encoded = {seed: audio_bytes("mp3", sr=44100, seed=seed) for seed in range(5)}
-    for k, (t, _subset, _s, _g, _a, in_zip) in enumerate(tracks):
+    by_genre = {g: audio_bytes("mp3", sr=44100, seed=10 + i) for i, g in enumerate(top_ids)} if extra_per_genre else {}
+    for k, (t, _subset, _s, g, _a, in_zip) in enumerate(tracks):
         if not in_zip:
             continue
         name = f"{t:06d}"
-        audio[f"fma_small/{name[:3]}/{name}.mp3"] = b"\xff\xfb\x90\x00" + bytes(1748) if t == 99134 else encoded[k % 5]
+        data = by_genre[g] if extra_per_genre else encoded[k % 5]  # a big fixture: one tone per genre
+        audio[f"fma_small/{name[:3]}/{name}.mp3"] = b"\xff\xfb\x90\x00" + bytes(1748) if t == 99134 else data
     expected_single = {"train": 8, "valid": 8, "test": 8}
     return Fixture(
         {"fma_metadata.zip": meta, "fma_small.zip": zip_bytes(audio)},

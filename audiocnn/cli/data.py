@@ -33,7 +33,7 @@ def datasets(
         common.print_json(rows)
         return
     table = Table(title=f"datasets (data dir: {common.state.data_dir})", title_justify="left")
-    for col in ("name", "task", "classes", "download", "license", "on disk", "prepared"):
+    for col in ("name", "task", "classes", "download", "on disk", "prepared"):
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -41,17 +41,20 @@ def datasets(
             r["task"],
             "-" if r["classes"] is None else str(r["classes"]),
             r["download_size"] or "-",
-            r.get("license_short") or "-",
             r["size_on_disk_human"] or "-",
             "yes" if r["prepared"] else "no",
         )
     out = common.out_console()
     out.print(table)
-    cited = {r["citation"]: r["name"] for r in rows if r.get("citation")}
+    # One line per family of datasets (the FMA subsets share theirs): license, then citation.
+    cited: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("citation"):
+            cited.setdefault(f"license: {r['license_short']}. {r['citation']}", []).append(r["name"])
     if cited:
-        out.print("citations:", highlight=False)
-        for citation, name in cited.items():
-            out.print(f"  {name}: {citation}", highlight=False)
+        out.print("licenses and citations:", highlight=False)
+        for text, names in cited.items():
+            out.print(f"  {', '.join(names)}: {text}", highlight=False)
 
 
 @app.command("prepare")
