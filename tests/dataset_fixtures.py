@@ -421,6 +421,63 @@ def patch_mtg_pins(monkeypatch, files: dict[str, bytes]) -> None:
     monkeypatch.setitem(mtg_jamendo.PINNED, "files", pins)
 
 
+# ----------------------------------------------------------------------------- MSD
+
+
+def msd_ids(n: int, seed: int = 0) -> list[str]:
+    """``n`` track ids of the MSD's form (TR + 16 upper-case letters and digits)."""
+    rng = np.random.default_rng(seed)
+    chars = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"))
+    return sorted({"TR" + "".join(rng.choice(chars, 16)) for _ in range(n)})
+
+
+def pickle_protocol0_strings(items: list[str]) -> bytes:
+    """A list of str pickled as Python 2's cPickle wrote Won et al.'s lists: ``(lp1 S'..' p2 a ... .``."""
+    out = ["(lp1\n"]
+    for k, item in enumerate(items, 2):
+        out.append(f"S'{item}'\np{k}\na")
+    return ("".join(out) + ".").encode("ascii")
+
+
+def msd_fixture(n_train: int = 20, n_valid: int = 6, n_test: int = 6) -> Fixture:
+    """Choi's split (id lists + boolean y arrays, real names and .npy form) and Won's two
+    pickled lists (train+valid minus the two shortest, test minus one), for ids of the MSD form."""
+    ids = msd_ids(n_train + n_valid + n_test)
+    parts = {"train": ids[:n_train], "valid": ids[n_train : n_train + n_valid], "test": ids[n_train + n_valid :]}
+    files: dict[str, bytes] = {}
+    labels: dict[str, list[int]] = {}
+    for split, members in parts.items():
+        y = np.zeros((len(members), 50), dtype=bool)
+        for i, msd_id in enumerate(members):
+            on = [ids.index(msd_id) % 50, (ids.index(msd_id) * 7 + 3) % 50]
+            y[i, on] = True
+            labels[msd_id] = sorted(on)
+        buf = io.BytesIO()
+        np.save(buf, y)
+        files[f"{split}_y.npy"] = buf.getvalue()
+        files[f"{split}_x_msd_id.txt"] = ("\n".join(members) + "\n").encode()
+    won_train = parts["train"][2:] + parts["valid"]  # as if two were shorter than 29.1 s
+    won_test = parts["test"][1:]
+    files["filtered_list_train.cP"] = pickle_protocol0_strings(won_train)
+    files["filtered_list_test.cP"] = pickle_protocol0_strings(won_test)
+    return Fixture(files, {"parts": parts, "labels": labels, "won_train": won_train, "won_test": won_test})
+
+
+def patch_msd(monkeypatch, files: dict[str, bytes], won_train: int) -> None:
+    """Pin the fixture's digests and Won's train/valid cut (201,680 in the real list)."""
+    from dataclasses import replace
+
+    from audiocnn.datasets import msd
+
+    for table in (msd.CHOI_REMOTES, msd.WON_REMOTES):
+        for name, r in list(table.items()):
+            monkeypatch.setitem(table, name, replace(r, checksum=digest(files[name], "sha256"), algorithm="sha256"))
+    spec = msd.MillionSongDataset
+    monkeypatch.setattr(spec, "remotes", tuple(msd.CHOI_REMOTES.values()) + tuple(msd.WON_REMOTES.values()))
+    monkeypatch.setattr(msd, "WON_TRAIN", won_train)
+    monkeypatch.setattr(msd, "WON_SIZES", {"filtered_list_train.cP": None, "filtered_list_test.cP": None})
+
+
 # ----------------------------------------------------------------------------- folder
 
 
@@ -584,7 +641,11 @@ __all__ = [
     "gtzan_pick",
     "http_server",
     "mtat_fixture",
+    "msd_fixture",
+    "msd_ids",
     "mtg_fixture",
+    "patch_msd",
+    "pickle_protocol0_strings",
     "patch_mtg_pins",
     "patch_remotes",
     "split_bytes",

@@ -164,3 +164,28 @@ def test_readable_label():
     assert readable_label("genre---rock") == "genre:rock"
     assert readable_label("mood/theme---happy") == "mood/theme:happy"
     assert readable_label("rock") == "rock"
+
+
+def test_datasets_lists_the_new_datasets_with_size_license_and_citation(data_dir, capsys):
+    code, out, _ = _cli(capsys, "--data-dir", str(data_dir), "datasets", "--format", "json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert code == 0
+    for name in (
+        "mtg-jamendo",
+        "mtg-jamendo-top50",
+        "mtg-jamendo-genre",
+        "mtg-jamendo-instrument",
+        "mtg-jamendo-moodtheme",
+        "msd",
+    ):
+        assert rows[name]["download_size"] and rows[name]["license"] and rows[name]["citation"]
+    assert "Bogdanov" in rows["mtg-jamendo-top50"]["citation"] and rows["mtg-jamendo-top50"]["classes"] == 50
+    code, out, _ = _cli(capsys, "--data-dir", str(data_dir), "datasets")
+    assert code == 0 and "mtg-jamendo-moodtheme" in out and "licenses and citations" in out
+
+
+def test_variant_is_checked_before_anything_is_fetched(data_dir, capsys):
+    code, _out, err = _cli(capsys, "--data-dir", str(data_dir), "prepare", "mtg-jamendo", "--variant", "melspecs")
+    assert code == 2 and "variants audio, audio-low" in err
+    code, _out, err = _cli(capsys, "--data-dir", str(data_dir), "prepare", "gtzan", "--variant", "audio-low")
+    assert code == 2 and "no --variant" in err

@@ -33,7 +33,8 @@ def datasets(
         common.print_json(rows)
         return
     table = Table(title=f"datasets (data dir: {common.state.data_dir})", title_justify="left")
-    for col in ("name", "task", "classes", "download", "on disk", "prepared"):
+    table.add_column("name", no_wrap=True)
+    for col in ("task", "classes", "download", "on disk", "prepared"):
         table.add_column(col)
     for r in rows:
         table.add_row(

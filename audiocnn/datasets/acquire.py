@@ -233,6 +233,11 @@ def _downloaded(ctx: PrepareContext, r: Remote) -> Path | None:
     return p if p.is_file() else None
 
 
+def fetch_remote(spec: DatasetSpec, r: Remote, ctx: PrepareContext, located: Path | None = None) -> Path:
+    """One remote as a verified local file: found in --source, else downloaded (resumable)."""
+    return _fetch_one(spec, r, ctx, located)
+
+
 def _fetch_one(spec: DatasetSpec, r: Remote, ctx: PrepareContext, located: Path | None = None) -> Path:
     local = located or _find_local(r.filename, ctx.sources)
     if local is not None and local.parent != ctx.downloads_dir:

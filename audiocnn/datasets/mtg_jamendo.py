@@ -227,7 +227,7 @@ class _MTGJamendo(DatasetSpec):
         'Automatic Music Tagging", Machine Learning for Music Discovery Workshop, ICML 2019.'
     )
     homepage = "https://mtg.github.io/mtg-jamendo-dataset/"
-    approx_size = "508 GB (audio) / 156 GB (audio-low)"
+    approx_size = "508 GB (low: 156)"
 
     # -- metadata ----------------------------------------------------------------------
     def split_paths(self, scheme: str) -> list[tuple[str, str]]:

@@ -101,7 +101,7 @@ def _fingerprint(spec: DatasetSpec, ctx: PrepareContext) -> dict[str, Any]:
         fp["max_clips"] = ctx.max_clips
     if spec.variants:
         fp["variant"] = ctx.variant
-    if spec.needs_name:
+    if spec.needs_name or spec.indexes_source:
         fp["source"] = [str(Path(s).expanduser().resolve()) for s in ctx.sources]
         if ctx.labels_file is not None:
             st = ctx.labels_file.stat()

@@ -118,6 +118,9 @@ class DatasetSpec:
     known_bad: ClassVar[dict[str, str]] = {}
     #: True when the user must name the prepared folder (``--name``).
     needs_name: ClassVar[bool] = False
+    #: True when the dataset indexes the --source folder in place (its path is part of what
+    #: makes a prepared copy current).
+    indexes_source: ClassVar[bool] = False
     #: Published forms of the audio (``--variant``); the first is the default.
     variants: ClassVar[tuple[str, ...]] = ()
     #: How ``--max-clips`` cuts the download: ``"zip"`` (members of the group named by
@@ -167,7 +170,7 @@ class DatasetSpec:
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
-_BUILTIN_MODULES = ("gtzan", "mtat", "fma", "mtg_jamendo", "folder")
+_BUILTIN_MODULES = ("gtzan", "mtat", "fma", "mtg_jamendo", "msd", "folder")
 _loaded = False
 
 
