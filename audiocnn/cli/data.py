@@ -64,11 +64,14 @@ def prepare(
     source: Optional[list[str]] = typer.Option(
         None,
         "--source",
-        help="Local archive, folder holding the archives (or, for `folder`, your audio), or a mirror base URL. "
-        "Repeatable.",
+        help="Local archive, folder holding the archives (or, for `folder` and `msd`, your audio), or a mirror "
+        "base URL. Repeatable.",
     ),
     split_scheme: Optional[str] = typer.Option(
-        None, "--split-scheme", help="e.g. fault-filtered|random (gtzan), standard|all-clips (mtat)."
+        None,
+        "--split-scheme",
+        help="e.g. fault-filtered|random (gtzan), standard|all-clips (mtat), split-0..split-4 (mtg-jamendo*), "
+        "won2020|choi2017 (msd).",
     ),
     task: Optional[Task] = typer.Option(None, "--task", help="single-label or multi-label (fma, folder)."),
     labels: Optional[str] = typer.Option(
