@@ -96,8 +96,11 @@ def fetch(ctx: PrepareContext, relpath: str, digest: str, algorithm: str, offici
     the bare file name as the download script leaves it), else downloaded (resumable) from
     the --source URL, the mirror or the official host. A downloaded file whose digest
     fails is fetched once more before giving up."""
+    # A bare name is unambiguous for tars and the sha256 lists only (every split-N folder
+    # holds files of the same names).
+    flat = relpath.startswith(("raw_30s/", "data/download/"))
     for d in _local_dirs(ctx):
-        for p in (d / relpath, d / Path(relpath).name):
+        for p in (d / relpath, d / Path(relpath).name) if flat else (d / relpath,):
             if p.is_file():
                 verify_file(p, digest, algorithm, skip_checksum=ctx.skip_checksum, progress=ctx.progress)
                 return p
