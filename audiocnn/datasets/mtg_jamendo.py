@@ -106,24 +106,20 @@ def fetch(ctx: PrepareContext, relpath: str, digest: str, algorithm: str, offici
                 return p
     dest = ctx.downloads_dir / relpath
     url = _url(ctx, relpath, official)
-    for attempt in (1, 2):
-        try:
-            return download_file(
-                url,
-                dest,
-                checksum=digest,
-                algorithm=algorithm,
-                skip_checksum=ctx.skip_checksum,
-                progress=ctx.progress,
-                retries=_env_int("AUDIOCNN_DOWNLOAD_RETRIES", 5),
-                backoff=_env_float("AUDIOCNN_DOWNLOAD_BACKOFF", 1.0),
-            )
-        except ChecksumError:
-            if attempt == 2:
-                raise
-            log.warning("%s: digest does not match; fetching it once more", relpath)
-            dest.unlink(missing_ok=True)
-    raise AssertionError("unreachable")  # pragma: no cover
+    kw = dict(
+        checksum=digest,
+        algorithm=algorithm,
+        skip_checksum=ctx.skip_checksum,
+        progress=ctx.progress,
+        retries=_env_int("AUDIOCNN_DOWNLOAD_RETRIES", 5),
+        backoff=_env_float("AUDIOCNN_DOWNLOAD_BACKOFF", 1.0),
+    )
+    try:
+        return download_file(url, dest, **kw)
+    except ChecksumError:
+        log.warning("%s: digest does not match; fetching it once more", relpath)
+        dest.unlink(missing_ok=True)
+    return download_file(url, dest, **kw)
 
 
 def _env_int(name: str, default: int) -> int:
