@@ -359,10 +359,19 @@ def fma_fixture(extra_per_genre: int = 0) -> Fixture:
 # ----------------------------------------------------------------------------- MTG-Jamendo
 
 MTG_COLUMNS = "TRACK_ID\tARTIST_ID\tALBUM_ID\tPATH\tDURATION\tTAGS\n"
-MTG_TAGS = ("genre---rock", "genre---jazz", "instrument---piano", "mood/theme---happy", "mood/theme---sad")
+MTG_TAGS = (
+    "genre---rock",
+    "genre---jazz",
+    "instrument---piano",
+    "instrument---guitar",
+    "mood/theme---happy",
+    "mood/theme---sad",
+)
 MTG_SUBSETS = {  # subset file stem -> tag prefix kept (None: every tag)
     "autotagging": None,
     "autotagging_top50tags": None,
+    "autotagging_genre": "genre---",
+    "autotagging_instrument": "instrument---",
     "autotagging_moodtheme": "mood/theme---",
 }
 
@@ -386,7 +395,9 @@ def mtg_fixture(n_tars: int = 6, per_tar: int = 10, variants: tuple[str, ...] = 
             tid, path = f"track_{num:07d}", f"{nn:02d}/{num}.mp3"
             split0 = "train" if k % 5 < 3 else "valid" if k % 5 == 3 else "test"
             split1 = {"valid": "test", "test": "valid"}.get(split0, split0)
-            tags = [MTG_TAGS[k % 2], MTG_TAGS[2 + (k + nn) % 3]] + ([MTG_TAGS[4]] if k % 4 == 0 else [])
+            tags = [MTG_TAGS[k % 2]]  # a genre always; an instrument and a mood/theme on most tracks
+            tags += [MTG_TAGS[2 + (k + nn) % 2]] if k % 4 != 1 else []
+            tags += [MTG_TAGS[4 + (k // 2 + nn) % 2]] if k % 4 != 2 else []
             tracks[tid] = (path, tags, split0)
             for scheme, split in (("split-0", split0), ("split-1", split1)):
                 for subset, prefix in MTG_SUBSETS.items():
