@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from audiocnn.constants import MULTI_LABEL
 from audiocnn.datasets.manifest import Manifest, read_manifest
 from audiocnn.devices import resolve_device
 from audiocnn.errors import CheckpointError, DatasetError, UsageError
@@ -47,7 +48,7 @@ from audiocnn.training.engine import (
     train_one_epoch,
 )
 from audiocnn.training.loaders import TrainData, make_loaders
-from audiocnn.training.metrics import compute_metrics
+from audiocnn.training.metrics import best_f1_thresholds, compute_metrics
 from audiocnn.training.plots import plot_training_curves
 from audiocnn.training.rundir import RunDir, check_run_folder, choose_run_dir, run_lock
 from audiocnn.training.schedule import EarlyStopping, LRSchedule, build_optimizer, is_better, set_lr
@@ -373,6 +374,8 @@ class Trainer:
             loss_fn=self.loss_fn,
         )
         metrics = compute_metrics(val["targets"], val["scores"], self.task, self.labels)
+        if self.task == MULTI_LABEL:  # the decisions the best checkpoint will carry
+            metrics["thresholds"] = best_f1_thresholds(val["targets"], val["scores"]).tolist()
         value = val["loss"] if self.monitor == "valid_loss" else metrics[self.monitor]
         row = _row(epoch, loss_sum / max(n_seen, 1), val["loss"], metrics, lr)
         row.update(
