@@ -101,6 +101,12 @@ class TrainConfig:
     crop_frames: Optional[int] = None  # None: the model's native input length
     init: Optional[str] = None  # checkpoint path or pretrained model name
     freeze_backbone: bool = False
+    # with freeze_backbone: the last N blocks of the backbone train too (0: the head only)
+    unfreeze_blocks: int = 0
+    # a frozen backbone's embeddings are computed once per clip and chunk and cached
+    # (training/embeddings.py), so an epoch trains the head only; false: run the network
+    embedding_cache: bool = True
+    embedding_chunks: int = 8  # cached chunks per training clip (an epoch draws one per clip)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     monitor: str = "auto"  # auto: roc_auc_macro (multi-label) / accuracy (single-label)
     label_smoothing: float = 0.0
@@ -132,6 +138,11 @@ class TrainConfig:
                 raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
         if self.workers < 0:
             raise ConfigError(f"config key 'workers' must be >= 0, got {self.workers}")
+        if self.unfreeze_blocks < 0 or self.embedding_chunks < 1:
+            raise ConfigError(
+                f"config keys 'unfreeze_blocks' must be >= 0 and 'embedding_chunks' >= 1, "
+                f"got {self.unfreeze_blocks} and {self.embedding_chunks}"
+            )
         if self.bn_stats_batches < 0:
             raise ConfigError(f"config key 'bn_stats_batches' must be >= 0, got {self.bn_stats_batches}")
         if self.lr <= 0:

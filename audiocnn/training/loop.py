@@ -30,6 +30,7 @@ from audiocnn.constants import MULTI_LABEL
 from audiocnn.datasets.manifest import Manifest, read_manifest
 from audiocnn.devices import resolve_device
 from audiocnn.errors import CheckpointError, DatasetError, UsageError
+from audiocnn.features.store import FeatureStore
 from audiocnn.models.checkpoint import load_weights
 from audiocnn.progress import StepBar
 from audiocnn.training import distributed as D
@@ -38,6 +39,7 @@ from audiocnn.training import setup as S
 from audiocnn.training.callbacks import BestCheckpoint, EpochEnd, EpochLog, MetricsCSV, TensorBoard
 from audiocnn.training.config import TrainConfig, config_from_mapping, load_config, read_yaml, save_config
 from audiocnn.training.data import open_dataset_store
+from audiocnn.training.embeddings import EmbeddingDataset, cached_embeddings
 from audiocnn.training.engine import (
     Guard,
     Step,
@@ -47,7 +49,7 @@ from audiocnn.training.engine import (
     refresh_batchnorm,
     train_one_epoch,
 )
-from audiocnn.training.loaders import TrainData, make_loaders
+from audiocnn.training.loaders import TrainData, loaders_for, make_loaders
 from audiocnn.training.metrics import best_f1_thresholds, compute_metrics
 from audiocnn.training.plots import plot_training_curves
 from audiocnn.training.rundir import RunDir, check_run_folder, choose_run_dir, run_lock
@@ -195,7 +197,7 @@ class Trainer:
         if info.is_main:
             run.path.mkdir(parents=True, exist_ok=True)
             save_config(config, run.config)
-        self.model, self.params = S.place_model(self.raw, config, device, info)
+        self.model, self.core, self.params = S.place_model(self.raw, config, device, info)
         self.loss_fn = S.make_loss(config, self.manifest, self.task, device)
         self._optimisation()
         self.state = RunState()
@@ -218,7 +220,37 @@ class Trainer:
                 "prepare the dataset again"
             )
         crop = int(self.config.crop_frames or self.raw.input_frames)
+        if S.uses_embedding_cache(self.config):
+            return self._embedding_data(store, crop)
         return make_loaders(store, self.config, crop, self.info, cuda=self.device.type == "cuda")
+
+    def _embedding_data(self, store: FeatureStore, crop: int) -> TrainData:
+        """Loaders over the frozen backbone's cached embeddings (computed by rank 0 where missing)."""
+        c = self.config
+        if store.num_clips("train") == 0 or store.num_clips("valid") == 0:
+            raise DatasetError(f"feature store of {c.dataset!r} has no usable clips in train or valid")
+        amp = amp_dtype_for(c.amp, self.device)
+        self.raw.to(self.device)
+        options = {
+            "crop": crop,
+            "chunks": {"train": c.embedding_chunks, "valid": c.eval_chunks},
+            "device": self.device,
+            "autocast": make_autocast(self.device, amp),
+            "precision": str(amp),
+        }
+        root = self.data_dir / c.dataset / "embeddings"
+        t = time.perf_counter()
+        emb = cached_embeddings(self.raw, store, root, progress=self.progress, **options) if self.info.is_main else None
+        D.barrier(self.info)
+        if emb is None:
+            emb = cached_embeddings(self.raw, store, root, compute=False, **options)
+        if self.info.is_main:
+            log.info(
+                "embedding cache: %.1f s; each epoch trains the head on cached embeddings", time.perf_counter() - t
+            )
+        train_set = EmbeddingDataset(emb["train"], store.targets("train"), mode="train", seed=c.seed)
+        valid_set = EmbeddingDataset(emb["valid"], store.targets("valid"), mode="eval", seed=c.seed)
+        return loaders_for(train_set, valid_set, c, self.info, cuda=self.device.type == "cuda", workers=0)
 
     def _optimisation(self) -> None:
         c = self.config
@@ -341,7 +373,7 @@ class Trainer:
         data.start_epoch(epoch)
         t0 = time.perf_counter()
         self.model.train()
-        S.set_train_mode(self.raw, c.freeze_backbone)
+        S.set_train_mode(self.raw, c.freeze_backbone, c.unfreeze_blocks)
         bar.start(f"epoch {epoch + 1}/{c.epochs}", data.steps_per_epoch)
         guard = Guard(self.run.path, epoch, has_state=self.run.last.is_file())
         step = Step(
@@ -356,7 +388,7 @@ class Trainer:
         train_time = time.perf_counter() - t0
         loss_sum, n_seen = D.all_reduce_sum([loss_sum, float(n_seen)], self.info)
         bn_time = refresh_batchnorm(
-            self.raw,
+            self.core,
             data.train,
             max_batches=min(c.bn_stats_batches, data.steps_per_epoch),
             device=self.device,
