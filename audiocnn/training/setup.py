@@ -171,7 +171,10 @@ def set_train_mode(model: nn.Module, frozen_backbone: bool, unfreeze_blocks: int
 def uses_embedding_cache(config: TrainConfig) -> bool:
     """Whether a run trains its head on cached embeddings (training/embeddings.py): a frozen
     backbone with nothing unfrozen and no augmentation of its input."""
-    return config.freeze_backbone and config.embedding_cache and config.unfreeze_blocks == 0
+    cacheable = config.freeze_backbone and config.embedding_cache and config.unfreeze_blocks == 0
+    if cacheable and config.augment.on():
+        log.info("embedding_cache: not used, augmentation changes the backbone's input every epoch")
+    return cacheable and not config.augment.on()
 
 
 def place_model(
