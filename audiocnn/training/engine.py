@@ -153,8 +153,10 @@ def refresh_batchnorm(
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         x = x.to(device, non_blocking=cuda)
+        if prepare is not None:  # the front-end in full precision, as training's batches
+            x = prepare(x)
         with autocast():
-            return model(prepare(x) if prepare is not None else x, from_features=True)
+            return model(x, from_features=True)
 
     recompute_batchnorm_stats(model, (x for x, _y in loader), max_batches=max_batches, forward=forward, info=info)
     return time.perf_counter() - t

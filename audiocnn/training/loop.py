@@ -501,6 +501,8 @@ def _check_augment(config: TrainConfig, model: nn.Module) -> bool:
             f"augment.time_mask / augment.freq_mask need a mel model; {model.registry_name} takes waveforms",
             hint="set their p to 0 and use the waveform transforms (gain, noise, pitch_shift, ...)",
         )
+    if aug.on() and config.freeze_backbone and config.embedding_cache:
+        log.info("embedding_cache: not used, augmentation changes the backbone's input every epoch")
     if aug.on():
         log.info(
             "augment: %s",

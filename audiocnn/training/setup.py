@@ -172,8 +172,6 @@ def uses_embedding_cache(config: TrainConfig) -> bool:
     """Whether a run trains its head on cached embeddings (training/embeddings.py): a frozen
     backbone with nothing unfrozen and no augmentation of its input."""
     cacheable = config.freeze_backbone and config.embedding_cache and config.unfreeze_blocks == 0
-    if cacheable and config.augment.on():
-        log.info("embedding_cache: not used, augmentation changes the backbone's input every epoch")
     return cacheable and not config.augment.on()
 
 
