@@ -77,7 +77,7 @@ def prepare(work: Path, task: str, counts: dict[str, int], seconds: float, seed:
     labels = learning_data.write_folder(work / "audio", task, counts=counts, seconds=seconds, sr=16000, seed=seed)
     cmd = audiocnn("--data-dir", str(data), "prepare", "folder", "--source", str(work / "audio"))
     cmd += ["--labels", str(labels), "--name", DATASET, "--task", task]
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return data
 
 
