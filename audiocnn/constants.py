@@ -24,6 +24,10 @@ SCALAR_METRICS = (
     "balanced_accuracy",
     "f1_macro",
     "f1_micro",
+    "precision_macro",
+    "recall_macro",
+    "precision_micro",
+    "recall_micro",
 )
 
 BEST_CHECKPOINT_NAME = "best.safetensors"  # what a run folder's best weights are called (training.rundir)

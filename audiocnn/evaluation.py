@@ -28,6 +28,7 @@ from audiocnn.datasets.manifest import read_manifest
 from audiocnn.datasets.registry import get_dataset, list_datasets
 from audiocnn.errors import AudioDecodeError, CheckpointError, DatasetError, UsageError
 from audiocnn.fileio import atomic_write_bytes, ensure_writable_dir
+from audiocnn.models.checkpoint import DEFAULT_THRESHOLD, thresholds_of
 from audiocnn.pretrained import is_pretrained_name, resolve_model
 from audiocnn.progress import progress_bar
 from audiocnn.tagging import Tagger
@@ -136,6 +137,7 @@ def evaluate(
     out_dir: str | os.PathLike | None = None,
     plots: bool = True,
     progress: bool = True,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run folder or checkpoint on ``split``; returns the metrics dict (also
     written as ``metrics.json`` in the output folder, whose path is under ``"out_dir"``).
@@ -145,9 +147,15 @@ def evaluate(
     ``eval_chunks=N``, as ``audiocnn tag --chunks N``), so the per-clip scores written to
     ``scores.csv`` are the numbers ``tag`` prints. ``workers`` is accepted for API
     compatibility; decoding happens in this process.
+
+    Multi-label decisions (precision, recall, F1) use the per-tag thresholds the
+    checkpoint carries (picked on the validation split by ``train``), 0.5 for a checkpoint
+    without them, or ``threshold`` for every tag when given.
     """
 
     del workers
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise UsageError(f"--threshold must be in [0, 1], got {threshold}")
     if split not in SPLITS:
         raise UsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if eval_chunks is not None and eval_chunks < 1:
@@ -167,9 +175,11 @@ def evaluate(
     clips, scores = score_clips(tagger, manifest, split, eval_chunks=eval_chunks, progress=progress)
     targets = _targets(manifest, clips, labels, task)
     scores = scores[:, columns]
-    metrics = compute_metrics(targets, scores, task, labels)
+    cut, source = _decision_thresholds(meta, ckpt, threshold, len(tagger.labels))
+    metrics = compute_metrics(targets, scores, task, labels, None if cut is None else [cut[c] for c in columns])
     metrics.update(
         {
+            "thresholds": source if task != SINGLE_LABEL else "arg-max",
             "split": split,
             "dataset": name,
             "checkpoint": str(ckpt),
@@ -191,6 +201,18 @@ def evaluate(
     _write_scores(out / "scores.csv", clips, scores, labels)
     _write_outputs(out, metrics, targets, scores, labels, task, run_dir / METRICS_NAME if run_dir else None, plots)
     return metrics
+
+
+def _decision_thresholds(
+    meta: dict[str, Any], ckpt: Path, threshold: float | None, n_labels: int
+) -> tuple[list[float] | None, str]:
+    """(one threshold per model label, where they come from) of a multi-label model."""
+    if threshold is not None:
+        return [float(threshold)] * n_labels, f"--threshold {threshold:g}"
+    stored = thresholds_of(meta, ckpt)
+    if stored is not None:
+        return stored, "checkpoint (best F1 per tag on the validation split)"
+    return None, f"{DEFAULT_THRESHOLD:g} (the checkpoint stores no thresholds)"
 
 
 def score_clips(
@@ -256,9 +278,13 @@ def _write_outputs(
 ) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["label", "n_positive", "roc_auc", "pr_auc"])
+    decisions = ["threshold", "precision", "recall", "f1"] if task != SINGLE_LABEL else ["precision", "recall", "f1"]
+    w.writerow(["label", "n_positive", "roc_auc", "pr_auc", *decisions])
     for t in metrics["per_tag"]:
-        w.writerow([t["label"], t["n_positive"], _cell(t["roc_auc"]), _cell(t["pr_auc"])])
+        w.writerow(
+            [t["label"], t["n_positive"], _cell(t["roc_auc"]), _cell(t["pr_auc"])]
+            + [_cell(t.get(k)) for k in decisions]
+        )
     atomic_write_bytes(out / "per_tag.csv", buf.getvalue().encode())
     metrics["plots"] = []
     if plots:

@@ -188,7 +188,7 @@ def test_control_characters_in_file_names_are_escaped(capsys, ckpt, tmp_path):
     escaped = str(tmp_path / "we\\nird\\x1b[2J.wav")
     lines = out.splitlines()
     assert lines[0].startswith(f"{escaped}  [") and "\x1b" not in out
-    assert len(lines) == 1 + 1 + 2 + 1  # head, column names, two tags, blank separator
+    assert len(lines) == 1 + 1 + 2 + 1 + 1  # head, column names, two tags, predicted, blank separator
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(tmp_path / "bro\\nken.wav") in errors[0]
     assert f"[1/2] {escaped}:" in err

@@ -50,7 +50,7 @@ def _tag_csv(capsys, data: Path, run_dir: Path, files: list[Path], *extra: str) 
         run(["--data-dir", str(data), "tag", *map(str, files), "--model", str(run_dir), "--format", "csv", *extra]) == 0
     )
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    labels = [k for k in rows[0] if k not in ("path", "duration", "windows")]
+    labels = [k for k in rows[0] if k not in ("path", "duration", "windows", "predicted")]
     return {Path(r["path"]).name: np.array([float(r[k]) for k in labels]) for r in rows}, labels
 
 

@@ -75,7 +75,7 @@ def test_csv_one_row_per_file_one_column_per_label(capsys, ckpt, music):
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [Path(r["path"]).name for r in rows] == ["a.wav", "b.flac"]
-    assert list(rows[0].keys()) == ["path", "duration", "windows", *LABELS]
+    assert list(rows[0].keys()) == ["path", "duration", "windows", "predicted", *LABELS]
     for r in rows:
         assert all(0.0 <= float(r[label]) <= 1.0 for label in LABELS)
 
@@ -86,8 +86,8 @@ def test_table_top_k_and_scores_match_json(capsys, ckpt, music):
     assert code == 0
     lines = out.strip().splitlines()
     assert "sigmoid scores (multi-label" in lines[0] and "3 windows" in lines[0]
-    rows = [re.match(r"\s+(\d+)\s+(\S+)\s+([0-9.]+)$", line) for line in lines[2:]]
-    assert len(rows) == 2 and all(rows)
+    rows = [re.match(r"\s+(\d+)\s+(\S+)\s+([0-9.]+)$", line) for line in lines[2:-1]]
+    assert len(rows) == 2 and all(rows) and lines[-1].lstrip().startswith("predicted: ")
     _, js, _ = _tag(capsys, f, "--model", str(ckpt), "--format", "json")
     best = json.loads(js)["tags"][:2]
     assert [m.group(2) for m in rows] == [t["tag"] for t in best]

@@ -59,6 +59,8 @@ def _table(result, top_k: int) -> str:
     lines = [head, f"  {'#':>2}  {'tag':<{width}}  score"]
     for i, (t, s) in enumerate(tags, 1):
         lines.append(f"  {i:>2}  {t:<{width}}  {s:.3f}")
+    predicted = ", ".join(common.printable(t) for t in result.predicted) or "(none)"
+    lines.append(f"  predicted: {predicted}  [{result.decision}]")
     return "\n".join(lines) + "\n"
 
 
@@ -146,6 +148,17 @@ Chunks = Annotated[
         "= `evaluate --eval-chunks N`) instead of consecutive windows.",
     ),
 ]
+Threshold = Annotated[
+    Optional[float],
+    typer.Option(
+        "--threshold",
+        min=0.0,
+        max=1.0,
+        show_default=False,
+        help="Predict every tag scoring at least this (multi-label) [default: the checkpoint's per-tag "
+        "thresholds, 0.5 where it has none].",
+    ),
+]
 
 
 @app.command("tag")
@@ -163,6 +176,7 @@ def tag(
     batch_size: BatchSize = None,
     framing: FramingOpt = Framing.auto,
     chunks: Chunks = None,
+    threshold: Threshold = None,
 ) -> None:
     """Tag whole songs: top tags per file, optionally the taggram over time and embeddings."""
     if chunks is not None and hop is not None:
@@ -194,6 +208,7 @@ def tag(
         aggregate=aggregate,
         framing=framing,
         chunks=chunks,
+        threshold=threshold,
         top_k=table_k if writer is None else top_k,
         taggram_dir=taggram_dir,
         embeddings_dir=embeddings_dir,

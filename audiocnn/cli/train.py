@@ -71,8 +71,16 @@ def evaluate(
     batch_size: int = typer.Option(4, "--batch-size", help="Windows per model batch."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder for metrics.json, per_tag.csv and plots."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG plots."),
+    threshold: Optional[float] = typer.Option(
+        None,
+        "--threshold",
+        min=0.0,
+        max=1.0,
+        show_default=False,
+        help="Decide every tag at this score (multi-label) [default: the per-tag thresholds the checkpoint stores].",
+    ),
 ) -> None:
-    """Song-level ROC-AUC / PR-AUC (and accuracy) of a trained model on a split."""
+    """Song-level ROC-AUC / PR-AUC, precision / recall / F1 (and accuracy) of a trained model on a split."""
     from audiocnn.evaluation import evaluate as run_eval  # deferred: torch, only once there is work to do
 
     if batch_size < 1:
@@ -88,6 +96,7 @@ def evaluate(
         out_dir=out,
         plots=not no_plots,
         progress=True,
+        threshold=threshold,
     )
     if fmt is common.TableOrJson.json:
         keys = [
@@ -100,6 +109,7 @@ def evaluate(
             "checkpoint",
             "framing",
             "eval_chunks",
+            "thresholds",
             "n_labels",
             "n_labels_scored",
             "excluded_labels",
@@ -126,6 +136,7 @@ def _print_table(m: dict) -> None:
             v = m[key]
             t.add_row(key, "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}")
     t.add_row("labels scored", f"{m['n_labels_scored']} / {m['n_labels']}")
+    t.add_row("decisions at", str(m.get("thresholds", "")))
     console = common.out_console()
     console.print(t)
     scored = [x for x in m["per_tag"] if x["roc_auc"] is not None]

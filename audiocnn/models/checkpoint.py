@@ -6,7 +6,13 @@
     {"format": 1, "model": name, "model_kwargs": {...}, "num_classes": n, "task": ...,
      "frontend": {front-end config dict}, "sample_rate": sr, "input_length": samples,
      "labels": [...], "metrics": {...}, "version": audiocnn version, "source": "...",
-     "tensor_sha256": hex digest of the weights (see tensor_digest)}
+     "tensor_sha256": hex digest of the weights (see tensor_digest),
+     "thresholds": [...]}
+
+``thresholds`` (multi-label models trained by audiocnn) holds one decision threshold per
+label, aligned with ``labels``: a tag is predicted when its score reaches it. ``train``
+picks them on the validation split (:func:`thresholds_of` reads them back); imported
+pretrained models carry none.
 
 ``tag`` and ``evaluate`` need nothing else. safetensors checks the header but not the
 bytes of the tensors, so a flipped bit in a weight would load silently and tag with
@@ -36,6 +42,9 @@ from audiocnn.models.registry import create_model
 
 log = logging.getLogger("audiocnn.models.checkpoint")
 
+#: decision threshold of a multi-label tag whose checkpoint stores none (the sigmoid's midpoint)
+DEFAULT_THRESHOLD = 0.5
+
 #: Metadata key holding :func:`tensor_digest` of the weights.
 DIGEST_KEY = "tensor_sha256"
 
@@ -59,6 +68,23 @@ def model_metadata(model, labels: list[str], metrics: dict[str, Any] | None = No
     }
     meta.update(extra)
     return meta
+
+
+def thresholds_of(meta: Mapping[str, Any], where: str | os.PathLike = "checkpoint") -> list[float] | None:
+    """The per-label decision thresholds stored in checkpoint metadata, or None when the
+    checkpoint has none (single-label models, pretrained imports, older checkpoints)."""
+    raw = meta.get("thresholds")
+    if raw is None:
+        return None
+    labels = meta.get("labels") or []
+    ok = isinstance(raw, list) and len(raw) == len(labels)
+    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in raw)
+    if not ok:
+        raise CheckpointError(
+            f"{where}: metadata 'thresholds' must be {len(labels)} numbers in [0, 1], one per label",
+            hint="retrain, or remove the key to decide at 0.5",
+        )
+    return [float(v) for v in raw]
 
 
 def tensor_digest(state: Mapping[str, torch.Tensor]) -> str:

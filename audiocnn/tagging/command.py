@@ -102,6 +102,7 @@ def tag_command(
     aggregate: str | Aggregate = Aggregate.mean,
     framing: str | Framing = Framing.auto,
     chunks: int | None = None,
+    threshold: float | None = None,
     top_k: int | None = None,
     taggram_dir: str | os.PathLike | None = None,
     embeddings_dir: str | os.PathLike | None = None,
@@ -135,6 +136,7 @@ def tag_command(
         "top_k": top_k,
         "framing": framing,
         "chunks": chunks,
+        "threshold": threshold,
     }
     tagger.check(**options)
     report(

@@ -112,19 +112,23 @@ def _csv_field(text: str) -> str:
 
 
 def results_csv_header(labels: Sequence[str]) -> str:
-    return ",".join(["path", "duration", "windows", *(_csv_field(x) for x in labels)])
+    """``path,duration,windows,predicted`` then one score column per label; ``predicted``
+    holds the decided tags joined by ``;``."""
+    return ",".join(["path", "duration", "windows", "predicted", *(_csv_field(x) for x in labels)])
 
 
 def result_csv_row(result: TagResult) -> str:
     cells = [_csv_field(result.path), f"{result.duration:.3f}", str(result.num_windows)]
+    cells.append(_csv_field(";".join(result.predicted)))
     cells += [f"{float(v):.6f}" for v in result.scores]
     return ",".join(cells)
 
 
 class ResultWriter:
     """Results as machine-readable lines on ``stream``, one per song as it is tagged:
-    ``json`` (one object per line, plus the paths of files written for it) or ``csv`` (a
-    header before the first row, one column per label)."""
+    ``json`` (one object per line with its ``predicted`` tags, plus the paths of files
+    written for it) or ``csv`` (a header before the first row, a ``predicted`` column, one
+    score column per label)."""
 
     def __init__(self, stream: TextIO, fmt: str) -> None:
         if fmt not in RESULT_FORMATS:

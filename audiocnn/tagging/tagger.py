@@ -40,7 +40,7 @@ from audiocnn.devices import resolve_device
 from audiocnn.errors import AudiocnnError, AudioDecodeError, CheckpointError, ModelError, UsageError
 from audiocnn.features.frontends import MelConfig, MelStream, even_chunk_starts
 from audiocnn.models.base import TaggingModel
-from audiocnn.models.checkpoint import load_checkpoint
+from audiocnn.models.checkpoint import DEFAULT_THRESHOLD, load_checkpoint, thresholds_of
 from audiocnn.pretrained import resolve_model
 
 CPU_BATCH_SIZE = 1
@@ -70,6 +70,8 @@ class TagResult:
     window_starts: np.ndarray  # (num_windows,) seconds
     taggram: np.ndarray | None = None  # (num_windows, num_labels) when asked
     embeddings: np.ndarray | None = None  # (num_windows, D) when asked
+    predicted: list[str] = field(default_factory=list)  # decided tags, best score first
+    decision: str = ""  # how they were decided (arg-max, per-tag thresholds, one threshold)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no per-window arrays)."""
@@ -80,6 +82,7 @@ class TagResult:
             "task": self.task,
             "activation": self.activation,
             "tags": [{"tag": t, "score": round(float(s), 6)} for t, s in self.tags],
+            "predicted": list(self.predicted),
             "duration": round(self.duration, 3),
             "windows": self.num_windows,
             "window_seconds": round(self.window_seconds, 4),
@@ -264,6 +267,9 @@ class Tagger:
             )
         self.task: str = model.task
         self.activation = "softmax" if self.task == SINGLE_LABEL else "sigmoid"
+        # per-label decision thresholds picked by `train` on the validation split (None:
+        # decide at DEFAULT_THRESHOLD, e.g. the pretrained imports, which carry none)
+        self.thresholds: list[float] | None = thresholds_of(meta, self.path)
         self.sample_rate = int(model.sample_rate)
         self.stats = StreamStats()
         # head(embed(x)) is forward(x) unless a model overrides forward; then run both.
@@ -309,10 +315,13 @@ class Tagger:
         top_k: int | None = None,
         framing: str | Framing = Framing.auto,
         chunks: int | None = None,
+        threshold: float | None = None,
     ) -> WindowPlan:
         """The plan ``tag_file`` follows with these options, or the UsageError naming the
         option at fault: call it once before many files to fail before the first."""
         _choice(Aggregate, aggregate, "aggregate")
+        if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
+            raise UsageError(f"threshold (--threshold) must be a number in [0, 1], got {threshold}")
         if top_k is not None and int(top_k) < 1:
             raise UsageError(f"top_k must be >= 1, got {top_k}")
         if chunks is not None and (int(chunks) < 1 or hop is not None):
@@ -333,6 +342,7 @@ class Tagger:
         return_embeddings: bool = False,
         framing: str | Framing = Framing.auto,
         chunks: int | None = None,
+        threshold: float | None = None,
     ) -> TagResult:
         """Tag one whole song; raises :class:`AudioDecodeError` if it cannot be decoded.
 
@@ -340,13 +350,16 @@ class Tagger:
         ``aggregate`` combines the per-window probabilities (mean or max); ``top_k``
         limits ``tags`` (``scores`` always has every label). ``chunks=N`` scores N windows
         spread evenly over the song instead (the papers' protocol, see :class:`_EvenChunks`).
+        ``predicted`` holds the decided tags (see :meth:`decide`; ``threshold`` overrides).
         """
-        plan = self.check(window=window, hop=hop, aggregate=aggregate, top_k=top_k, framing=framing, chunks=chunks)
+        options = {"aggregate": aggregate, "top_k": top_k, "framing": framing, "chunks": chunks}
+        plan = self.check(window=window, hop=hop, threshold=threshold, **options)
         windower = _Windower(plan.size, plan.hop) if chunks is None else _EvenChunks(plan.size, int(chunks))
         taggram, embeddings, info = self._stream(Path(path), plan, windower, return_embeddings, window is not None)
         aggregate = _choice(Aggregate, aggregate, "aggregate")
         scores = taggram.mean(axis=0) if aggregate == Aggregate.mean else taggram.max(axis=0)
         order = sorted(range(len(self.labels)), key=lambda i: (-float(scores[i]), i))
+        predicted, decision = self.decide(scores, threshold)
         if top_k is not None:
             order = order[: int(top_k)]
         return TagResult(
@@ -369,7 +382,26 @@ class Tagger:
             window_starts=(np.asarray(windower.starts, dtype=np.float64) * plan.unit_seconds),
             taggram=taggram if return_taggram else None,
             embeddings=embeddings,
+            predicted=predicted,
+            decision=decision,
         )
+
+    def decide(self, scores: np.ndarray, threshold: float | None = None) -> tuple[list[str], str]:
+        """``(tags predicted from song scores, best first; how)``: the arg-max class of a
+        single-label model; for a multi-label model every tag whose score reaches its
+        threshold - ``threshold`` when given, else the checkpoint's per-tag thresholds
+        (picked on the validation split), else 0.5."""
+        if self.task == SINGLE_LABEL:
+            return [self.labels[int(np.argmax(scores))]], "arg-max"
+        if threshold is not None:
+            cut, how = np.full(len(self.labels), float(threshold)), f"score >= {float(threshold):g}"
+        elif self.thresholds is not None:
+            cut, how = np.asarray(self.thresholds), "score >= the per-tag thresholds of the checkpoint"
+        else:
+            cut = np.full(len(self.labels), DEFAULT_THRESHOLD)
+            how = f"score >= {DEFAULT_THRESHOLD:g} (no stored thresholds)"
+        hits = [i for i in np.argsort(-scores, kind="stable") if scores[i] >= cut[i]]
+        return [self.labels[int(i)] for i in hits], how
 
     def tag_files(
         self, paths: Iterable[str | os.PathLike], **kwargs: Any

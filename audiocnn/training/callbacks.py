@@ -44,7 +44,8 @@ class Callback(Protocol):
 
 
 class BestCheckpoint:
-    """``best.safetensors`` whenever the monitored metric improves."""
+    """``best.safetensors`` whenever the monitored metric improves, with the per-tag
+    decision thresholds picked on that epoch's validation predictions (multi-label)."""
 
     def __init__(
         self, run: RunDir, model: nn.Module, labels: list[str], config: TrainConfig, split_scheme: str, monitor: str
@@ -55,6 +56,7 @@ class BestCheckpoint:
     def on_epoch_end(self, end: EpochEnd) -> None:
         if not end.improved:
             return
+        extra = {"thresholds": end.metrics["thresholds"]} if "thresholds" in end.metrics else {}
         meta = model_metadata(
             self.model,
             self.labels,
@@ -65,6 +67,7 @@ class BestCheckpoint:
             monitor=self.monitor,
             eval_chunks=self.config.eval_chunks,
             source="audiocnn train",
+            **extra,
         )
         save_checkpoint(self.run.best, self.model, meta)
 

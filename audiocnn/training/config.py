@@ -1,7 +1,8 @@
 """Experiment configuration: dataclasses are the schema, YAML gives values, ``--set`` overrides.
 
 A config file is a YAML mapping whose keys are the fields of :class:`TrainConfig`
-(nested mappings for :class:`ScheduleConfig` and :class:`EarlyStoppingConfig`). Overrides
+(nested mappings for :class:`ScheduleConfig`, :class:`EarlyStoppingConfig` and
+:class:`AugmentConfig`, e.g. ``augment.mixup.p=0.5``). Overrides
 use dotted names (``schedule.patience=5``, ``model_kwargs.n_mels=128``); values are parsed
 as YAML scalars, so ``lr=1e-4``, ``amp=bf16``, ``init=null`` and ``freeze_backbone=true``
 all mean what they look like. Unknown keys are an error that lists the valid ones, so a
@@ -74,6 +75,138 @@ class EarlyStoppingConfig:
 
 
 @dataclass
+class GainConfig:
+    """Random gain, uniform in [min_db, max_db], per example with probability ``p``."""
+
+    p: float = 0.0
+    min_db: float = -6.0
+    max_db: float = 6.0
+
+
+@dataclass
+class PolarityConfig:
+    """Polarity inversion (the waveform times -1) with probability ``p``."""
+
+    p: float = 0.0
+
+
+@dataclass
+class NoiseConfig:
+    """Additive white noise at a signal-to-noise ratio uniform in [min_snr_db, max_snr_db]."""
+
+    p: float = 0.0
+    min_snr_db: float = 10.0
+    max_snr_db: float = 40.0
+
+
+@dataclass
+class PitchShiftConfig:
+    """Pitch shift by a uniform number of semitones in [-semitones, semitones] (data workers)."""
+
+    p: float = 0.0
+    semitones: float = 2.0
+
+
+@dataclass
+class TimeStretchConfig:
+    """Time stretch (tempo, not pitch) by a rate uniform in [min_rate, max_rate] (data workers)."""
+
+    p: float = 0.0
+    min_rate: float = 0.9
+    max_rate: float = 1.1
+
+
+@dataclass
+class TimeMaskConfig:
+    """SpecAugment time masks: ``count`` masks of up to ``max_width`` frames (PANNs: 2 x 64)."""
+
+    p: float = 0.0
+    count: int = 2
+    max_width: int = 64
+
+
+@dataclass
+class FreqMaskConfig:
+    """SpecAugment frequency masks: ``count`` masks of up to ``max_width`` mel bins (PANNs: 2 x 8)."""
+
+    p: float = 0.0
+    count: int = 2
+    max_width: int = 8
+
+
+@dataclass
+class MixupConfig:
+    """Mixup of a batch with a shuffled copy of itself, with probability ``p`` per batch; the
+    weight is Beta(alpha, alpha), folded so each clip keeps the larger share."""
+
+    p: float = 0.0
+    alpha: float = 0.4
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation (training/augment.py), every transform off by default
+    (``p: 0``); evaluation never augments. Gain, polarity and noise act on waveform batches
+    on the training device, pitch shift and time stretch on waveform crops in the data
+    workers; a mel model with any of them trains from a waveform store and computes its
+    mel front-end on the device. Masks act on mel batches; mixup on any batch."""
+
+    gain: GainConfig = field(default_factory=GainConfig)
+    polarity: PolarityConfig = field(default_factory=PolarityConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    pitch_shift: PitchShiftConfig = field(default_factory=PitchShiftConfig)
+    time_stretch: TimeStretchConfig = field(default_factory=TimeStretchConfig)
+    time_mask: TimeMaskConfig = field(default_factory=TimeMaskConfig)
+    freq_mask: FreqMaskConfig = field(default_factory=FreqMaskConfig)
+    mixup: MixupConfig = field(default_factory=MixupConfig)
+
+    def on(self, *names: str) -> bool:
+        """Whether any of the named transforms (default: all) has a probability above 0."""
+        return any(getattr(self, n).p > 0 for n in (names or [f.name for f in dataclasses.fields(self)]))
+
+    @property
+    def waveform(self) -> bool:
+        """Whether a transform needs the waveform (so a mel model trains from waveforms)."""
+        return self.on("gain", "polarity", "noise", "pitch_shift", "time_stretch")
+
+    @property
+    def in_workers(self) -> bool:
+        return self.on("pitch_shift", "time_stretch")
+
+    @property
+    def on_device(self) -> bool:
+        return self.on("gain", "polarity", "noise", "time_mask", "freq_mask", "mixup")
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            p = getattr(self, f.name).p
+            if not 0.0 <= p <= 1.0:
+                raise ConfigError(f"config key 'augment.{f.name}.p' must be in [0, 1], got {p}")
+        pairs = (
+            ("gain.min_db", self.gain.min_db, "gain.max_db", self.gain.max_db),
+            ("noise.min_snr_db", self.noise.min_snr_db, "noise.max_snr_db", self.noise.max_snr_db),
+            ("time_stretch.min_rate", self.time_stretch.min_rate, "time_stretch.max_rate", self.time_stretch.max_rate),
+        )
+        for lo_key, lo, hi_key, hi in pairs:
+            if lo > hi:
+                raise ConfigError(f"config key 'augment.{lo_key}' ({lo}) must be <= 'augment.{hi_key}' ({hi})")
+        if self.time_stretch.min_rate <= 0:
+            raise ConfigError(
+                f"config key 'augment.time_stretch.min_rate' must be > 0, got {self.time_stretch.min_rate}"
+            )
+        if self.pitch_shift.semitones < 0:
+            raise ConfigError(
+                f"config key 'augment.pitch_shift.semitones' must be >= 0, got {self.pitch_shift.semitones}"
+            )
+        for name in ("time_mask", "freq_mask"):
+            m = getattr(self, name)
+            if m.count < 0 or m.max_width < 0:
+                raise ConfigError(f"config keys 'augment.{name}.count' and '.max_width' must be >= 0")
+        if self.mixup.alpha <= 0:
+            raise ConfigError(f"config key 'augment.mixup.alpha' must be > 0, got {self.mixup.alpha}")
+
+
+@dataclass
 class TrainConfig:
     """Everything one training run depends on. See ``configs/*.yaml`` for the papers' values."""
 
@@ -101,7 +234,14 @@ class TrainConfig:
     crop_frames: Optional[int] = None  # None: the model's native input length
     init: Optional[str] = None  # checkpoint path or pretrained model name
     freeze_backbone: bool = False
+    # with freeze_backbone: the last N blocks of the backbone train too (0: the head only)
+    unfreeze_blocks: int = 0
+    # a frozen backbone's embeddings are computed once per clip and chunk and cached
+    # (training/embeddings.py), so an epoch trains the head only; false: run the network
+    embedding_cache: bool = True
+    embedding_chunks: int = 8  # cached chunks per training clip (an epoch draws one per clip)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # off unless a transform's p > 0
     monitor: str = "auto"  # auto: roc_auc_macro (multi-label) / accuracy (single-label)
     label_smoothing: float = 0.0
     class_weighting: str = "none"
@@ -132,6 +272,11 @@ class TrainConfig:
                 raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
         if self.workers < 0:
             raise ConfigError(f"config key 'workers' must be >= 0, got {self.workers}")
+        if self.unfreeze_blocks < 0 or self.embedding_chunks < 1:
+            raise ConfigError(
+                f"config keys 'unfreeze_blocks' must be >= 0 and 'embedding_chunks' >= 1, "
+                f"got {self.unfreeze_blocks} and {self.embedding_chunks}"
+            )
         if self.bn_stats_batches < 0:
             raise ConfigError(f"config key 'bn_stats_batches' must be >= 0, got {self.bn_stats_batches}")
         if self.lr <= 0:
@@ -156,6 +301,7 @@ class TrainConfig:
         if self.early_stopping.patience < 1:
             raise ConfigError(f"config key 'early_stopping.patience' must be >= 1, got {self.early_stopping.patience}")
         _check_ranges(self)
+        self.augment.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:

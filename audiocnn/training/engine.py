@@ -78,6 +78,8 @@ class Step:
     grad_clip: float | None
     autocast: Callable[[], Any]
     device: torch.device
+    # batch augmentation on the device, ``(x, y, step) -> (x, y)`` (training/augment.py)
+    augment: Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def train_one_epoch(
@@ -92,9 +94,10 @@ def train_one_epoch(
         if i >= steps:
             break
         wait += time.perf_counter() - t_wait
-        loss = _step(
-            step, x.to(step.device, non_blocking=cuda), y.to(step.device, non_blocking=cuda), info, guard, i + 1
-        )
+        x, y = x.to(step.device, non_blocking=cuda), y.to(step.device, non_blocking=cuda)
+        if step.augment is not None:
+            x, y = step.augment(x, y, i)
+        loss = _step(step, x, y, info, guard, i + 1)
         loss_sum += loss * x.shape[0]
         n_seen += x.shape[0]
         elapsed = time.perf_counter() - t0
@@ -139,15 +142,21 @@ def refresh_batchnorm(
     device: torch.device,
     autocast: Callable[[], Any],
     info: D.DistInfo,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
     """Recompute the BatchNorm statistics of the trained layers (training/batchnorm.py)
-    from this epoch's training crops; returns the seconds it took."""
+    from this epoch's training crops, not augmented on the device (``prepare`` turns a
+    loader batch into model features, e.g. the mel front-end of waveform crops); returns
+    the seconds it took."""
     t = time.perf_counter()
     cuda = device.type == "cuda"
 
     def forward(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device, non_blocking=cuda)
+        if prepare is not None:  # the front-end in full precision, as training's batches
+            x = prepare(x)
         with autocast():
-            return model(x.to(device, non_blocking=cuda), from_features=True)
+            return model(x, from_features=True)
 
     recompute_batchnorm_stats(model, (x for x, _y in loader), max_batches=max_batches, forward=forward, info=info)
     return time.perf_counter() - t

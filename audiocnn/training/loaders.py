@@ -88,8 +88,8 @@ def usable_workers(requested: int, world_size: int) -> int:
 class TrainData:
     """The training and validation loaders of a run, and what re-seeds them per epoch."""
 
-    train_set: StoreDataset
-    valid_set: StoreDataset
+    train_set: Dataset  # StoreDataset, or EmbeddingDataset on the cached frozen-backbone path
+    valid_set: Dataset
     sampler: DistributedSampler
     generator: torch.Generator
     train: DataLoader
@@ -114,11 +114,20 @@ def make_loaders(store: FeatureStore, config: TrainConfig, crop: int, info: D.Di
             f"feature store of {config.dataset!r} has no usable clips in train or valid",
             hint="see failures.jsonl in the store",
         )
+    return loaders_for(
+        train_set, valid_set, config, info, cuda=cuda, workers=usable_workers(config.workers, info.world_size)
+    )
+
+
+def loaders_for(
+    train_set: Dataset, valid_set: Dataset, config: TrainConfig, info: D.DistInfo, *, cuda: bool, workers: int
+) -> TrainData:
+    """The loaders of a run over any pair of datasets with ``set_epoch`` (feature-store
+    crops, or cached embeddings): seeded order, sharded validation."""
     sampler = DistributedSampler(
         train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=config.seed, drop_last=False
     )
     generator = _generator(config.seed)
-    workers = usable_workers(config.workers, info.world_size)
     train = DataLoader(
         train_set,
         batch_size=config.batch_size,

@@ -19,24 +19,30 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from audiocnn.constants import MULTI_LABEL
 from audiocnn.datasets.manifest import Manifest, read_manifest
 from audiocnn.devices import resolve_device
-from audiocnn.errors import CheckpointError, DatasetError, UsageError
+from audiocnn.errors import CheckpointError, ConfigError, DatasetError, UsageError
+from audiocnn.features.frontends import MelConfig, WaveformConfig
+from audiocnn.features.store import FeatureStore, StoreDataset
+from audiocnn.models.base import samples_for_frames
 from audiocnn.models.checkpoint import load_weights
 from audiocnn.progress import StepBar
 from audiocnn.training import distributed as D
 from audiocnn.training import health as H
 from audiocnn.training import setup as S
+from audiocnn.training.augment import BatchAugment, WorkerAugment
 from audiocnn.training.callbacks import BestCheckpoint, EpochEnd, EpochLog, MetricsCSV, TensorBoard
 from audiocnn.training.config import TrainConfig, config_from_mapping, load_config, read_yaml, save_config
 from audiocnn.training.data import open_dataset_store
+from audiocnn.training.embeddings import EmbeddingDataset, cached_embeddings
 from audiocnn.training.engine import (
     Guard,
     Step,
@@ -46,8 +52,8 @@ from audiocnn.training.engine import (
     refresh_batchnorm,
     train_one_epoch,
 )
-from audiocnn.training.loaders import TrainData, make_loaders
-from audiocnn.training.metrics import compute_metrics
+from audiocnn.training.loaders import TrainData, loaders_for, make_loaders, usable_workers
+from audiocnn.training.metrics import best_f1_thresholds, compute_metrics
 from audiocnn.training.plots import plot_training_curves
 from audiocnn.training.rundir import RunDir, check_run_folder, choose_run_dir, run_lock
 from audiocnn.training.schedule import EarlyStopping, LRSchedule, build_optimizer, is_better, set_lr
@@ -190,11 +196,22 @@ class Trainer:
                 init_info["path"],
                 " (new head for these labels)" if init_info["head_reset"] else "",
             )
+        self.wave_frontend = _check_augment(config, self.raw)
         self.data = self._data()
         if info.is_main:
             run.path.mkdir(parents=True, exist_ok=True)
             save_config(config, run.config)
-        self.model, self.params = S.place_model(self.raw, config, device, info)
+        self.model, self.core, self.params = S.place_model(self.raw, config, device, info)
+        self.augment = None
+        if config.augment.on_device or self.wave_frontend:
+            self.augment = BatchAugment(
+                config.augment,
+                task=self.task,
+                num_classes=len(self.labels),
+                seed=config.seed,
+                rank=info.rank,
+                frontend=self.raw.frontend if self.wave_frontend else None,
+            )
         self.loss_fn = S.make_loss(config, self.manifest, self.task, device)
         self._optimisation()
         self.state = RunState()
@@ -217,7 +234,60 @@ class Trainer:
                 "prepare the dataset again"
             )
         crop = int(self.config.crop_frames or self.raw.input_frames)
+        if S.uses_embedding_cache(self.config):
+            return self._embedding_data(store, crop)
+        if self.config.augment.waveform or self.config.augment.in_workers:
+            return self._augmented_data(store, crop)
         return make_loaders(store, self.config, crop, self.info, cuda=self.device.type == "cuda")
+
+    def _augmented_data(self, store: FeatureStore, crop: int) -> TrainData:
+        """Waveform training crops for waveform augmentation (a mel model then computes its
+        front-end on the device, see :class:`BatchAugment`), the usual validation chunks."""
+        c, train_store, train_crop = self.config, store, crop
+        if self.wave_frontend:
+            wave = WaveformConfig(sample_rate=self.raw.sample_rate)
+            dataset_dir = self.data_dir / c.dataset
+            train_store = open_dataset_store(dataset_dir, wave, progress=self.progress) if self.info.is_main else None
+            D.barrier(self.info)
+            if train_store is None:
+                train_store = open_dataset_store(dataset_dir, wave, progress=False)
+            train_crop = samples_for_frames(self.raw.frontend_config, crop)
+        train_set: Any = StoreDataset(train_store, "train", mode="train", crop_frames=train_crop, seed=c.seed)
+        valid_set = StoreDataset(store, "valid", mode="eval", crop_frames=crop, eval_chunks=c.eval_chunks, seed=c.seed)
+        if len(train_set) == 0 or len(valid_set) == 0:
+            raise DatasetError(f"feature store of {c.dataset!r} has no usable clips in train or valid")
+        if c.augment.in_workers:
+            train_set = WorkerAugment(train_set, c.augment, self.raw.sample_rate)
+        workers = usable_workers(c.workers, self.info.world_size)
+        return loaders_for(train_set, valid_set, c, self.info, cuda=self.device.type == "cuda", workers=workers)
+
+    def _embedding_data(self, store: FeatureStore, crop: int) -> TrainData:
+        """Loaders over the frozen backbone's cached embeddings (computed by rank 0 where missing)."""
+        c = self.config
+        if store.num_clips("train") == 0 or store.num_clips("valid") == 0:
+            raise DatasetError(f"feature store of {c.dataset!r} has no usable clips in train or valid")
+        amp = amp_dtype_for(c.amp, self.device)
+        self.raw.to(self.device)
+        options = {
+            "crop": crop,
+            "chunks": {"train": c.embedding_chunks, "valid": c.eval_chunks},
+            "device": self.device,
+            "autocast": make_autocast(self.device, amp),
+            "precision": str(amp),
+        }
+        root = self.data_dir / c.dataset / "embeddings"
+        t = time.perf_counter()
+        emb = cached_embeddings(self.raw, store, root, progress=self.progress, **options) if self.info.is_main else None
+        D.barrier(self.info)
+        if emb is None:
+            emb = cached_embeddings(self.raw, store, root, compute=False, **options)
+        if self.info.is_main:
+            log.info(
+                "embedding cache: %.1f s; each epoch trains the head on cached embeddings", time.perf_counter() - t
+            )
+        train_set = EmbeddingDataset(emb["train"], store.targets("train"), mode="train", seed=c.seed)
+        valid_set = EmbeddingDataset(emb["valid"], store.targets("valid"), mode="eval", seed=c.seed)
+        return loaders_for(train_set, valid_set, c, self.info, cuda=self.device.type == "cuda", workers=0)
 
     def _optimisation(self) -> None:
         c = self.config
@@ -338,13 +408,23 @@ class Trainer:
         lr = self.schedule.lr_at_epoch_start(epoch)
         set_lr(self.optimizer, lr)
         data.start_epoch(epoch)
+        if self.augment is not None:
+            self.augment.start_epoch(epoch)
         t0 = time.perf_counter()
         self.model.train()
-        S.set_train_mode(self.raw, c.freeze_backbone)
+        S.set_train_mode(self.raw, c.freeze_backbone, c.unfreeze_blocks)
         bar.start(f"epoch {epoch + 1}/{c.epochs}", data.steps_per_epoch)
         guard = Guard(self.run.path, epoch, has_state=self.run.last.is_file())
         step = Step(
-            self.model, self.loss_fn, self.optimizer, self.scaler, self.params, c.grad_clip, self.autocast, self.device
+            self.model,
+            self.loss_fn,
+            self.optimizer,
+            self.scaler,
+            self.params,
+            c.grad_clip,
+            self.autocast,
+            self.device,
+            augment=self.augment,
         )
         loss_sum, n_seen, wait = train_one_epoch(
             step, data.train, steps=data.steps_per_epoch, bar=bar, info=self.info, guard=guard
@@ -355,12 +435,13 @@ class Trainer:
         train_time = time.perf_counter() - t0
         loss_sum, n_seen = D.all_reduce_sum([loss_sum, float(n_seen)], self.info)
         bn_time = refresh_batchnorm(
-            self.raw,
+            self.core,
             data.train,
             max_batches=min(c.bn_stats_batches, data.steps_per_epoch),
             device=self.device,
             autocast=self.autocast,
             info=self.info,
+            prepare=self.raw.frontend if self.wave_frontend else None,
         )
         bar.start("validating", len(data.valid))
         val = evaluate_clips(
@@ -373,6 +454,8 @@ class Trainer:
             loss_fn=self.loss_fn,
         )
         metrics = compute_metrics(val["targets"], val["scores"], self.task, self.labels)
+        if self.task == MULTI_LABEL:  # the decisions the best checkpoint will carry
+            metrics["thresholds"] = best_f1_thresholds(val["targets"], val["scores"]).tolist()
         value = val["loss"] if self.monitor == "valid_loss" else metrics[self.monitor]
         row = _row(epoch, loss_sum / max(n_seen, 1), val["loss"], metrics, lr)
         row.update(
@@ -406,6 +489,26 @@ class Trainer:
             plot_training_curves(self.run.metrics, self.run.curves)
         except Exception as exc:  # a plot must never fail a finished run
             log.warning("could not plot training curves: %s", exc)
+
+
+def _check_augment(config: TrainConfig, model: nn.Module) -> bool:
+    """Refuse transforms the model's input cannot take; True when a mel model must train
+    from waveform crops (waveform augmentation) and compute its front-end on the device."""
+    aug = config.augment
+    mel = isinstance(model.frontend_config, MelConfig)
+    if not mel and aug.on("time_mask", "freq_mask"):
+        raise ConfigError(
+            f"augment.time_mask / augment.freq_mask need a mel model; {model.registry_name} takes waveforms",
+            hint="set their p to 0 and use the waveform transforms (gain, noise, pitch_shift, ...)",
+        )
+    if aug.on() and config.freeze_backbone and config.embedding_cache:
+        log.info("embedding_cache: not used, augmentation changes the backbone's input every epoch")
+    if aug.on():
+        log.info(
+            "augment: %s",
+            ", ".join(f"{f.name} p={getattr(aug, f.name).p:g}" for f in fields(aug) if getattr(aug, f.name).p > 0),
+        )
+    return mel and (aug.waveform or aug.in_workers)
 
 
 def _row(epoch: int, train_loss: float, valid_loss: float, metrics: dict[str, Any], lr: float) -> dict[str, Any]:

@@ -25,6 +25,10 @@ class TaggingLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         logits = logits.float()
         if self.task == SINGLE_LABEL:
+            if target.dim() == 2 and target.is_floating_point():  # class probabilities (mixup)
+                return nn.functional.cross_entropy(
+                    logits, target, weight=self.weight, label_smoothing=self.label_smoothing, reduction=reduction
+                )
             if target.dim() == 2:
                 target = target.argmax(dim=1)
             return nn.functional.cross_entropy(

@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from audiocnn.constants import SCALAR_METRICS, SINGLE_LABEL
+from audiocnn.models.checkpoint import DEFAULT_THRESHOLD
 
 
 def to_multi_hot(targets: np.ndarray, num_classes: int) -> np.ndarray:
@@ -50,11 +51,15 @@ def compute_metrics(
     scores: np.ndarray,
     task: str,
     labels: Sequence[str],
+    thresholds: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """All song-level metrics of one split.
 
     ``targets``: class indices (n,) for single-label or multi-hot (n, C) for multi-label;
     ``scores``: probabilities (n, C) (softmax or sigmoid, averaged over chunks).
+    ``thresholds``: the per-tag decision thresholds of a multi-label model (default
+    :data:`DEFAULT_THRESHOLD` for every tag); single-label decisions are the arg-max.
+    Precision, recall and F1 of those decisions are reported micro and macro, and per tag.
     """
     scores = np.asarray(scores, dtype=np.float64)
     n, n_labels = scores.shape if scores.ndim == 2 else (0, len(labels))
@@ -94,32 +99,88 @@ def compute_metrics(
             out["pr_auc_micro"] = float(average_precision_score(yt, ys))
     if task == SINGLE_LABEL:
         out.update(_single_label_metrics(np.asarray(targets), scores, n_labels))
-    elif n:
-        out.update(f1_at(y_true, scores, F1_THRESHOLD))
+        pred = to_multi_hot(scores.argmax(axis=1), n_labels).astype(bool) if n else y_true.astype(bool)
+        cut = None
+    else:
+        cut = np.full(n_labels, DEFAULT_THRESHOLD) if thresholds is None else check_thresholds(thresholds, n_labels)
+        pred = scores >= cut
+    if n:
+        _add_decisions(out, decision_metrics(y_true, pred), cut)
     return out
 
 
-#: decision threshold of the multi-label F1 reported next to the AUCs
-F1_THRESHOLD = 0.5
+def check_thresholds(thresholds: Sequence[float], n_labels: int) -> np.ndarray:
+    """``thresholds`` as an array of ``n_labels`` finite values in [0, 1]."""
+    cut = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    if len(cut) != n_labels:
+        raise ValueError(f"{len(cut)} thresholds for {n_labels} labels")
+    if not np.all(np.isfinite(cut)) or cut.min(initial=0.0) < 0 or cut.max(initial=0.0) > 1:
+        raise ValueError("thresholds must be finite numbers in [0, 1]")
+    return cut
 
 
-def f1_at(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
-    """Macro F1 (over the labels with a positive clip) and micro F1 of the decisions
-    ``score >= threshold``: what a user acting on the tags gets, which AUCs do not show."""
-    pred = scores >= threshold
-    truth = y_true.astype(bool)
+def decision_metrics(y_true: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    """Precision, recall and F1 of yes/no decisions ``pred`` (n, C) against ``y_true``:
+    per tag, macro (over the tags with a positive clip) and micro (over every decision).
+    A tag never predicted has precision 0, as scikit-learn's ``zero_division=0``."""
+    pred = np.asarray(pred, dtype=bool)
+    truth = np.asarray(y_true).astype(bool)
     tp = (pred & truth).sum(axis=0).astype(np.float64)
     fp = (pred & ~truth).sum(axis=0).astype(np.float64)
     fn = (~pred & truth).sum(axis=0).astype(np.float64)
-    denom = 2 * tp + fp + fn
-    per = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    precision = _ratio(tp, tp + fp)
+    recall = _ratio(tp, tp + fn)
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
     has_pos = truth.sum(axis=0) > 0
-    micro_den = 2 * tp.sum() + fp.sum() + fn.sum()
-    return {
-        "f1_threshold": float(threshold),
-        "f1_macro": float(per[has_pos].mean()) if has_pos.any() else float("nan"),
-        "f1_micro": float(2 * tp.sum() / micro_den) if micro_den else float("nan"),
-    }
+    t, p, n = tp.sum(), tp.sum() + fp.sum(), tp.sum() + fn.sum()
+    out: dict[str, Any] = {"per_tag": {"precision": precision, "recall": recall, "f1": f1}}
+    for name, per in (("precision", precision), ("recall", recall), ("f1", f1)):
+        out[f"{name}_macro"] = float(per[has_pos].mean()) if has_pos.any() else float("nan")
+    out["precision_micro"] = float(t / p) if p else 0.0
+    out["recall_micro"] = float(t / n) if n else float("nan")
+    out["f1_micro"] = float(2 * t / (p + n)) if p + n else float("nan")
+    return out
+
+
+def _add_decisions(out: dict[str, Any], dec: dict[str, Any], cut: np.ndarray | None) -> None:
+    per = dec.pop("per_tag")
+    out.update(dec)
+    for j, row in enumerate(out["per_tag"]):
+        if cut is not None:
+            row["threshold"] = float(cut[j])
+        for name in ("precision", "recall", "f1"):
+            row[name] = float(per[name][j])
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def best_f1_thresholds(y_true: np.ndarray, scores: np.ndarray, fallback: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """Per tag, the threshold whose decisions ``score >= threshold`` maximise F1 on these
+    clips (the validation split); ``fallback`` for a tag without a positive clip.
+
+    The threshold lies halfway between the lowest score called positive and the next
+    lower score, so a clip scored a little differently on new audio keeps its decision;
+    ties in F1 keep the highest threshold (the fewest false positives).
+    """
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    out = np.full(s.shape[1], float(fallback))
+    for j in range(s.shape[1]):
+        pos = int(y[:, j].sum())
+        if pos == 0:
+            continue
+        order = np.argsort(-s[:, j], kind="stable")
+        ranked, hits = s[order, j], y[order, j]
+        tp = np.cumsum(hits)
+        k = np.arange(1, len(ranked) + 1)
+        last = np.r_[ranked[1:] != ranked[:-1], True]  # cut only between distinct scores
+        f1 = np.where(last, 2 * tp / (k + pos), -1.0)
+        i = int(np.argmax(f1))
+        below = ranked[i + 1] if i + 1 < len(ranked) else 0.0
+        out[j] = float((ranked[i] + below) / 2) if below < ranked[i] else float(ranked[i])
+    return out
 
 
 def _single_label_metrics(targets: np.ndarray, scores: np.ndarray, n_labels: int) -> dict[str, Any]:

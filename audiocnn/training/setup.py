@@ -23,6 +23,7 @@ from audiocnn.models.registry import create_model
 from audiocnn.pretrained import resolve_model
 from audiocnn.training import distributed as D
 from audiocnn.training.config import TrainConfig
+from audiocnn.training.embeddings import HeadOnly
 from audiocnn.training.losses import TaggingLoss, class_weights
 
 log = logging.getLogger("audiocnn.train")
@@ -126,47 +127,77 @@ def build_model(config: TrainConfig, labels: Sequence[str], task: str, data_dir:
     return model, info
 
 
-def freeze_backbone(model: nn.Module) -> int:
-    """Freeze every parameter outside the head; returns the number of frozen tensors."""
-    head = {id(p) for p in model.head.parameters()}
+def backbone_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The backbone's top-level blocks with parameters, input to output (registration
+    order): what ``unfreeze_blocks`` counts from the end. The front-end and head are not blocks."""
+    return [
+        (name, child)
+        for name, child in model.named_children()
+        if name not in ("head", "frontend") and any(True for _ in child.parameters())
+    ]
+
+
+def freeze_backbone(model: nn.Module, unfreeze_blocks: int = 0) -> int:
+    """Freeze every parameter outside the head and the last ``unfreeze_blocks`` backbone
+    blocks; returns the number of frozen tensors."""
+    blocks = backbone_blocks(model)
+    if unfreeze_blocks > len(blocks):
+        raise ConfigError(
+            f"unfreeze_blocks={unfreeze_blocks} but {getattr(model, 'registry_name', 'the model')} has "
+            f"{len(blocks)} backbone blocks ({', '.join(n for n, _ in blocks)})"
+        )
+    keep = {id(p) for p in model.head.parameters()}
+    for _name, block in blocks[len(blocks) - unfreeze_blocks :] if unfreeze_blocks else []:
+        keep |= {id(p) for p in block.parameters()}
     n = 0
     for p in model.parameters():
-        if id(p) not in head:
+        if id(p) not in keep:
             p.requires_grad_(False)
             n += 1
     return n
 
 
-def set_train_mode(model: nn.Module, frozen_backbone: bool) -> None:
+def set_train_mode(model: nn.Module, frozen_backbone: bool, unfreeze_blocks: int = 0) -> None:
     """Train mode; with a frozen backbone its BatchNorm statistics and dropout stay in
-    eval mode too, so the backbone is exactly unchanged."""
+    eval mode too (but for the last ``unfreeze_blocks`` blocks), so it is exactly unchanged."""
     model.train()
     if frozen_backbone:
+        trained = {name for name, _ in backbone_blocks(model)[::-1][:unfreeze_blocks]}
         for name, child in model.named_children():
-            if name != "head":
+            if name != "head" and name not in trained:
                 child.eval()
+
+
+def uses_embedding_cache(config: TrainConfig) -> bool:
+    """Whether a run trains its head on cached embeddings (training/embeddings.py): a frozen
+    backbone with nothing unfrozen and no augmentation of its input."""
+    cacheable = config.freeze_backbone and config.embedding_cache and config.unfreeze_blocks == 0
+    return cacheable and not config.augment.on()
 
 
 def place_model(
     raw: nn.Module, config: TrainConfig, device: torch.device, info: D.DistInfo
-) -> tuple[nn.Module, list[nn.Parameter]]:
+) -> tuple[nn.Module, nn.Module, list[nn.Parameter]]:
     """Freeze, move and wrap (DDP, torch.compile) the model; returns (the model to call,
-    the parameters to optimise)."""
+    the same unwrapped, the parameters to optimise). On the embedding-cache path the model
+    to call is the head alone (:class:`HeadOnly`), fed cached embeddings."""
     if config.freeze_backbone:
-        n = freeze_backbone(raw)
-        log.info("freeze_backbone: %d parameter tensors frozen, training the head only", n)
+        n = freeze_backbone(raw, config.unfreeze_blocks)
+        what = f"the head and the last {config.unfreeze_blocks} blocks" if config.unfreeze_blocks else "the head only"
+        log.info("freeze_backbone: %d parameter tensors frozen, training %s", n, what)
     raw.to(device)
     if config.channels_last:
         raw.to(memory_format=torch.channels_last)
-    model: nn.Module = raw
+    core: nn.Module = HeadOnly(raw) if uses_embedding_cache(config) else raw
+    model = core
     if info.enabled:
-        model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
+        model = nn.parallel.DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         model = torch.compile(model)
     params = [p for p in raw.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("no trainable parameters (freeze_backbone left nothing to train)")
-    return model, params
+    return model, core, params
 
 
 def make_loss(config: TrainConfig, manifest: Manifest, task: str, device: torch.device) -> TaggingLoss:
