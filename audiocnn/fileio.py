@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
+
+import numpy as np
 
 from audiocnn.errors import AudiocnnError
 
@@ -89,6 +92,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = 
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def atomic_write_npy(path: str | os.PathLike, array: np.ndarray, *, durable: bool = True) -> None:
+    """Write ``array`` as a ``.npy`` file atomically (see :func:`atomic_write_bytes`)."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue(), durable=durable)
 
 
 def ensure_writable_dir(path: str | os.PathLike, what: str | None = None) -> Path:

@@ -11,10 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-import numpy as np
-
 from audiocnn.errors import UsageError
-from audiocnn.fileio import atomic_write_bytes
+from audiocnn.fileio import atomic_write_bytes, atomic_write_npy
 from audiocnn.tagging.tagger import TagResult
 
 RESULT_FORMATS = ("json", "csv")
@@ -31,12 +29,6 @@ def output_stem(path: Path, used: set[str]) -> str:
     return stem
 
 
-def _npy_bytes(a: np.ndarray) -> bytes:
-    bio = io.BytesIO()
-    np.save(bio, a)
-    return bio.getvalue()
-
-
 def write_taggram(result: TagResult, out_dir: str | os.PathLike, stem: str, *, image: bool = True) -> list[Path]:
     """Per-window scores as ``<stem>.taggram.npy`` and ``.csv`` plus a PNG image."""
     if result.taggram is None:
@@ -45,7 +37,7 @@ def write_taggram(result: TagResult, out_dir: str | os.PathLike, stem: str, *, i
     tg = result.taggram
     written = []
     npy = out / f"{stem}.taggram.npy"
-    atomic_write_bytes(npy, _npy_bytes(tg))
+    atomic_write_npy(npy, tg)
     written.append(npy)
     lines = [",".join(["start_s", "end_s", *(_csv_field(x) for x in result.labels)])]
     for i, row in enumerate(tg):
@@ -101,7 +93,7 @@ def write_embeddings(result: TagResult, out_dir: str | os.PathLike, stem: str) -
     if result.embeddings is None:
         raise UsageError("write_embeddings needs a result made with return_embeddings=True")
     path = Path(out_dir) / f"{stem}.embeddings.npy"
-    atomic_write_bytes(path, _npy_bytes(result.embeddings))
+    atomic_write_npy(path, result.embeddings)
     return path
 
 

@@ -20,7 +20,6 @@ positions instead of anywhere in the clip.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import time
@@ -34,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from audiocnn.errors import DatasetError
 from audiocnn.features.store import FeatureStore, StoreDataset
-from audiocnn.fileio import atomic_write_bytes
+from audiocnn.fileio import atomic_write_bytes, atomic_write_npy
 from audiocnn.models.checkpoint import tensor_digest
 from audiocnn.progress import progress_bar
 
@@ -112,12 +111,6 @@ def compute_embeddings(
     return np.concatenate(out).astype(np.float32)
 
 
-def _npy(a: np.ndarray) -> bytes:
-    bio = io.BytesIO()
-    np.save(bio, a)
-    return bio.getvalue()
-
-
 def cached_embeddings(
     model: nn.Module,
     store: FeatureStore,
@@ -152,7 +145,7 @@ def cached_embeddings(
         arr = compute_embeddings(
             model, store, split, crop=crop, chunks=n, device=device, autocast=autocast, progress=progress
         )
-        atomic_write_bytes(path, _npy(arr))
+        atomic_write_npy(path, arr)
         log.info(
             "embeddings: %s split, %d clips x %d chunks computed in %.1f s -> %s",
             split,
