@@ -147,6 +147,28 @@ Chunks = Annotated[
     ),
 ]
 
+Output = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--output",
+        "-o",
+        show_default=False,
+        help="Append one record per file to this results file (.jsonl or .csv, by suffix) as each file "
+        "finishes; run again to resume: files already in it (same size, modification time, model and "
+        "options) are skipped.",
+    ),
+]
+Jobs = Annotated[
+    int,
+    typer.Option(
+        "--jobs",
+        "-j",
+        min=1,
+        help="Worker processes that decode and resample while the model runs (1: decode in this process).",
+    ),
+]
+Force = Annotated[bool, typer.Option("--force", help="With --output: tag again files the results file already holds.")]
+
 
 @app.command("tag")
 def tag(
@@ -163,8 +185,17 @@ def tag(
     batch_size: BatchSize = None,
     framing: FramingOpt = Framing.auto,
     chunks: Chunks = None,
+    output: Output = None,
+    jobs: Jobs = 1,
+    force: Force = False,
 ) -> None:
-    """Tag whole songs: top tags per file, optionally the taggram over time and embeddings."""
+    """Tag whole songs: top tags per file, optionally the taggram over time and embeddings.
+
+    With --output, tag a whole library into one resumable results file."""
+    if output is not None and fmt is not OutputFormat.table:
+        raise UsageError(
+            f"--format {fmt.value} prints to stdout; with --output the suffix of {output} picks the format"
+        )
     if chunks is not None and hop is not None:
         raise UsageError(f"--chunks {chunks} cannot be combined with --hop: chunks are spread evenly over each file")
     for opt, folder in (("--taggram", taggram_dir), ("--embeddings", embeddings_dir)):
@@ -194,12 +225,16 @@ def tag(
         aggregate=aggregate,
         framing=framing,
         chunks=chunks,
-        top_k=table_k if writer is None else top_k,
+        top_k=table_k if writer is None and output is None else top_k,
         taggram_dir=taggram_dir,
         embeddings_dir=embeddings_dir,
-        on_result=show,
+        on_result=None if output is not None else show,
         report=_progress,
         started=started,
+        output=output,
+        jobs=jobs,
+        force=force,
+        show_progress=output is not None and sys.stderr.isatty(),
     )
     if summary.failed:
         raise typer.Exit(1)
