@@ -194,11 +194,10 @@ def _check_run_options(output: str | os.PathLike | None, jobs: int, force: bool)
         if force:
             raise UsageError("force (--force) re-tags files already in a results file: it needs output (--output)")
         return
-    suffix = Path(output).suffix.lower()
-    if suffix not in LIBRARY_SUFFIXES:
-        raise UsageError(f"--output {output}: the suffix must be .jsonl or .csv (it picks the format)")
     if Path(output).is_dir():
         raise UsageError(f"--output {output}: is a folder, expected a results file (.jsonl or .csv)")
+    if Path(output).suffix.lower() not in LIBRARY_SUFFIXES:
+        raise UsageError(f"--output {output}: the suffix must be .jsonl or .csv (it picks the format)")
     ensure_writable_dir(Path(output).expanduser().absolute().parent, "--output's folder")
 
 

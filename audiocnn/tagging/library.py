@@ -91,6 +91,7 @@ class LibraryFile:
         self.labels = list(labels)
         self.header = [*CSV_BASE_COLUMNS, CSV_PREDICTED_COLUMN, *self.labels] if self.fmt == "csv" else None
         self._fh: io.BufferedWriter | None = None
+        self.cut_tail = 0  # records cut short by a crash, truncated away
 
     # ------------------------------------------------------------------ reading
 
@@ -103,6 +104,7 @@ class LibraryFile:
             data_end = fh.seek(0, os.SEEK_END)
             keep = self._complete_length(fh, data_end)
             if keep < data_end:
+                self.cut_tail += 1
                 fh.truncate(keep)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -293,7 +295,7 @@ def plan_library(
     last = {s.line for s in stored.values()}
     if drop or len(last) < lines:  # replaced, invalid or duplicate lines
         out.rewrite(lambda n, _line: n in last and n not in drop)
-    return LibraryPlan(todo, skipped, retried, bad)
+    return LibraryPlan(todo, skipped, retried, bad + out.cut_tail)
 
 
 class RateInfo:
