@@ -109,3 +109,21 @@ def test_missing_onnxruntime_is_a_one_line_error(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     code, _, err = _export(capsys, str(ckpt))
     assert code == 2 and "pip install audiocnn[onnx]" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["test-probe-mel", "test-probe-wave"])
+def test_backend_onnxruntime_gives_torch_scores(capsys, tmp_path, data_dir, name):
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", name)
+    songs = [write_audio(tmp_path / f"s{i}.wav", synth_tone(2.5 + i, SR, seed=i), SR) for i in range(2)]
+    results = {}
+    for backend in ("torch", "onnxruntime"):
+        code = run(["tag", *map(str, songs), "-m", str(ckpt), "-f", "json", "--backend", backend])
+        out = capsys.readouterr().out
+        assert code == 0
+        results[backend] = [{t["tag"]: t["score"] for t in json.loads(line)["tags"]} for line in out.splitlines()]
+    exported = [p for p in (data_dir / "onnx").glob("m-*.onnx") if not p.name.endswith(".frontend.onnx")]
+    assert len(exported) == 1  # exported once, into the data folder
+    for a, b in zip(results["torch"], results["onnxruntime"]):
+        assert max(abs(a[k] - b[k]) for k in a) < 1e-5
+    code = run(["tag", str(songs[0]), "-m", str(ckpt), "--backend", "onnxruntime", "--embeddings", str(tmp_path)])
+    assert code == 2 and "torch backend" in capsys.readouterr().err

@@ -23,6 +23,11 @@ from audiocnn.errors import UsageError
 DEFAULT_TABLE_TOP_K = 5
 
 
+class Backend(str, Enum):
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+
+
 class OutputFormat(str, Enum):
     table = "table"
     json = "json"
@@ -167,6 +172,14 @@ Jobs = Annotated[
         help="Worker processes that decode and resample while the model runs (1: decode in this process).",
     ),
 ]
+BackendOpt = Annotated[
+    Backend,
+    typer.Option(
+        "--backend",
+        help="torch, or onnxruntime: the network runs in ONNX Runtime (CPU; exported once into the data "
+        "folder; needs pip install audiocnn[onnx]).",
+    ),
+]
 Force = Annotated[bool, typer.Option("--force", help="With --output: tag again files the results file already holds.")]
 
 
@@ -188,6 +201,7 @@ def tag(
     output: Output = None,
     jobs: Jobs = 1,
     force: Force = False,
+    backend: BackendOpt = Backend.torch,
 ) -> None:
     """Tag whole songs: top tags per file, optionally the taggram over time and embeddings.
 
@@ -234,6 +248,7 @@ def tag(
         output=output,
         jobs=jobs,
         force=force,
+        backend=backend.value,
         show_progress=output is not None and sys.stderr.isatty(),
     )
     if summary.failed:

@@ -31,6 +31,7 @@ from audiocnn.tagging.library import (
     make_record,
     plan_library,
 )
+from audiocnn.tagging.onnx_backend import make_tagger
 from audiocnn.tagging.outputs import output_stem, write_embeddings, write_taggram
 from audiocnn.tagging.stream import tag_stream
 from audiocnn.tagging.tagger import Tagger, TagResult
@@ -136,6 +137,7 @@ def tag_command(
     jobs: int = 1,
     force: bool = False,
     show_progress: bool = False,
+    backend: str = "torch",
 ) -> TagSummary:
     """Tag every audio file that ``paths`` name (files, folders, globs) with one model.
 
@@ -150,10 +152,13 @@ def tag_command(
     skip the files it already holds unless ``force`` (:mod:`audiocnn.tagging.library`).
     ``jobs``: decoding processes (1: decode here, one file after the other).
     ``show_progress``: a progress bar on stderr (files/s, audio hours/s, time left)
-    instead of one line per file.
+    instead of one line per file. ``backend``: ``torch``, or ``onnxruntime`` to run the
+    network in ONNX Runtime (:mod:`audiocnn.tagging.onnx_backend`).
     """
     t0 = time.perf_counter() if started is None else started
     _check_run_options(output, jobs, force)
+    if backend == "onnxruntime" and embeddings_dir is not None:
+        raise UsageError("embeddings (--embeddings) need the torch backend: leave out --backend onnxruntime")
     for what, folder in (("taggram_dir", taggram_dir), ("embeddings_dir", embeddings_dir)):
         if folder is not None:
             ensure_writable_dir(folder, what)
@@ -162,7 +167,7 @@ def tag_command(
         report(f"error: {line}")
     if not files:
         raise UsageError("nothing to tag: none of the given paths is an audio file or holds one")
-    tagger = Tagger(model, device=device, batch_size=batch_size, data_dir=data_dir)
+    tagger = make_tagger(backend, model, device=device, batch_size=batch_size, data_dir=data_dir)
     options = {
         "window": window,
         "hop": hop,
