@@ -26,6 +26,7 @@ Usage::
 
     .venv/bin/python benchmarks/library.py                  # the full benchmark (~15 min on 2 cores)
     .venv/bin/python benchmarks/library.py --quick          # 6 songs of 30-60 s, one run each
+    .venv/bin/python benchmarks/library.py --export-zoo     # every architecture through ONNX export
 
 This is not a test; numbers depend on the machine and on what else runs on it.
 """
@@ -82,7 +83,11 @@ def make_folder(folder: Path, n: int, lo: float, hi: float) -> list[Path]:
             song = np.stack([song, np.roll(song, 37) * 0.9], axis=1)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".tmp.{path.name}")
-        sf.write(str(tmp), np.clip(song, -1, 1), rate, format=fmt, subtype=subtype)
+        song = np.clip(song, -1, 1)
+        # in blocks: libsndfile's Vorbis encoder overflows its stack on one long write
+        with sf.SoundFile(str(tmp), "w", rate, channels, subtype, format=fmt) as fh:
+            for k in range(0, len(song), 1 << 16):
+                fh.write(song[k : k + (1 << 16)])
         os.replace(tmp, path)
     return paths
 
@@ -303,6 +308,22 @@ def print_tables(runs: list, backends: list, stages: list, header: str) -> None:
     )
 
 
+def export_zoo(work: Path) -> None:
+    """Export every architecture (random weights) and print its largest ONNX difference."""
+    from audiocnn.models.checkpoint import model_metadata, save_checkpoint
+    from audiocnn.models.registry import create_model, list_models
+    from audiocnn.tagging.export import export_onnx
+
+    print("| architecture | time axis | largest abs difference |\n|---|---|---:|")
+    for name in list_models():
+        if name.startswith("test-"):
+            continue
+        m = create_model(name, num_classes=10, task="multi-label")
+        ckpt = save_checkpoint(work / "zoo" / f"{name}.safetensors", m, model_metadata(m, [f"t{i}" for i in range(10)]))
+        rep = export_onnx(ckpt, work / "zoo" / f"{name}.onnx")
+        print(f"| {name} | {'dynamic' if rep.dynamic_time else 'fixed'} | {rep.max_abs_diff:.1e} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)
@@ -314,7 +335,11 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=None, help="audiocnn data dir (pretrained models)")
     ap.add_argument("--musicnn-python", default=sys.executable, help="a Python with TensorFlow and musicnn")
     ap.add_argument("--quick", action="store_true", help="6 songs of 30-60 s: a check that everything runs")
+    ap.add_argument("--export-zoo", action="store_true", help="only: export every architecture to ONNX and check it")
     opts = ap.parse_args()
+    if opts.export_zoo:
+        export_zoo(opts.work)
+        return
     if opts.quick:
         opts.songs, opts.max_seconds = 6, 60.0
 
