@@ -83,14 +83,20 @@ def _worker(tasks: Any, out: Any, sample_rate: int, block_seconds: float) -> Non
             task = tasks.get(timeout=_POLL_S)
         except queue.Empty:
             if not _parent_alive():
-                return
+                return _orphaned(out)
             continue
         if task is None:
             return
         index, path = task
         for message in _decode_one(index, path, sample_rate, block_seconds):
             if not _put(out, message):
-                return
+                return _orphaned(out)
+
+
+def _orphaned(out: Any) -> None:
+    """The parent is gone: exit without waiting to flush blocks nobody will read (the
+    queue's feeder thread would wait on the full pipe for ever)."""
+    out.cancel_join_thread()
 
 
 def _local(paths: Sequence[str | os.PathLike], sample_rate: int, block_seconds: float) -> Iterator[Message]:

@@ -160,6 +160,11 @@ def _slow_run(args: list[str], slow_s: float) -> subprocess.Popen:
     )
 
 
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
 def _lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
@@ -172,8 +177,14 @@ def test_a_killed_run_resumes_to_the_records_of_an_uninterrupted_one(capsys, ckp
     deadline = time.monotonic() + 60
     while _lines(out) < 4 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+    workers = _children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert len(workers) >= 2 or not Path("/proc/self").exists()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()], "decoding workers outlived their killed parent"
     kept = _lines(out)
     assert 4 <= kept < 13, f"the run was not killed part-way ({kept} records)"
     partial = _records(out)

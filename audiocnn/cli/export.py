@@ -14,6 +14,7 @@ import typer
 
 from audiocnn.cli import common
 from audiocnn.cli.app import app
+from audiocnn.cli.tag import _progress  # one plain line per message on stderr, as tag prints them
 
 
 class ExportFormat(str, Enum):
@@ -37,11 +38,6 @@ AudioOpt = Annotated[
     Optional[Path],
     typer.Option("--audio", show_default=False, help="A song for the real-input check [default: the shipped example]."),
 ]
-
-
-def _progress(message: str) -> None:
-    sys.stderr.write(common.printable(message) + "\n")
-    sys.stderr.flush()
 
 
 @app.command("export")

@@ -168,14 +168,7 @@ def tag_command(
     if not files:
         raise UsageError("nothing to tag: none of the given paths is an audio file or holds one")
     tagger = make_tagger(backend, model, device=device, batch_size=batch_size, data_dir=data_dir)
-    options = {
-        "window": window,
-        "hop": hop,
-        "aggregate": aggregate,
-        "top_k": top_k,
-        "framing": framing,
-        "chunks": chunks,
-    }
+    options = dict(window=window, hop=hop, aggregate=aggregate, top_k=top_k, framing=framing, chunks=chunks)
     tagger.check(**options)
     report(
         f"model {tagger.name} ({tagger.task}, {len(tagger.labels)} labels) loaded in "
