@@ -12,6 +12,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import synth_tone, write_audio
@@ -234,3 +235,19 @@ def test_memory_stays_flat_with_the_number_of_files(ckpt, tmp_path, jobs):
     long_peak, _ = _peak_bytes(tagger, [long_song], jobs)
     assert long_peak < 2_000_000, long_peak
     assert LibraryFile(tmp_path / "x.jsonl", LABELS).scan() == ({}, 0, 0)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_windows_of_several_songs_share_a_batch(ckpt, tmp_path, jobs):
+    """Short songs (one or two windows each) fill batches of 4 together; every song still
+    gets the scores tag_file gives it alone."""
+    files = [write_audio(tmp_path / f"{i}.wav", synth_tone(0.6 + 0.5 * (i % 3), SR, seed=i), SR) for i in range(9)]
+    tagger = Tagger(ckpt, batch_size=4)
+    counters = StreamCounters()
+    results = {i: res for i, _, res in tag_stream(tagger, files, jobs=jobs, counters=counters)}
+    assert sorted(results) == list(range(9))
+    assert counters.max_songs_per_batch >= 3 and counters.max_batch == 4
+    for i, f in enumerate(files):
+        alone = tagger.tag_file(f)
+        assert results[i].num_windows == alone.num_windows and results[i].padded == alone.padded
+        assert np.allclose(results[i].scores, alone.scores, atol=1e-6)

@@ -175,6 +175,7 @@ def tag_command(
         f"{time.perf_counter() - t0:.1f} s; {len(files)} file{'s' if len(files) != 1 else ''} to tag"
     )
     run = _Run(tagger, options, jobs, taggram_dir, embeddings_dir, on_result, report, show_progress, failures)
+    run.library = output is not None
     total = len(files) + len(failures)
     skipped = 0 if output is None else _tag_library(run, files, LibraryFile(output, tagger.labels), force)
     if output is None:
@@ -213,10 +214,11 @@ class _Run:
     show_progress: bool
     failures: list[str]
     stems: set[str] = field(default_factory=set)
+    library: bool = False  # a library run: songs share batches even with jobs=1
 
     def results(self, files: Sequence[str | os.PathLike]) -> Iterator[tuple[int, Path, TagResult | AudiocnnError]]:
         want = {"return_taggram": self.taggram_dir is not None, "return_embeddings": self.embeddings_dir is not None}
-        if self.jobs == 1:  # the plain path: one file after the other, as always
+        if self.jobs == 1 and not self.library:  # the plain path: one file after the other, as always
             for i, (path, res) in enumerate(self.tagger.tag_files(files, **want, **self.options)):
                 yield i, path, res
             return

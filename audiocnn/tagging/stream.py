@@ -34,6 +34,7 @@ class StreamCounters:
 
     max_songs_in_flight: int = 0
     max_batch: int = 0
+    max_songs_per_batch: int = 0
 
 
 class _Song:
@@ -47,6 +48,7 @@ class _Song:
         self.padded = False
         self.rows: list[np.ndarray] = []
         self.embs: list[np.ndarray] = []
+        self.pending = 0  # windows in the batch, not scored yet
 
     def push(self, block: np.ndarray) -> list[np.ndarray]:
         self.samples += block.shape[0]
@@ -66,6 +68,70 @@ class _Song:
         return out + list(self.windower.finish())
 
 
+class _Batcher:
+    """The songs in flight and the batch their windows share.
+
+    A song whose last block has arrived waits (in ``done``) until its last windows have
+    been scored, so windows of the next songs can fill the same batch; at most
+    ``batch_size`` songs wait, each holding at least one window of the batch.
+    """
+
+    def __init__(self, tagger: Tagger, plan: WindowPlan, chunks: int | None, want_emb: bool, custom: bool) -> None:
+        self.tagger, self.plan, self.chunks = tagger, plan, chunks
+        self.want_emb, self.custom = want_emb, custom
+        self.from_features = plan.framing == Framing.song.value
+        self.songs: dict[int, _Song] = {}
+        self.done: list[_Song] = []
+        self.batch: list[tuple[_Song, np.ndarray]] = []
+        self.counters = StreamCounters()
+
+    def song(self, i: int) -> _Song:
+        if i not in self.songs:
+            self.songs[i] = _Song(i, self.tagger, self.plan, self.chunks)
+            self.counters.max_songs_in_flight = max(self.counters.max_songs_in_flight, len(self.songs))
+        return self.songs[i]
+
+    def add(self, song: _Song, windows: list[np.ndarray]) -> None:
+        for w in windows:
+            self.batch.append((song, w))
+            song.pending += 1
+            if len(self.batch) >= self.tagger.batch_size:
+                self.flush()
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        c = self.counters
+        c.max_batch = max(c.max_batch, len(self.batch))
+        c.max_songs_per_batch = max(c.max_songs_per_batch, len({id(s) for s, _ in self.batch}))
+        proba, emb = self.tagger._run([w for _, w in self.batch], self.from_features, self.want_emb, self.custom)
+        for j, (song, _) in enumerate(self.batch):
+            song.rows.append(proba[j : j + 1])
+            if emb is not None:
+                song.embs.append(emb[j : j + 1])
+            song.pending -= 1
+        self.batch.clear()
+
+    def block(self, i: int, samples: np.ndarray) -> None:
+        self.add(self.song(i), self.song(i).push(samples))
+
+    def error(self, i: int) -> None:
+        s = self.songs.pop(i, None)
+        self.batch[:] = [(t, w) for t, w in self.batch if t is not s]
+
+    def end(self, i: int) -> None:
+        s = self.song(i)
+        self.add(s, s.finish(self.plan.min_samples))
+        del self.songs[i]
+        self.done.append(s)
+
+    def ready(self) -> list[_Song]:
+        """Finished songs whose every window is scored (taken out of ``done``)."""
+        out = [s for s in self.done if s.pending == 0]
+        self.done = [s for s in self.done if s.pending]
+        return out
+
+
 def tag_stream(
     tagger: Tagger,
     paths: Sequence[str | os.PathLike],
@@ -83,51 +149,30 @@ def tag_stream(
 ) -> Iterator[tuple[int, Path, TagResult | AudiocnnError]]:
     """``(index into paths, path, result or decode error)`` per file, as files finish.
 
-    Options are those of :meth:`Tagger.tag_file` (checked before the first file).
+    Options are those of :meth:`Tagger.tag_file` (checked before the first file);
+    ``counters`` receives the run's peaks.
     """
     plan = tagger.check(window=window, hop=hop, aggregate=aggregate, top_k=top_k, framing=framing, chunks=chunks)
-    counters = counters if counters is not None else StreamCounters()
-    from_features = plan.framing == Framing.song.value
-    custom = window is not None
-    songs: dict[int, _Song] = {}
-    batch: list[tuple[_Song, np.ndarray]] = []
+    b = _Batcher(tagger, plan, chunks, return_embeddings, window is not None)
+    if counters is not None:
+        b.counters = counters
 
-    def add(song: _Song, windows: list[np.ndarray]) -> None:
-        for w in windows:
-            batch.append((song, w))
-            if len(batch) >= tagger.batch_size:
-                flush()
-
-    def flush() -> None:
-        if not batch:
-            return
-        counters.max_batch = max(counters.max_batch, len(batch))
-        proba, emb = tagger._run([w for _, w in batch], from_features, return_embeddings, custom)
-        for j, (song, _) in enumerate(batch):
-            song.rows.append(proba[j : j + 1])
-            if emb is not None:
-                song.embs.append(emb[j : j + 1])
-        batch.clear()
-
-    def song(i: int) -> _Song:
-        if i not in songs:
-            songs[i] = _Song(i, tagger, plan, chunks)
-            counters.max_songs_in_flight = max(counters.max_songs_in_flight, len(songs))
-        return songs[i]
+    def finished() -> Iterator[tuple[int, Path, TagResult]]:
+        for s in b.ready():
+            path = paths[s.index]
+            yield s.index, Path(path), _result(tagger, path, plan, s, aggregate, top_k, return_taggram)
 
     for kind, i, payload in decoded_blocks(paths, tagger.sample_rate, block_seconds=tagger.block_seconds, jobs=jobs):
         if kind == "block":
-            add(song(i), song(i).push(payload))
-            continue
-        s = songs.pop(i, None) if kind == "error" else song(i)
-        if kind == "error":
-            batch[:] = [(t, w) for t, w in batch if t is not s]
+            b.block(i, payload)
+        elif kind == "error":
+            b.error(i)
             yield i, Path(paths[i]), AudioDecodeError(str(payload))
-            continue
-        add(s, s.finish(plan.min_samples))
-        flush()
-        del songs[i]
-        yield i, Path(paths[i]), _result(tagger, paths[i], plan, s, aggregate, top_k, return_taggram)
+        else:
+            b.end(i)
+        yield from finished()
+    b.flush()
+    yield from finished()
 
 
 def _result(
