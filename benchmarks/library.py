@@ -16,7 +16,13 @@ Rows (each a fresh process, timed from start to exit; results file deleted first
 - ``--backend onnxruntime -j 2``;
 - musicnn's API (``musicnn.tagger.top_tags`` per file, one process, the way its README
   shows), run by ``--musicnn-python`` (default: this interpreter) when it can import
-  TensorFlow; otherwise the row says why it did not run.
+  TensorFlow; otherwise the row says why it did not run. An interpreter for it::
+
+      python3 -m venv /tmp/tfvenv && /tmp/tfvenv/bin/pip install tensorflow-cpu==2.21.0 tf_keras librosa \
+          && /tmp/tfvenv/bin/pip install --no-deps musicnn==0.1.0
+
+  (run with ``TF_USE_LEGACY_KERAS=1``, which the benchmark sets: musicnn 0.1.0 builds its
+  graph with ``tf.compat.v1.layers``, which needs Keras 2).
 
 Then in this process: the musicnn network on one 3 s window (median of 50 runs) and one
 whole song (``Tagger.tag_file``, median of 3) with torch and with ONNX Runtime, and a
@@ -164,9 +170,13 @@ def timed_run(label: str, args: list[str], env: dict, repeat: int, audio_s: floa
     return row
 
 
+MUSICNN_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}  # tf.compat.v1.layers needs Keras 2
+
+
 def musicnn_api_row(python: str, files: list[Path], audio_s: float, repeat: int) -> dict | str:
     """musicnn's own API over the folder in one process, or why it cannot run."""
-    probe = subprocess.run([python, "-c", "import tensorflow, musicnn.tagger"], capture_output=True, text=True)
+    env = {**os.environ, **MUSICNN_ENV}
+    probe = subprocess.run([python, "-c", "import tensorflow, musicnn.tagger"], capture_output=True, text=True, env=env)
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
         return f"not run: {python} cannot import TensorFlow + musicnn.tagger ({last[:90]})"
@@ -174,13 +184,16 @@ def musicnn_api_row(python: str, files: list[Path], audio_s: float, repeat: int)
         "import sys\nfrom musicnn.tagger import top_tags\n"
         "for f in sys.argv[1:]:\n    top_tags(f, model='MTT_musicnn', topN=5, print_tags=False)\n"
     )
-    walls, peaks = [], []
+    walls, peaks, cpus = [], [], []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        proc = subprocess.Popen([python, "-c", code, *map(str, files)], stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [python, "-c", code, *map(str, files)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         walls.append(time.perf_counter() - t0)
         peaks.append(usage.ru_maxrss / 1024)
+        cpus.append(usage.ru_utime + usage.ru_stime)
         if os.waitstatus_to_exitcode(status) != 0:
             return f"not run: the musicnn API failed with exit code {os.waitstatus_to_exitcode(status)}"
     wall = statistics.median(walls)
@@ -188,7 +201,7 @@ def musicnn_api_row(python: str, files: list[Path], audio_s: float, repeat: int)
         "run": "musicnn API (TensorFlow), 1 process",
         "files": len(files),
         "wall_s": wall,
-        "cpu_s": float("nan"),
+        "cpu_s": statistics.median(cpus),
         "files_per_s": len(files) / wall,
         "audio_h_per_s": audio_s / 3600 / wall,
         "peak_main_mib": max(peaks),
