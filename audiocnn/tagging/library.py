@@ -209,9 +209,12 @@ class LibraryFile:
     def open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            created = not self.path.exists()
             self._fh = open(self.path, "ab")
             if self.header is not None and self._fh.tell() == 0:
                 self._append(self._csv_line(self.header))
+            if created:
+                fsync_dir(self.path.parent)  # the new file's name survives a power cut too
         except OSError as exc:
             raise write_error(self.path, exc, existed=self.path.exists()) from None
 
