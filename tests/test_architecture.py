@@ -49,6 +49,7 @@ CORE = {
     "audiocnn.errors",
     "audiocnn.fileio",
     "audiocnn.audio",
+    "audiocnn.audio_pool",
     "audiocnn.progress",
     "audiocnn.constants",
     "audiocnn.devices",

@@ -23,6 +23,11 @@ from audiocnn.errors import UsageError
 DEFAULT_TABLE_TOP_K = 5
 
 
+class Backend(str, Enum):
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+
+
 class OutputFormat(str, Enum):
     table = "table"
     json = "json"
@@ -160,6 +165,36 @@ Threshold = Annotated[
     ),
 ]
 
+Output = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--output",
+        "-o",
+        show_default=False,
+        help="Append one record per file to this results file (.jsonl or .csv, by suffix) as each file "
+        "finishes; run again to resume: files already in it (same size, modification time, model and "
+        "options) are skipped.",
+    ),
+]
+Jobs = Annotated[
+    int,
+    typer.Option(
+        "--jobs",
+        "-j",
+        min=1,
+        help="Worker processes that decode and resample while the model runs (1: decode in this process).",
+    ),
+]
+BackendOpt = Annotated[
+    Backend,
+    typer.Option(
+        "--backend",
+        help="torch, or onnxruntime: the network runs in ONNX Runtime (CPU; exported once into the data "
+        "folder; needs pip install audiocnn[onnx]).",
+    ),
+]
+Force = Annotated[bool, typer.Option("--force", help="With --output: tag again files the results file already holds.")]
+
 
 @app.command("tag")
 def tag(
@@ -177,8 +212,18 @@ def tag(
     framing: FramingOpt = Framing.auto,
     chunks: Chunks = None,
     threshold: Threshold = None,
+    output: Output = None,
+    jobs: Jobs = 1,
+    force: Force = False,
+    backend: BackendOpt = Backend.torch,
 ) -> None:
-    """Tag whole songs: top tags per file, optionally the taggram over time and embeddings."""
+    """Tag whole songs: top tags per file, optionally the taggram over time and embeddings.
+
+    With --output, tag a whole library into one resumable results file."""
+    if output is not None and fmt is not OutputFormat.table:
+        raise UsageError(
+            f"--format {fmt.value} prints to stdout; with --output the suffix of {output} picks the format"
+        )
     if chunks is not None and hop is not None:
         raise UsageError(f"--chunks {chunks} cannot be combined with --hop: chunks are spread evenly over each file")
     for opt, folder in (("--taggram", taggram_dir), ("--embeddings", embeddings_dir)):
@@ -209,12 +254,17 @@ def tag(
         framing=framing,
         chunks=chunks,
         threshold=threshold,
-        top_k=table_k if writer is None else top_k,
+        top_k=table_k if writer is None and output is None else top_k,
         taggram_dir=taggram_dir,
         embeddings_dir=embeddings_dir,
-        on_result=show,
+        on_result=None if output is not None else show,
         report=_progress,
         started=started,
+        output=output,
+        jobs=jobs,
+        force=force,
+        backend=backend.value,
+        show_progress=output is not None and sys.stderr.isatty(),
     )
     if summary.failed:
         raise typer.Exit(1)

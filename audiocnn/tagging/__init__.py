@@ -5,6 +5,11 @@
 - :mod:`~audiocnn.tagging.outputs`: JSON/CSV result lines, taggram and embedding files.
 - :mod:`~audiocnn.tagging.command`: :func:`tag_command`, all of ``audiocnn tag`` as one
   call (paths, folders and globs in; outputs, failures and a summary out).
+- :mod:`~audiocnn.tagging.stream`: :func:`~audiocnn.tagging.stream.tag_stream`, many
+  songs as one stream (decoding workers, shared batches).
+- :mod:`~audiocnn.tagging.library`: the resumable results file of ``tag --output``.
+- :mod:`~audiocnn.tagging.export`: ONNX export and its checks; ``onnx_backend``: ``tag
+  --backend onnxruntime``.
 
 Example::
 

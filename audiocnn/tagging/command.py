@@ -1,5 +1,9 @@
 """``audiocnn tag`` as a library function: expand the paths, load the model once, tag each
-file, write its outputs, and sum up; a file that fails is reported and the others go on."""
+file, write its outputs, and sum up; a file that fails is reported and the others go on.
+
+With ``output`` the results go to one resumable results file instead
+(:mod:`audiocnn.tagging.library`); with ``jobs > 1`` worker processes decode while the
+model runs (:mod:`audiocnn.tagging.stream`)."""
 
 from __future__ import annotations
 
@@ -7,15 +11,29 @@ import glob
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from audiocnn.audio import AUDIO_EXTENSIONS, find_audio_files, is_audio_path
 from audiocnn.constants import DEFAULT_MODEL, Aggregate, Framing
 from audiocnn.errors import AudiocnnError, UsageError
 from audiocnn.fileio import ensure_writable_dir
+from audiocnn.progress import StepBar
+from audiocnn.tagging.library import (
+    LIBRARY_SUFFIXES,
+    LibraryFile,
+    RateInfo,
+    checkpoint_sha256,
+    library_lock,
+    make_record,
+    plan_library,
+)
+from audiocnn.tagging.onnx_backend import make_tagger
 from audiocnn.tagging.outputs import output_stem, write_embeddings, write_taggram
+from audiocnn.tagging.stream import tag_stream
 from audiocnn.tagging.tagger import Tagger, TagResult
 
 log = logging.getLogger("audiocnn.tag")
@@ -78,15 +96,22 @@ class TagSummary:
     total: int
     failures: list[str]  # one line per input that was not tagged
     seconds: float
+    skipped: int = 0  # already in the results file (``output``): not tagged again
 
     @property
     def failed(self) -> int:
         return len(self.failures)
 
+    @property
+    def tagged(self) -> int:
+        return self.total - self.failed - self.skipped
+
     def __str__(self) -> str:
         total, failed = self.total, self.failed
-        return f"tagged {total - failed} of {total} file{'s' if total != 1 else ''} in {self.seconds:.1f} s" + (
-            f"; {failed} failed" if failed else ""
+        return (
+            f"tagged {self.tagged} of {total} file{'s' if total != 1 else ''} in {self.seconds:.1f} s"
+            + (f"; {self.skipped} skipped, already tagged" if self.skipped else "")
+            + (f"; {failed} failed" if failed else "")
         )
 
 
@@ -109,6 +134,11 @@ def tag_command(
     on_result: Callable[[TagOutcome], None] | None = None,
     report: Callable[[str], None] = log.info,
     started: float | None = None,
+    output: str | os.PathLike | None = None,
+    jobs: int = 1,
+    force: bool = False,
+    show_progress: bool = False,
+    backend: str = "torch",
 ) -> TagSummary:
     """Tag every audio file that ``paths`` name (files, folders, globs) with one model.
 
@@ -118,8 +148,18 @@ def tag_command(
     output folders made, before the first file. ``started`` (a ``time.perf_counter()``)
     is when the timings count from (default: now). Raises :class:`UsageError` when no
     argument names an audio file.
+
+    ``output`` (``.jsonl`` or ``.csv``): append one record per file there, durably, and
+    skip the files it already holds unless ``force`` (:mod:`audiocnn.tagging.library`).
+    ``jobs``: decoding processes (1: decode here, one file after the other).
+    ``show_progress``: a progress bar on stderr (files/s, audio hours/s, time left)
+    instead of one line per file. ``backend``: ``torch``, or ``onnxruntime`` to run the
+    network in ONNX Runtime (:mod:`audiocnn.tagging.onnx_backend`).
     """
     t0 = time.perf_counter() if started is None else started
+    _check_run_options(output, jobs, force)
+    if backend == "onnxruntime" and embeddings_dir is not None:
+        raise UsageError("embeddings (--embeddings) need the torch backend: leave out --backend onnxruntime")
     for what, folder in (("taggram_dir", taggram_dir), ("embeddings_dir", embeddings_dir)):
         if folder is not None:
             ensure_writable_dir(folder, what)
@@ -128,7 +168,7 @@ def tag_command(
         report(f"error: {line}")
     if not files:
         raise UsageError("nothing to tag: none of the given paths is an audio file or holds one")
-    tagger = Tagger(model, device=device, batch_size=batch_size, data_dir=data_dir)
+    tagger = make_tagger(backend, model, device=device, batch_size=batch_size, data_dir=data_dir)
     options = {
         "window": window,
         "hop": hop,
@@ -141,25 +181,109 @@ def tag_command(
     tagger.check(**options)
     report(
         f"model {tagger.name} ({tagger.task}, {len(tagger.labels)} labels) loaded in "
-        f"{time.perf_counter() - t0:.1f} s; tagging {len(files)} file{'s' if len(files) != 1 else ''}"
+        f"{time.perf_counter() - t0:.1f} s; {len(files)} file{'s' if len(files) != 1 else ''} to tag"
     )
+    run = _Run(tagger, options, jobs, taggram_dir, embeddings_dir, on_result, report, show_progress, failures)
+    run.library = output is not None
     total = len(files) + len(failures)
-    stems: set[str] = set()
-    tagged = tagger.tag_files(
-        files, return_taggram=taggram_dir is not None, return_embeddings=embeddings_dir is not None, **options
-    )
-    for i, (path, res) in enumerate(tagged, 1):
-        if isinstance(res, AudiocnnError):
-            failures.append(str(res))
-            report(f"error: {res}")
-            continue
-        outcome = TagOutcome(path, res, _write_files(res, path, stems, taggram_dir, embeddings_dir))
-        if on_result is not None:
-            on_result(outcome)
-        report(f"[{i}/{len(files)}] {path}: {res.num_windows} windows, {res.duration:.1f} s")
-    summary = TagSummary(total, failures, time.perf_counter() - t0)
+    skipped = 0 if output is None else _tag_library(run, files, LibraryFile(output, tagger.labels), force)
+    if output is None:
+        _tag_each(run, files)
+    summary = TagSummary(total, failures, time.perf_counter() - t0, skipped)
     report(str(summary))
     return summary
+
+
+def _check_run_options(output: str | os.PathLike | None, jobs: int, force: bool) -> None:
+    """The library-run options, checked before the model loads."""
+    if int(jobs) < 1:
+        raise UsageError(f"jobs (--jobs) must be >= 1, got {jobs}")
+    if output is None:
+        if force:
+            raise UsageError("force (--force) re-tags files already in a results file: it needs output (--output)")
+        return
+    if Path(output).is_dir():
+        raise UsageError(f"--output {output}: is a folder, expected a results file (.jsonl or .csv)")
+    if Path(output).suffix.lower() not in LIBRARY_SUFFIXES:
+        raise UsageError(f"--output {output}: the suffix must be .jsonl or .csv (it picks the format)")
+    ensure_writable_dir(Path(output).expanduser().absolute().parent, "--output's folder")
+
+
+@dataclass
+class _Run:
+    """What the per-file loops share."""
+
+    tagger: Tagger
+    options: dict[str, Any]
+    jobs: int
+    taggram_dir: str | os.PathLike | None
+    embeddings_dir: str | os.PathLike | None
+    on_result: Callable[[TagOutcome], None] | None
+    report: Callable[[str], None]
+    show_progress: bool
+    failures: list[str]
+    stems: set[str] = field(default_factory=set)
+    library: bool = False  # a library run: songs share batches even with jobs=1
+
+    def results(self, files: Sequence[str | os.PathLike]) -> Iterator[tuple[int, Path, TagResult | AudiocnnError]]:
+        want = {"return_taggram": self.taggram_dir is not None, "return_embeddings": self.embeddings_dir is not None}
+        if self.jobs == 1 and not self.library:  # the plain path: one file after the other, as always
+            for i, (path, res) in enumerate(self.tagger.tag_files(files, **want, **self.options)):
+                yield i, path, res
+            return
+        yield from tag_stream(self.tagger, files, jobs=self.jobs, **want, **self.options)
+
+    def done(self, path: Path, res: TagResult | AudiocnnError) -> None:
+        """Report one file; write its taggram / embeddings and hand it to ``on_result``."""
+        if isinstance(res, AudiocnnError):
+            self.failures.append(str(res))
+            self.report(f"error: {res}")
+            return
+        outcome = TagOutcome(path, res, _write_files(res, path, self.stems, self.taggram_dir, self.embeddings_dir))
+        if self.on_result is not None:
+            self.on_result(outcome)
+
+
+def _tag_each(run: _Run, files: list[Path]) -> None:
+    for n, (_, path, res) in enumerate(run.results(files), 1):
+        run.done(path, res)
+        if not isinstance(res, AudiocnnError):
+            run.report(f"[{n}/{len(files)}] {path}: {res.num_windows} windows, {res.duration:.1f} s")
+
+
+def _tag_library(run: _Run, files: list[Path], out: LibraryFile, force: bool) -> int:
+    """Tag the files ``out`` does not hold yet, appending a record per file; returns how
+    many were skipped."""
+    tagger = run.tagger
+    model = {"model": tagger.name, "model_sha256": checkpoint_sha256(tagger.path)}
+    options = {k: v.value if isinstance(v, Enum) else v for k, v in run.options.items()}
+    with library_lock(out):
+        plan = plan_library(out, files, model["model_sha256"], options, force)
+        if plan.skipped:
+            run.report(
+                f"skipping {plan.skipped} file{'s' if plan.skipped != 1 else ''} already in {out.path} "
+                "(same size, modification time, model and options; --force re-tags them)"
+            )
+        if plan.retried:
+            run.report(f"trying again {plan.retried} file{'s' if plan.retried != 1 else ''} that failed before")
+        if plan.repaired:
+            run.report(f"{out.path}: dropped {plan.repaired} incomplete or invalid line(s)")
+        rate = RateInfo(len(plan.todo))
+        out.open()
+        try:
+            with StepBar(run.show_progress) as bar:
+                bar.start("tagging", len(plan.todo))
+                for i, path, res in run.results([t.path for t in plan.todo]):
+                    ok = not isinstance(res, AudiocnnError)
+                    out.append(make_record(plan.todo[i], model, options, res), res if ok else None)
+                    run.done(path, res)
+                    info = rate.add(res.duration if ok else 0.0)
+                    bar.update(1, info)
+                    if ok and not run.show_progress:
+                        run.report(f"[{rate.done}/{rate.total}] {path}: {res.duration:.1f} s; {info}")
+        finally:
+            out.close()
+    return plan.skipped
 
 
 def _write_files(

@@ -356,6 +356,24 @@ class Tagger:
         plan = self.check(window=window, hop=hop, threshold=threshold, **options)
         windower = _Windower(plan.size, plan.hop) if chunks is None else _EvenChunks(plan.size, int(chunks))
         taggram, embeddings, info = self._stream(Path(path), plan, windower, return_embeddings, window is not None)
+        return self._result(
+            path, plan, windower.starts, taggram, embeddings, info, aggregate, top_k, return_taggram, threshold
+        )
+
+    def _result(
+        self,
+        path: str | os.PathLike,
+        plan: WindowPlan,
+        starts: list[int],
+        taggram: np.ndarray,
+        embeddings: np.ndarray | None,
+        info: dict[str, Any],
+        aggregate: str | Aggregate,
+        top_k: int | None,
+        return_taggram: bool,
+        threshold: float | None = None,
+    ) -> TagResult:
+        """The result of one song from its per-window scores (``starts`` in plan units)."""
         aggregate = _choice(Aggregate, aggregate, "aggregate")
         scores = taggram.mean(axis=0) if aggregate == Aggregate.mean else taggram.max(axis=0)
         order = sorted(range(len(self.labels)), key=lambda i: (-float(scores[i]), i))
@@ -379,7 +397,7 @@ class Tagger:
             aggregate=aggregate,
             framing=plan.framing,
             padded=bool(info["padded"]),
-            window_starts=(np.asarray(windower.starts, dtype=np.float64) * plan.unit_seconds),
+            window_starts=(np.asarray(starts, dtype=np.float64) * plan.unit_seconds),
             taggram=taggram if return_taggram else None,
             embeddings=embeddings,
             predicted=predicted,

@@ -1,0 +1,257 @@
+"""`audiocnn tag PATHS --output FILE`: the resumable library run, its records, -j workers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import synth_tone, write_audio
+from tag_fixtures import SR, ProbeMel, make_checkpoint
+
+from audiocnn.cli.main import run
+from audiocnn.models.registry import register_model
+from audiocnn.tagging import Tagger
+from audiocnn.tagging.library import LibraryFile
+from audiocnn.tagging.stream import StreamCounters, tag_stream
+
+torch.set_num_threads(1)
+
+TESTS = Path(__file__).resolve().parent
+LABELS = ["rock", "jazz", "piano", "vocal"]
+SLOW_ENV = "AUDIOCNN_TEST_SLOW_WINDOW_S"
+
+
+@register_model("test-slow-mel")
+class SlowMel(ProbeMel):
+    """ProbeMel that sleeps per batch when $AUDIOCNN_TEST_SLOW_WINDOW_S is set, so that a
+    run can be killed part-way; without it, the same scores as fast as ProbeMel."""
+
+    def forward_features(self, feats: torch.Tensor) -> torch.Tensor:
+        time.sleep(float(os.environ.get(SLOW_ENV, "0")))
+        return super().forward_features(feats)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "slow.safetensors", "test-slow-mel", labels=LABELS)
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> Path:
+    """A small library in several formats and rates, one file corrupt."""
+    d = tmp_path_factory.mktemp("library")
+    for i in range(12):
+        fmt = [("wav", {}), ("flac", {}), ("ogg", {"format": "OGG", "subtype": "VORBIS"})][i % 3]
+        sr = [SR, 16000, 22050][i % 3]
+        write_audio(d / f"album{i % 2}" / f"song{i:02d}.{fmt[0]}", synth_tone(1.5 + 0.25 * i, sr, seed=i), sr, **fmt[1])
+    (d / "album0" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 4)
+    return d
+
+
+def _tag(capsys, *args: str) -> tuple[int, str, str]:
+    code = run(["tag", *args])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def _records(path: Path) -> dict[str, dict]:
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    by_path = {r["path"]: r for r in recs}
+    assert len(by_path) == len(recs), "a file has more than one record"
+    return by_path
+
+
+def test_records_equal_plain_tag_and_a_rerun_skips_them(capsys, ckpt, library, tmp_path):
+    out = tmp_path / "out.jsonl"
+    code, stdout, err = _tag(capsys, str(library), "-m", str(ckpt), "--output", str(out))
+    assert code == 1, err  # the broken file fails the run...
+    assert stdout == ""  # results go to the file, not stdout
+    recs = _records(out)
+    assert len(recs) == 13  # ...but every file has its record, the broken one with its error
+    broken = recs[str(library / "album0" / "broken.wav")]
+    assert "error" in broken and "tags" not in broken and "broken.wav" in broken["error"]
+    assert "tagged 12 of 13 files" in err and "1 failed" in err
+
+    code, stdout, _ = _tag(capsys, str(library / "album1"), "-m", str(ckpt), "--format", "json")
+    assert code == 0
+    plain = [json.loads(line) for line in stdout.splitlines()]
+    assert len(plain) == 6
+    for p in plain:
+        rec = recs[os.path.abspath(p["path"])]
+        st = os.stat(p["path"])
+        assert (rec["size"], rec["mtime"]) == (st.st_size, st.st_mtime)
+        assert len(rec["model_sha256"]) == 16
+        assert {k: v for k, v in rec.items() if k in p and k != "path"} == {k: v for k, v in p.items() if k != "path"}
+
+    code, _, err = _tag(capsys, str(library), "-m", str(ckpt), "--output", str(out))
+    assert "skipping 12 files already in" in err and "trying again 1 file that failed before" in err
+    assert "tagged 0 of 13 files" in err
+    assert _records(out) == recs
+
+    code, _, err = _tag(capsys, str(library), "-m", str(ckpt), "--output", str(out), "--force")
+    assert "tagged 12 of 13 files" in err and "skipping" not in err
+    assert _records(out) == recs
+
+
+def test_changed_file_and_other_options_are_tagged_again(capsys, ckpt, library, tmp_path):
+    lib = tmp_path / "lib"
+    for f in sorted((library / "album1").iterdir())[:3]:
+        write_audio(lib / f.name, synth_tone(2.0, SR, seed=len(f.name)), SR)
+    out = tmp_path / "out.jsonl"
+    assert _tag(capsys, str(lib), "-m", str(ckpt), "-o", str(out))[0] == 0
+    before = _records(out)
+    changed = sorted(lib.iterdir())[0]
+    write_audio(changed, synth_tone(3.0, SR, seed=99), SR)
+    code, _, err = _tag(capsys, str(lib), "-m", str(ckpt), "-o", str(out))
+    assert "skipping 2 files" in err and "tagged 1 of 3 files" in err
+    after = _records(out)
+    assert after[str(changed)]["duration"] == 3.0 and after[str(changed)] != before[str(changed)]
+    _, _, err = _tag(capsys, str(lib), "-m", str(ckpt), "-o", str(out), "--aggregate", "max")
+    assert "tagged 3 of 3 files" in err
+    assert {r["options"]["aggregate"] for r in _records(out).values()} == {"max"}
+    _, _, err = _tag(capsys, str(lib), "-m", str(ckpt), "-o", str(out), "--aggregate", "max", "--threshold", "0")
+    assert "tagged 3 of 3 files" in err  # the threshold is one of the options a record is kept for
+    for rec in _records(out).values():
+        assert rec["options"]["threshold"] == 0.0 and sorted(rec["predicted"]) == sorted(LABELS)
+
+
+def test_csv_results_file(capsys, ckpt, library, tmp_path):
+    out = tmp_path / "lib.csv"
+    _tag(capsys, str(library / "album1"), "-m", str(ckpt), "-o", str(out))
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 6 and list(rows[0])[-4:] == LABELS
+    t = Tagger(ckpt)
+    res = t.tag_file(rows[0]["path"])
+    assert [float(rows[0][x]) for x in LABELS] == pytest.approx(res.scores.tolist(), abs=1e-6)
+    assert float(rows[0]["mtime"]) == os.stat(rows[0]["path"]).st_mtime
+    _, _, err = _tag(capsys, str(library / "album1"), "-m", str(ckpt), "-o", str(out))
+    assert "skipping 6 files" in err
+    other = make_checkpoint(tmp_path / "other.safetensors", "test-slow-mel", labels=["a", "b"])
+    code, _, err = _tag(capsys, str(library / "album1"), "-m", str(other), "-o", str(out))
+    assert code == 2 and "columns" in err and len(err.strip().splitlines()[-1]) < 300
+
+
+def test_usage_errors_before_the_model_loads(capsys, ckpt, library, tmp_path):
+    cases = [
+        (["--output", str(tmp_path / "out.txt")], ".jsonl or .csv"),
+        (["--force"], "needs output"),
+        (["--output", str(tmp_path / "o.jsonl"), "--format", "json"], "suffix"),
+        (["--output", str(tmp_path)], "is a folder"),
+    ]
+    for extra, message in cases:
+        code, _, err = _tag(capsys, str(library), "-m", str(ckpt), *extra)
+        assert code == 2 and message in err, (extra, err)
+    assert _tag(capsys, str(library), "-m", str(ckpt), "-j", "0")[0] == 2
+
+
+def _slow_run(args: list[str], slow_s: float) -> subprocess.Popen:
+    code = (
+        f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_tag_library; "
+        "from audiocnn.cli.main import run; sys.exit(run(sys.argv[1:]))"
+    )
+    env = {**os.environ, SLOW_ENV: str(slow_s), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "tag", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def test_a_killed_run_resumes_to_the_records_of_an_uninterrupted_one(capsys, ckpt, library, tmp_path):
+    full = tmp_path / "full.jsonl"
+    _tag(capsys, str(library), "-m", str(ckpt), "-o", str(full))
+    out = tmp_path / "killed.jsonl"
+    proc = _slow_run([str(library), "-m", str(ckpt), "-o", str(out), "-j", "2"], slow_s=0.1)
+    deadline = time.monotonic() + 60
+    while _lines(out) < 4 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    workers = _children(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(workers) >= 2 or not Path("/proc/self").exists()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()], "decoding workers outlived their killed parent"
+    kept = _lines(out)
+    assert 4 <= kept < 13, f"the run was not killed part-way ({kept} records)"
+    partial = _records(out)
+    # a record cut short by a crash (the worst a kill can leave) is repaired on resume
+    with out.open("ab") as fh:
+        fh.write(b'{"path": "' + str(library).encode() + b"/album1/song")
+    proc = _slow_run([str(library), "-m", str(ckpt), "-o", str(out), "-j", "2"], slow_s=0.0)
+    _, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert proc.returncode == 1, err  # the broken file
+    assert f"skipping {sum('error' not in r for r in partial.values())} files already in" in err
+    assert "dropped 1 incomplete or invalid line" in err
+    assert _records(out) == _records(full)
+
+
+def test_parallel_decoding_gives_the_serial_results(capsys, ckpt, library):
+    _, serial, _ = _tag(capsys, str(library / "album0"), "-m", str(ckpt), "-f", "json")
+    code, parallel, err = _tag(capsys, str(library / "album0"), "-m", str(ckpt), "-f", "json", "-j", "2")
+    assert code == 1 and "broken.wav" in err
+    key = lambda line: json.loads(line)["path"]  # noqa: E731
+    assert sorted(parallel.splitlines(), key=key) == sorted(serial.splitlines(), key=key)
+
+
+def _peak_bytes(tagger: Tagger, files: list[Path], jobs: int) -> tuple[int, StreamCounters]:
+    counters = StreamCounters()
+    tracemalloc.start()
+    try:
+        for _ in tag_stream(tagger, files, jobs=jobs, counters=counters):
+            pass
+        return tracemalloc.get_traced_memory()[1], counters
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_memory_stays_flat_with_the_number_of_files(ckpt, tmp_path, jobs):
+    """Peak memory of tagging 80 files is that of 20 (their decoded audio would take 15 MB);
+    a 4-minute file is streamed in blocks, not held whole (it would take 7.7 MB at 8 kHz)."""
+    lib = tmp_path / "many"
+    files = [write_audio(lib / f"{i:03d}.wav", synth_tone(6.0, SR, seed=i), SR) for i in range(80)]
+    long_song = write_audio(tmp_path / "long.wav", synth_tone(240.0, SR), SR)
+    tagger = Tagger(ckpt, block_seconds=5.0)
+    few, _ = _peak_bytes(tagger, files[:20], jobs)
+    many, counters = _peak_bytes(tagger, files, jobs)
+    assert counters.max_songs_in_flight <= jobs and counters.max_batch == 1
+    assert many < min(1.5 * few + 200_000, 2_500_000), (few, many)
+    long_peak, _ = _peak_bytes(tagger, [long_song], jobs)
+    assert long_peak < 2_000_000, long_peak
+    assert LibraryFile(tmp_path / "x.jsonl", LABELS).scan() == ({}, 0, 0)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_windows_of_several_songs_share_a_batch(ckpt, tmp_path, jobs):
+    """Short songs (one or two windows each) fill batches of 4 together; every song still
+    gets the scores tag_file gives it alone."""
+    files = [write_audio(tmp_path / f"{i}.wav", synth_tone(0.6 + 0.5 * (i % 3), SR, seed=i), SR) for i in range(9)]
+    tagger = Tagger(ckpt, batch_size=4)
+    counters = StreamCounters()
+    results = {i: res for i, _, res in tag_stream(tagger, files, jobs=jobs, counters=counters)}
+    assert sorted(results) == list(range(9))
+    assert counters.max_songs_per_batch >= 3 and counters.max_batch == 4
+    for i, f in enumerate(files):
+        alone = tagger.tag_file(f)
+        assert results[i].num_windows == alone.num_windows and results[i].padded == alone.padded
+        assert np.allclose(results[i].scores, alone.scores, atol=1e-6)
