@@ -94,6 +94,19 @@ def test_table_top_k_and_scores_match_json(capsys, ckpt, music):
     assert [float(m.group(3)) for m in rows] == pytest.approx([t["score"] for t in best], abs=6e-4)
 
 
+def test_table_shows_readable_labels_and_json_keeps_the_dataset_form(capsys, music, tmp_path):
+    labels = ["genre---rock", "instrument---piano", "mood/theme---happy", "plain"]
+    ck = make_checkpoint(tmp_path / "mtg.safetensors", "test-probe-mel", labels=labels)
+    f = str(music / "a.wav")
+    _, out, _ = _tag(capsys, f, "--model", str(ck), "--threshold", "0")
+    assert "---" not in out
+    for shown in ("genre:rock", "instrument:piano", "mood/theme:happy", "plain"):
+        assert re.search(rf"^\s+\d+\s+{re.escape(shown)}\s+[0-9.]+$", out, re.M), shown
+        assert shown in out.strip().splitlines()[-1]  # the predicted line too
+    _, js, _ = _tag(capsys, f, "--model", str(ck), "--format", "json")
+    assert {t["tag"] for t in json.loads(js)["tags"]} == set(labels)
+
+
 def test_single_label_table_says_softmax(capsys, ckpt_single, music):
     code, out, _ = _tag(capsys, str(music / "a.wav"), "--model", str(ckpt_single))
     assert code == 0 and "softmax probabilities" in out

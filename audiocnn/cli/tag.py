@@ -18,6 +18,7 @@ import typer
 from audiocnn.cli import common
 from audiocnn.cli.app import app
 from audiocnn.constants import DEFAULT_MODEL, Aggregate, Framing
+from audiocnn.datasets.manifest import readable_label
 from audiocnn.errors import UsageError
 
 DEFAULT_TABLE_TOP_K = 5
@@ -59,12 +60,12 @@ def _table(result, top_k: int) -> str:
         f"{'s' if result.num_windows != 1 else ''} of {result.window_seconds:.2f} s{note}; "
         f"{result.aggregate} of {kind}; model {common.printable(result.model)}]"
     )
-    tags = [(common.printable(t), s) for t, s in result.tags[:top_k]]
+    tags = [(common.printable(readable_label(t)), s) for t, s in result.tags[:top_k]]
     width = max([len(t) for t, _ in tags] + [3])
     lines = [head, f"  {'#':>2}  {'tag':<{width}}  score"]
     for i, (t, s) in enumerate(tags, 1):
         lines.append(f"  {i:>2}  {t:<{width}}  {s:.3f}")
-    predicted = ", ".join(common.printable(t) for t in result.predicted) or "(none)"
+    predicted = ", ".join(common.printable(readable_label(t)) for t in result.predicted) or "(none)"
     lines.append(f"  predicted: {predicted}  [{result.decision}]")
     return "\n".join(lines) + "\n"
 
