@@ -23,6 +23,25 @@ import pytest
 import soundfile as sf
 from conftest import synth_tone
 
+from audiocnn.cli.main import run
+
+
+def no_slow_retries(monkeypatch, retries: int = 1) -> None:
+    """Downloads in tests: no back-off between tries, ``retries`` retries, no mirror taken
+    from the environment."""
+    monkeypatch.setenv("AUDIOCNN_DOWNLOAD_BACKOFF", "0")
+    monkeypatch.setenv("AUDIOCNN_DOWNLOAD_RETRIES", str(retries))
+    monkeypatch.delenv("AUDIOCNN_MIRROR", raising=False)
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``(exit code, stdout, stderr)`` of one in-process ``audiocnn`` command."""
+    capsys.readouterr()
+    code = run(list(args))
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
 # ----------------------------------------------------------------------------- audio
 
 

@@ -14,12 +14,13 @@ from dataset_fixtures import (  # noqa: F401 (http_server is a fixture)
     gtzan_fixture,
     http_server,
     mtat_fixture,
+    no_slow_retries,
     patch_remotes,
+    run_cli,
     write_files,
 )
 
 from audiocnn import pipeline
-from audiocnn.cli.main import run
 from audiocnn.datasets import (
     dataset_info,
     get_dataset,
@@ -39,16 +40,7 @@ INFO_KEYS = {"name", "task", "labels", "splits", "excluded"}
 
 @pytest.fixture(autouse=True)
 def _fast_retries(monkeypatch):
-    monkeypatch.setenv("AUDIOCNN_DOWNLOAD_BACKOFF", "0")
-    monkeypatch.setenv("AUDIOCNN_DOWNLOAD_RETRIES", "1")
-    monkeypatch.delenv("AUDIOCNN_MIRROR", raising=False)
-
-
-def _cli(capsys, *args):
-    capsys.readouterr()
-    code = run(list(args))
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    no_slow_retries(monkeypatch)
 
 
 # ----------------------------------------------------------------------------- GTZAN
@@ -76,7 +68,7 @@ def test_gtzan_fault_filtered_via_mirror(http_server, data_dir, monkeypatch, cap
     assert all("not in the archive" in reasons[cid] for cid in absent)
     assert len(manifest.excluded) == len(absent) + sum(s == "excluded" for s in chosen.values())
 
-    code, out, _ = _cli(capsys, "info", "gtzan", "--format", "json")
+    code, out, _ = run_cli(capsys, "info", "gtzan", "--format", "json")
     assert code == 0
     info = json.loads(out)
     assert set(info) == INFO_KEYS
@@ -84,7 +76,7 @@ def test_gtzan_fault_filtered_via_mirror(http_server, data_dir, monkeypatch, cap
     assert info["splits"] == dict(Counter(present.values()))
     assert all(set(e) == {"id", "reason"} for e in info["excluded"])
 
-    code, out, _ = _cli(capsys, "verify", "gtzan")
+    code, out, _ = run_cli(capsys, "verify", "gtzan")
     assert code == 0 and "missing: 0" in out and "corrupt: 0" in out
 
     # Re-running is a no-op that says so (no request, manifest untouched).
@@ -107,7 +99,7 @@ def test_gtzan_fault_filtered_via_mirror(http_server, data_dir, monkeypatch, cap
     report = verify_dataset(data_dir, "gtzan")
     assert [x["id"] for x in report.missing] == [gone.id]
     assert [x["id"] for x in report.corrupt] == [cut.id] and "truncated" in report.corrupt[0]["reason"]
-    code, out, err = _cli(capsys, "verify", "gtzan", "--format", "json")
+    code, out, err = run_cli(capsys, "verify", "gtzan", "--format", "json")
     assert code == 1
     assert json.loads(out)["missing"][0]["id"] == gone.id
     assert "prepare gtzan --force" in err
@@ -161,7 +153,7 @@ def test_gtzan_checksum_mismatch_from_mirror(http_server, data_dir, monkeypatch,
     # The registry's real md5 against the fixture's bytes: must fail, naming both digests.
     fx = gtzan_fixture("au")
     monkeypatch.setenv("AUDIOCNN_MIRROR", http_server.add_files("/m", fx.files))
-    code, _out, err = _cli(capsys, "--data-dir", str(data_dir), "prepare", "gtzan", "-j", "1")
+    code, _out, err = run_cli(capsys, "--data-dir", str(data_dir), "prepare", "gtzan", "-j", "1")
     assert code == 1
     assert "5b3d6dddb579ab49814ab86dba69e7c7" in err and "genres.tar.gz" in err and "got " in err
 
@@ -173,7 +165,7 @@ def test_mtat_split_zip_from_source_url(http_server, data_dir, monkeypatch, caps
     fx = mtat_fixture()
     patch_remotes(monkeypatch, "mtat", fx.files)
     base = http_server.add_files("/mtat", fx.files)
-    code, out, err = _cli(
+    code, out, err = run_cli(
         capsys, "--data-dir", str(data_dir), "prepare", "mtat", "--source", base, "-j", "1", "--format", "json"
     )
     assert code == 0, err
@@ -198,7 +190,7 @@ def test_mtat_split_zip_from_source_url(http_server, data_dir, monkeypatch, caps
     m2 = prepare_dataset("mtat", data_dir, source=base, split_scheme="all-clips", jobs=1, progress=False)
     assert m2.split_counts() == fx.expected["counts"]["all-clips"]
     assert (data_dir / "mtat" / ".state" / "extract-mp3.zip.done").stat().st_mtime_ns == extracted
-    code, _out, _err = _cli(capsys, "--data-dir", str(data_dir), "verify", "mtat")
+    code, _out, _err = run_cli(capsys, "--data-dir", str(data_dir), "verify", "mtat")
     assert code == 0
 
 
@@ -229,7 +221,7 @@ def test_fma_small_single_and_multi_label(http_server, data_dir, monkeypatch, ca
     assert not (data_dir / "fma-small" / "raw" / "fma_metadata" / "features.csv").exists()
     assert all(c.sample_rate == 44100 and c.path.startswith("fma_small/") for c in m.clips)
 
-    code, out, _ = _cli(capsys, "--data-dir", str(data_dir), "info", "fma-small", "--format", "json")
+    code, out, _ = run_cli(capsys, "--data-dir", str(data_dir), "info", "fma-small", "--format", "json")
     assert code == 0 and set(json.loads(out)) == INFO_KEYS
 
     mm = prepare_dataset("fma-small", data_dir, task="multi-label", jobs=1, progress=False)
@@ -253,9 +245,9 @@ def test_fma_wrong_task_and_unknown_scheme(data_dir):
 def test_folder_subfolders(tmp_path, data_dir, capsys):
     src = tmp_path / "music"
     made = folder_fixture(src)
-    code, _out, err = _cli(capsys, "--data-dir", str(data_dir), "prepare", "folder", "--source", str(src))
+    code, _out, err = run_cli(capsys, "--data-dir", str(data_dir), "prepare", "folder", "--source", str(src))
     assert code == 2 and "--name" in err
-    code, out, err = _cli(
+    code, out, err = run_cli(
         capsys, "--data-dir", str(data_dir), "prepare", "folder", "--source", str(src), "--name", "mine", "-j", "1"
     )
     assert code == 0, err
@@ -266,11 +258,11 @@ def test_folder_subfolders(tmp_path, data_dir, capsys):
     assert {c.path: c.labels[0] for c in m.clips} == made  # loose.wav and notes.txt are not clips
     assert m.split_counts() == {"train": 9, "valid": 3, "test": 3}
     assert dataset_info(data_dir, "mine")["splits"] == {"train": 9, "valid": 3, "test": 3}
-    code, out, _ = _cli(capsys, "--data-dir", str(data_dir), "datasets", "--format", "json")
+    code, out, _ = run_cli(capsys, "--data-dir", str(data_dir), "datasets", "--format", "json")
     rows = {r["name"]: r for r in json.loads(out)}
     assert rows["mine"]["prepared"] and rows["mine"]["dataset"] == "folder"
     assert rows["gtzan"]["prepared"] is False and rows["gtzan"]["classes"] == 10
-    code, out, _ = _cli(capsys, "--data-dir", str(data_dir), "datasets")
+    code, out, _ = run_cli(capsys, "--data-dir", str(data_dir), "datasets")
     assert code == 0 and "fma-medium" in out and "mine" in out
 
 
@@ -327,7 +319,7 @@ def test_stratified_split_is_seeded_and_covers_every_split():
 
 
 def test_info_and_verify_of_unprepared_dataset_name_the_fix(data_dir, capsys):
-    code, _out, err = _cli(capsys, "--data-dir", str(data_dir), "info", "gtzan")
+    code, _out, err = run_cli(capsys, "--data-dir", str(data_dir), "info", "gtzan")
     assert code == 1 and "audiocnn prepare gtzan" in err
 
 

@@ -17,9 +17,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from dataset_fixtures import audio_bytes, http_server  # noqa: F401 (http_server is a fixture)
+from dataset_fixtures import audio_bytes, http_server, no_slow_retries, run_cli  # noqa: F401 (http_server is a fixture)
 
-from audiocnn.cli.main import run
 from audiocnn.datasets.download import CorruptArchiveError, extract_archive
 from audiocnn.datasets.lock import _try_flock, lock_path
 from audiocnn.errors import UnsafeArchiveError
@@ -29,21 +28,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _fast_retries(monkeypatch):
-    monkeypatch.setenv("AUDIOCNN_DOWNLOAD_BACKOFF", "0")
-    monkeypatch.setenv("AUDIOCNN_DOWNLOAD_RETRIES", "0")
-    monkeypatch.delenv("AUDIOCNN_MIRROR", raising=False)
-
-
-def _cli(capsys, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = run(list(args))
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    no_slow_retries(monkeypatch, retries=0)
 
 
 def _prepare_folder(capsys, data: Path, src: Path, *extra: str) -> tuple[int, str, str]:
     """``audiocnn --data-dir DATA prepare folder --source SRC --name m -j 1 EXTRA...``."""
-    return _cli(
+    return run_cli(
         capsys, "--data-dir", str(data), "prepare", "folder", "--source", str(src), "--name", "m", "-j", "1", *extra
     )
 
@@ -181,7 +171,7 @@ def test_prepare_refuses_the_link_chain_archive(tmp_path, capsys, fmt):
     data, _top = _attack_layout(tmp_path)
     members = CHAIN if fmt != "zip" else _zip_members(CHAIN)
     archive = make_archive(tmp_path / "src", fmt, members)
-    code, out, err = _cli(
+    code, out, err = run_cli(
         capsys, "--data-dir", str(data), "prepare", "gtzan", "--source", str(archive), "--skip-checksum", "-j", "1"
     )
     line = _one_error_line(err)
@@ -194,7 +184,7 @@ def test_prepare_refuses_the_link_chain_archive_from_a_url(tmp_path, capsys, htt
     data, _top = _attack_layout(tmp_path)
     archive = make_archive(tmp_path / "src", "tar.gz", CHAIN)
     base = http_server.add_files("/mirror", {"genres.tar.gz": archive.read_bytes()})
-    code, _out, err = _cli(
+    code, _out, err = run_cli(
         capsys, "--data-dir", str(data), "prepare", "gtzan", "--source", base, "--skip-checksum", "-j", "1"
     )
     line = _one_error_line(err)
@@ -232,7 +222,7 @@ def test_folder_link_out_of_the_source_is_refused_in_both_modes(tmp_path, capsys
         ]
         (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
         args += ["--labels", str(tmp_path / "labels.csv")]
-    code, _out, err = _cli(capsys, *args)
+    code, _out, err = run_cli(capsys, *args)
     line = _one_error_line(err)
     assert code == 1 and "calm/linked.wav is outside the source folder" in line and str(outside) in line
 
@@ -240,7 +230,7 @@ def test_folder_link_out_of_the_source_is_refused_in_both_modes(tmp_path, capsys
     if mode == "csv":
         lines = (tmp_path / "labels.csv").read_text().splitlines()
         (tmp_path / "labels.csv").write_text("\n".join(x for x in lines if "linked" not in x) + "\n")
-    code, _out, err = _cli(capsys, *args)
+    code, _out, err = run_cli(capsys, *args)
     assert code == 0, err
 
 
@@ -255,7 +245,7 @@ def _cut(archive: Path, keep: float = 0.6) -> Path:
 def test_truncated_archive_is_one_line_and_keeps_what_was_extracted(tmp_path, capsys, fmt):
     data = tmp_path / "data"
     good = make_archive(tmp_path / "good", fmt, GOOD)
-    code, _out, err = _cli(
+    code, _out, err = run_cli(
         capsys,
         "--data-dir",
         str(data),
@@ -273,7 +263,7 @@ def test_truncated_archive_is_one_line_and_keeps_what_was_extracted(tmp_path, ca
     raw = sorted(p for p in (data / "gtzan" / "raw").rglob("*") if p.is_file())
     sizes = [p.stat().st_size for p in raw]
     bad = _cut(make_archive(tmp_path / "bad", fmt, GOOD))
-    code, _out, err = _cli(
+    code, _out, err = run_cli(
         capsys,
         "--data-dir",
         str(data),
@@ -309,7 +299,7 @@ def test_truncated_download_says_to_delete_it_and_keeps_it(tmp_path, capsys, htt
     data = tmp_path / "data"
     cut = _cut(make_archive(tmp_path / "src", "tar.gz", GOOD)).read_bytes()
     base = http_server.add_files("/m", {"genres.tar.gz": cut})
-    code, _out, err = _cli(
+    code, _out, err = run_cli(
         capsys, "--data-dir", str(data), "prepare", "gtzan", "--source", base, "--skip-checksum", "-j", "1"
     )
     line = _one_error_line(err)
@@ -403,7 +393,7 @@ def test_read_only_data_dir_is_one_line_and_a_prepared_copy_still_answers(tmp_pa
     line = _one_error_line(res.stderr)
     assert res.returncode == 1 and line.startswith(f"error: {data}: not writable") and "--data-dir" in line
 
-    assert _cli(capsys, *args)[0] == 0  # prepared where it is writable ...
+    assert run_cli(capsys, *args)[0] == 0  # prepared where it is writable ...
     res = _run_read_only(data, args)  # ... then read-only: asking again is still a no-op
     assert res.returncode == 0 and "nothing to do" in res.stderr, res.stderr
 
@@ -466,13 +456,13 @@ def test_second_prepare_is_refused_naming_the_holder_and_a_dead_holder_does_not_
     try:
         assert holder.stdout.readline().strip() == "locked"
         args = ["--data-dir", str(data), "prepare", "folder", "--source", str(src), "--name", "m", "-j", "1"]
-        code, _out, err = _cli(capsys, *args)
+        code, _out, err = run_cli(capsys, *args)
         line = _one_error_line(err)
         assert code == 1 and line.startswith("error: m: another `audiocnn prepare`") and f"PID {holder.pid}" in line
         assert not (data / "m" / "manifest.jsonl").exists()
     finally:
         _stop(holder)  # SIGKILL: the kernel drops its lock
-    code, _out, err = _cli(capsys, *args)
+    code, _out, err = run_cli(capsys, *args)
     assert code == 0, err
 
 
@@ -506,7 +496,7 @@ def test_a_lock_held_for_a_dead_pid_is_taken_over(tmp_path, capsys):
     holder = _python(RAW_FLOCK, str(lock_path(data / "m" / ".state")), gone.stdout.strip())
     try:
         assert holder.stdout.readline().strip() == "locked"
-        code, _out, err = _cli(
+        code, _out, err = run_cli(
             capsys, "--data-dir", str(data), "prepare", "folder", "--source", str(src), "--name", "m", "-j", "1"
         )
         assert code == 0, err
@@ -551,14 +541,14 @@ def test_same_name_from_another_source_needs_force(tmp_path, capsys):
     a = make_folder(tmp_path / "a", {"calm": 3, "loud": 3})
     b = make_folder(tmp_path / "b", {"x": 3, "y": 3})
     base = ["--data-dir", str(tmp_path / "data"), "prepare", "folder", "--name", "m", "-j", "1"]
-    assert _cli(capsys, *base, "--source", str(a))[0] == 0
-    code, _out, err = _cli(capsys, *base, "--source", str(b))
+    assert run_cli(capsys, *base, "--source", str(a))[0] == 0
+    code, _out, err = run_cli(capsys, *base, "--source", str(b))
     line = _one_error_line(err)
     assert code == 2 and str(a.resolve()) in line and str(b.resolve()) in line and "--force" in line
     from audiocnn.datasets import read_manifest
 
     assert read_manifest(tmp_path / "data" / "m").labels == ["calm", "loud"]  # untouched
-    code, _out, err = _cli(capsys, *base, "--source", str(a))
+    code, _out, err = run_cli(capsys, *base, "--source", str(a))
     assert code == 0 and "nothing to do" in err
-    assert _cli(capsys, *base, "--source", str(b), "--force")[0] == 0
+    assert run_cli(capsys, *base, "--source", str(b), "--force")[0] == 0
     assert read_manifest(tmp_path / "data" / "m").labels == ["x", "y"]

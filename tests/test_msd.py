@@ -12,6 +12,7 @@ from dataset_fixtures import (  # noqa: F401 (http_server is a fixture)
     audio_bytes,
     http_server,
     msd_fixture,
+    no_slow_retries,
     patch_msd,
     pickle_protocol0_strings,
 )
@@ -25,9 +26,7 @@ from audiocnn.errors import DatasetError
 
 @pytest.fixture(autouse=True)
 def _fast_retries(monkeypatch):
-    monkeypatch.setenv("AUDIOCNN_DOWNLOAD_BACKOFF", "0")
-    monkeypatch.setenv("AUDIOCNN_DOWNLOAD_RETRIES", "1")
-    monkeypatch.delenv("AUDIOCNN_MIRROR", raising=False)
+    no_slow_retries(monkeypatch)
 
 
 def _previews(root, ids):

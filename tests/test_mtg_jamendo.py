@@ -12,11 +12,12 @@ from dataset_fixtures import (  # noqa: F401 (http_server is a fixture)
     MTG_TAGS,
     http_server,
     mtg_fixture,
+    no_slow_retries,
     patch_mtg_pins,
+    run_cli,
     write_files,
 )
 
-from audiocnn.cli.main import run
 from audiocnn.datasets import prepare_dataset, verify_dataset
 from audiocnn.datasets.manifest import readable_label
 from audiocnn.datasets.mtg_jamendo import PINNED, choose_tars, pinned_digest
@@ -25,16 +26,7 @@ from audiocnn.errors import ChecksumError, DownloadError
 
 @pytest.fixture(autouse=True)
 def _fast_retries(monkeypatch):
-    monkeypatch.setenv("AUDIOCNN_DOWNLOAD_BACKOFF", "0")
-    monkeypatch.setenv("AUDIOCNN_DOWNLOAD_RETRIES", "1")
-    monkeypatch.delenv("AUDIOCNN_MIRROR", raising=False)
-
-
-def _cli(capsys, *args):
-    capsys.readouterr()
-    code = run(list(args))
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    no_slow_retries(monkeypatch)
 
 
 def _tar_requests(srv, nn: int, variant: str = "audio"):
@@ -60,10 +52,10 @@ def test_top50_from_a_mirror_url_keeps_tags_splits_and_resumes_a_cut_tar(http_se
     assert len(cut) == 2 and cut[0]["range"] is None and cut[1]["range"].startswith(f"bytes={cut[0]['sent']}-")
     assert verify_dataset(data_dir, "mtg-jamendo-top50", full=True).ok
 
-    code, out, _ = _cli(capsys, "info", "mtg-jamendo-top50", "--format", "json")
+    code, out, _ = run_cli(capsys, "info", "mtg-jamendo-top50", "--format", "json")
     info = json.loads(out)
     assert code == 0 and info["splits"] == dict(Counter(s for _p, _t, s in tracks.values()))
-    code, out, _ = _cli(capsys, "info", "mtg-jamendo-top50")
+    code, out, _ = run_cli(capsys, "info", "mtg-jamendo-top50")
     assert code == 0 and "genre:rock" in out and "mood/theme:happy" in out
     n = len(http_server.requests)
     prepare_dataset("mtg-jamendo-top50", data_dir, source=base, jobs=1, progress=False)
@@ -95,7 +87,7 @@ def test_a_track_that_fails_its_checksum_stops_with_one_line(data_dir, monkeypat
     src = write_files(tmp_path / "mirror", fx.files)
     with pytest.raises(ChecksumError, match="sha256 differs from raw_30s_audio_sha256_tracks.txt"):
         prepare_dataset("mtg-jamendo", data_dir, source=str(src), jobs=1, progress=False)
-    code, _out, err = _cli(capsys, "--data-dir", str(data_dir), "prepare", "mtg-jamendo", "--source", str(src))
+    code, _out, err = run_cli(capsys, "--data-dir", str(data_dir), "prepare", "mtg-jamendo", "--source", str(src))
     assert code != 0 and len(err.strip().splitlines()) <= 2 and "sha256" in err
 
 
@@ -123,7 +115,7 @@ def test_max_clips_takes_the_fewest_tars_and_a_second_run_completes(http_server,
     assert len(fetched) == 2 and len(m.clips) == 20
     assert m.extra["partial"]["clips"] == {"train": 12, "valid": 4, "test": 4}
     assert m.extra["partial"]["listed"] == {"train": 36, "valid": 12, "test": 12}
-    code, out, _ = _cli(capsys, "info", "mtg-jamendo-top50", "--format", "json")
+    code, out, _ = run_cli(capsys, "info", "mtg-jamendo-top50", "--format", "json")
     assert json.loads(out)["partial"]["max_clips"] == 15
 
     full = prepare_dataset("mtg-jamendo-top50", data_dir, source=base, jobs=1, progress=False)
@@ -150,9 +142,9 @@ def test_each_subset_prepares_verifies_and_informs(name, prefix, data_dir, monke
     assert {c.id for c in m.clips} == want
     assert all(lab.startswith(prefix) for c in m.clips for lab in c.labels)
     assert m.labels == sorted({lab for c in m.clips for lab in c.labels})
-    code, out, _ = _cli(capsys, "--data-dir", str(data_dir), "verify", name, "--full")
+    code, out, _ = run_cli(capsys, "--data-dir", str(data_dir), "verify", name, "--full")
     assert code == 0 and "missing: 0" in out and "corrupt: 0" in out
-    code, out, _ = _cli(capsys, "--data-dir", str(data_dir), "info", name, "--format", "json")
+    code, out, _ = run_cli(capsys, "--data-dir", str(data_dir), "info", name, "--format", "json")
     assert code == 0 and sum(json.loads(out)["splits"].values()) == len(want)
 
 
@@ -205,7 +197,7 @@ def test_readable_label():
 
 
 def test_datasets_lists_the_new_datasets_with_size_license_and_citation(data_dir, capsys):
-    code, out, _ = _cli(capsys, "--data-dir", str(data_dir), "datasets", "--format", "json")
+    code, out, _ = run_cli(capsys, "--data-dir", str(data_dir), "datasets", "--format", "json")
     rows = {r["name"]: r for r in json.loads(out)}
     assert code == 0
     for name in (
@@ -218,12 +210,12 @@ def test_datasets_lists_the_new_datasets_with_size_license_and_citation(data_dir
     ):
         assert rows[name]["download_size"] and rows[name]["license"] and rows[name]["citation"]
     assert "Bogdanov" in rows["mtg-jamendo-top50"]["citation"] and rows["mtg-jamendo-top50"]["classes"] == 50
-    code, out, _ = _cli(capsys, "--data-dir", str(data_dir), "datasets")
+    code, out, _ = run_cli(capsys, "--data-dir", str(data_dir), "datasets")
     assert code == 0 and "mtg-jamendo-moodtheme" in out and "licenses and citations" in out
 
 
 def test_variant_is_checked_before_anything_is_fetched(data_dir, capsys):
-    code, _out, err = _cli(capsys, "--data-dir", str(data_dir), "prepare", "mtg-jamendo", "--variant", "melspecs")
+    code, _out, err = run_cli(capsys, "--data-dir", str(data_dir), "prepare", "mtg-jamendo", "--variant", "melspecs")
     assert code == 2 and "variants audio, audio-low" in err
-    code, _out, err = _cli(capsys, "--data-dir", str(data_dir), "prepare", "gtzan", "--variant", "audio-low")
+    code, _out, err = run_cli(capsys, "--data-dir", str(data_dir), "prepare", "gtzan", "--variant", "audio-low")
     assert code == 2 and "no --variant" in err

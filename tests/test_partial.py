@@ -14,7 +14,9 @@ from dataset_fixtures import (  # noqa: F401 (http_server is a fixture)
     fma_fixture,
     http_server,
     mtat_fixture,
+    no_slow_retries,
     patch_remotes,
+    run_cli,
     split_bytes,
     write_files,
     zip_bytes,
@@ -29,22 +31,13 @@ from audiocnn.errors import DownloadError
 
 @pytest.fixture(autouse=True)
 def _fast_retries(monkeypatch):
-    monkeypatch.setenv("AUDIOCNN_DOWNLOAD_BACKOFF", "0")
-    monkeypatch.setenv("AUDIOCNN_DOWNLOAD_RETRIES", "1")
-    monkeypatch.delenv("AUDIOCNN_MIRROR", raising=False)
+    no_slow_retries(monkeypatch)
 
 
 @pytest.fixture(scope="module")
 def big_fma():
     """fma_small.zip with 3,225 tracks (~32 MiB), so 200 clips are a small part of it."""
     return fma_fixture(extra_per_genre=400)
-
-
-def _cli(capsys, *args):
-    capsys.readouterr()
-    code = run(list(args))
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 @pytest.mark.usefixtures("one_torch_thread")
@@ -55,7 +48,7 @@ def test_fma_small_200_clips_fetch_under_a_tenth_of_the_zip_and_train(
     base = http_server.add_files("/fma", big_fma.files)
     zip_size = len(big_fma.files["fma_small.zip"])
 
-    code, out, _err = _cli(
+    code, out, _err = run_cli(
         capsys, "--data-dir", str(data_dir), "prepare", "fma-small", "--source", base, "--max-clips", "200", "-j", "1"
     )
     assert code == 0 and "partial:" in out and "--max-clips 200" in out
@@ -79,7 +72,7 @@ def test_fma_small_200_clips_fetch_under_a_tenth_of_the_zip_and_train(
     cfg = write_config(tmp_path / "fma.yaml", dataset="fma-small", model="test-tiny-mel", epochs=2)
     run_dir = tmp_path / "run"
     assert run(["--data-dir", str(data_dir), "train", str(cfg), "--run-dir", str(run_dir), "--device", "cpu"]) == 0
-    code, out, _ = _cli(capsys, "--data-dir", str(data_dir), "evaluate", str(run_dir), "--format", "json")
+    code, out, _ = run_cli(capsys, "--data-dir", str(data_dir), "evaluate", str(run_dir), "--format", "json")
     res = json.loads(out)
     assert code == 0 and res["n_clips"] == 20 and res["accuracy"] > 0.5  # one tone per genre: 8 classes, chance 1/8
 
@@ -133,7 +126,7 @@ def test_a_member_that_fails_its_crc_is_one_error_naming_it(http_server, data_di
     with pytest.raises(CorruptArchiveError, match="000002.mp3.*CRC-32"):
         prepare_dataset("fma-small", data_dir, source=base, jobs=1, progress=False, max_clips=12)
     assert not (data_dir / "fma-small" / "raw" / "fma_small" / "000" / "000002.mp3").exists()
-    code, _out, err = _cli(
+    code, _out, err = run_cli(
         capsys, "--data-dir", str(data_dir), "prepare", "fma-small", "--source", base, "--max-clips", "12"
     )
     assert code != 0 and "000002.mp3" in err and "Traceback" not in err
@@ -172,7 +165,7 @@ def test_a_server_without_range_support_is_one_line(http_server, data_dir, monke
 
 
 def test_gtzan_cannot_be_cut_and_says_so_in_one_line(data_dir, capsys):
-    code, _out, err = _cli(capsys, "--data-dir", str(data_dir), "prepare", "gtzan", "--max-clips", "10")
+    code, _out, err = run_cli(capsys, "--data-dir", str(data_dir), "prepare", "gtzan", "--max-clips", "10")
     assert code == 2 and "one gzip stream" in err and len(err.strip().splitlines()) <= 2
 
 
