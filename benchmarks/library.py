@@ -53,7 +53,7 @@ import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tag import ROOT, run_cli, source_audio  # noqa: E402
+from tag import bench_env, run_cli, source_audio  # noqa: E402
 
 from audiocnn.constants import DEFAULT_MODEL  # noqa: E402
 
@@ -356,12 +356,7 @@ def main() -> None:
     if opts.quick:
         opts.songs, opts.max_seconds = 6, 60.0
 
-    env = dict(os.environ)
-    if opts.data_dir is not None:
-        env["AUDIOCNN_DATA_DIR"] = str(opts.data_dir.resolve())
-    env.setdefault("AUDIOCNN_DATA_DIR", str(ROOT / "data"))
-    opts.work.mkdir(parents=True, exist_ok=True)
-    env["AUDIOCNN_BENCH_CWD"] = str(opts.work)
+    env = bench_env(opts.data_dir, opts.work)
     folder = opts.work / f"library-{opts.songs}x{opts.min_seconds:.0f}-{opts.max_seconds:.0f}s"
     print(f"making {opts.songs} songs under {folder} ...", file=sys.stderr, flush=True)
     files = make_folder(folder, opts.songs, opts.min_seconds, opts.max_seconds)

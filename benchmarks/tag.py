@@ -76,6 +76,18 @@ def make_song(src: Path, dst: Path, seconds: float, shift: float = 0.0, gain: fl
     return dst
 
 
+def bench_env(data_dir: Path | None, work: Path) -> dict[str, str]:
+    """The environment of the measured commands: the data dir (pretrained models) and
+    ``work`` (created) as their working folder."""
+    env = dict(os.environ)
+    if data_dir is not None:
+        env["AUDIOCNN_DATA_DIR"] = str(data_dir.resolve())
+    env.setdefault("AUDIOCNN_DATA_DIR", str(ROOT / "data"))
+    work.mkdir(parents=True, exist_ok=True)
+    env["AUDIOCNN_BENCH_CWD"] = str(work)
+    return env
+
+
 def run_cli(args: list[str], env: dict[str, str]) -> tuple[float, float, float, str, str]:
     """(wall s, CPU s, peak RSS MiB, stdout, stderr) of one `audiocnn` process."""
     cmd = [sys.executable, "-m", "audiocnn", *args]
@@ -135,12 +147,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="only the 318 s song and the folder, default settings")
     opts = ap.parse_args()
 
-    env = dict(os.environ)
-    if opts.data_dir is not None:
-        env["AUDIOCNN_DATA_DIR"] = str(opts.data_dir.resolve())
-    env.setdefault("AUDIOCNN_DATA_DIR", str(ROOT / "data"))
-    opts.work.mkdir(parents=True, exist_ok=True)
-    env["AUDIOCNN_BENCH_CWD"] = str(opts.work)
+    env = bench_env(opts.data_dir, opts.work)
     src = source_audio()
     song = make_song(src, opts.work / f"song-{int(opts.song_seconds)}s.flac", opts.song_seconds)
     folder = opts.work / f"folder-20x{int(opts.folder_seconds)}s"
