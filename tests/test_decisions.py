@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 from tag_fixtures import make_checkpoint
-from train_helpers import make_dataset, write_config
+from train_helpers import train_both_tasks
 
 from audiocnn.cli.main import run
 from audiocnn.datasets.manifest import read_manifest
@@ -88,17 +88,7 @@ def test_malformed_stored_thresholds_are_refused():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A multi-label and a single-label run: {task: (data_dir, run_dir, dataset)}."""
-    root = tmp_path_factory.mktemp("decide")
-    data = root / "data"
-    data.mkdir()
-    out = {}
-    for task, dataset, model in (("multi-label", "tags", "test-tiny-wave"), ("single-label", "tones", "test-tiny-mel")):
-        make_dataset(data, dataset, task)
-        cfg = write_config(root / f"{dataset}.yaml", dataset=dataset, model=model, epochs=2)
-        run_dir = root / f"run-{dataset}"
-        assert run(["--data-dir", str(data), "train", str(cfg), "--run-dir", str(run_dir), "--device", "cpu"]) == 0
-        out[task] = (data, run_dir, dataset)
-    return out
+    return train_both_tasks(tmp_path_factory.mktemp("decide"))
 
 
 def _eval(data, run_dir, split, out, **kw):

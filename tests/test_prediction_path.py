@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from train_helpers import make_dataset, write_config
+from train_helpers import train_both_tasks
 
 from audiocnn.cli.main import run
 from audiocnn.datasets.manifest import read_manifest
@@ -23,19 +23,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
-    """A single-label mel run and a multi-label waveform run: {task: (data_dir, run_dir)}."""
-    root = tmp_path_factory.mktemp("path")
-    data = root / "data"
-    data.mkdir()
-    out = {}
-    for task, dataset, model in (("single-label", "tones", "test-tiny-mel"), ("multi-label", "tags", "test-tiny-wave")):
-        make_dataset(data, dataset, task)
-        cfg = write_config(root / f"{dataset}.yaml", dataset=dataset, model=model, epochs=2)
-        run_dir = root / f"run-{dataset}"
-        assert run(["--data-dir", str(data), "train", str(cfg), "--run-dir", str(run_dir), "--device", "cpu"]) == 0
-        out[task] = (data, run_dir)
-    return out
+def trained(tmp_path_factory) -> dict[str, tuple[Path, Path, str]]:
+    """A single-label mel run and a multi-label waveform run: {task: (data_dir, run_dir, dataset)}."""
+    return train_both_tasks(tmp_path_factory.mktemp("path"))
 
 
 def _scores_csv(path: Path) -> dict[str, np.ndarray]:
@@ -57,7 +47,7 @@ def _tag_csv(capsys, data: Path, run_dir: Path, files: list[Path], *extra: str) 
 @pytest.mark.parametrize("task", ["single-label", "multi-label"])
 @pytest.mark.parametrize("chunks", [None, 3])
 def test_evaluate_scores_are_what_tag_prints(trained, capsys, task, chunks, tmp_path):
-    data, run_dir = trained[task]
+    data, run_dir, _ = trained[task]
     manifest = read_manifest(data / ("tones" if task == "single-label" else "tags"))
     m = evaluate(
         run_dir,
@@ -81,7 +71,7 @@ def test_evaluate_scores_are_what_tag_prints(trained, capsys, task, chunks, tmp_
 
 
 def test_reported_accuracy_is_the_arg_max_of_the_scores(trained, tmp_path):
-    data, run_dir = trained["single-label"]
+    data, run_dir, _ = trained["single-label"]
     manifest = read_manifest(data / "tones")
     m = evaluate(run_dir, data_dir=data, split="test", device="cpu", plots=False, progress=False, out_dir=tmp_path)
     scores, labels = _scores_csv(tmp_path / "scores.csv")
@@ -92,7 +82,7 @@ def test_reported_accuracy_is_the_arg_max_of_the_scores(trained, tmp_path):
 
 
 def test_chunks_and_hop_do_not_mix(trained, capsys):
-    data, run_dir = trained["single-label"]
+    data, run_dir, _ = trained["single-label"]
     clip = read_manifest(data / "tones").split("test")[0]
     path = read_manifest(data / "tones").audio_path(clip)
     assert (

@@ -14,6 +14,7 @@ import soundfile as sf
 import torch
 from torch import nn
 
+from audiocnn.cli.main import run
 from audiocnn.datasets.manifest import Clip, Manifest, write_manifest
 from audiocnn.features.frontends import MelConfig, WaveformConfig
 from audiocnn.models.base import ModelSpec, TaggingModel
@@ -168,8 +169,21 @@ def write_config(path: Path, **values) -> Path:
     return path
 
 
-if __name__ == "__main__":
-    from audiocnn.cli.main import run
+def train_both_tasks(root: Path) -> dict[str, tuple[Path, Path, str]]:
+    """A 2-epoch multi-label waveform run and single-label mel run under ``root`` through
+    ``audiocnn train``: {task: (data_dir, run_dir, dataset)}."""
+    data = root / "data"
+    data.mkdir()
+    out = {}
+    for task, dataset, model in (("multi-label", "tags", "test-tiny-wave"), ("single-label", "tones", "test-tiny-mel")):
+        make_dataset(data, dataset, task)
+        cfg = write_config(root / f"{dataset}.yaml", dataset=dataset, model=model, epochs=2)
+        run_dir = root / f"run-{dataset}"
+        assert run(["--data-dir", str(data), "train", str(cfg), "--run-dir", str(run_dir), "--device", "cpu"]) == 0
+        out[task] = (data, run_dir, dataset)
+    return out
 
+
+if __name__ == "__main__":
     torch.set_num_threads(1)
     sys.exit(run(sys.argv[1:]))
