@@ -13,7 +13,7 @@ Rows (each a fresh process, timed from start to exit; results file deleted first
   included; sampled every 20 ms from /proc);
 - ``-j 2`` on the first fifth of the folder: peak memory against the whole folder (memory
   flat with the number of files);
-- ``--backend onnxruntime -j 2``;
+- ``--backend onnxruntime``, ``-j 1`` and ``-j 2``;
 - musicnn's API (``musicnn.tagger.top_tags`` per file, one process, the way its README
   shows), run by ``--musicnn-python`` (default: this interpreter) when it can import
   TensorFlow; otherwise the row says why it did not run. An interpreter for it::
@@ -25,8 +25,10 @@ Rows (each a fresh process, timed from start to exit; results file deleted first
   graph with ``tf.compat.v1.layers``, which needs Keras 2).
 
 Then in this process: the musicnn network on one 3 s window (median of 50 runs) and one
-whole song (``Tagger.tag_file``, median of 3) with torch and with ONNX Runtime, and a
-per-song breakdown: decode (soundfile), resample (soxr), front-end (log-mel), network.
+whole song (``Tagger.tag_file``, median of 3) with torch and with ONNX Runtime; the
+network on 200 windows, one batch at a time on all of torch's threads (``-j 1``) against
+one batch per thread at once (what ``-j N`` does on a CPU), both backends; and a per-song
+breakdown: decode (soundfile), resample (soxr), front-end (log-mel), network.
 
 Usage::
 
@@ -252,6 +254,32 @@ def backends_rows(model: str, data_dir: str, song: Path, repeat: int) -> list[tu
     ]
 
 
+def streams_rows(model: str, data_dir: str, windows: int = 200) -> list[tuple[str, int, float, float]]:
+    """(backend, threads, ms per window with one batch at a time on all threads, ms per window
+    with one batch per thread at once): what ``-j N`` on a CPU changes for the network."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from audiocnn.tagging import Tagger
+    from audiocnn.tagging.onnx_backend import OnnxTagger
+
+    threads = torch.get_num_threads()
+    rows = []
+    for name, kind in (("torch", Tagger), ("onnxruntime", OnnxTagger)):
+        tagger = kind(model, data_dir=data_dir)
+        window = np.random.default_rng(0).standard_normal(tagger.model.feature_shape()).astype(np.float32)
+
+        def one(_: int, t: Tagger = tagger, w: np.ndarray = window) -> None:
+            t._run([w], True, False, False)
+
+        serial = _median_s(lambda: [one(i) for i in range(windows)], 1) / windows
+        with tagger.threads_per_stream(threads), ThreadPoolExecutor(threads) as pool:
+            at_once = _median_s(lambda: list(pool.map(one, range(windows))), 1) / windows
+        rows.append((name, threads, serial, at_once))
+    return rows
+
+
 def breakdown(model: str, data_dir: str, files: list[Path]) -> list[dict]:
     """Seconds per stage for each song: decode, resample, front-end, network."""
     import torch
@@ -290,7 +318,7 @@ def breakdown(model: str, data_dir: str, files: list[Path]) -> list[dict]:
     return rows
 
 
-def print_tables(runs: list, backends: list, stages: list, header: str) -> None:
+def print_tables(runs: list, backends: list, streams: list, stages: list, header: str) -> None:
     print(f"\n{header}\n")
     print("| run | files | wall s | CPU s | files/s | audio h/s | peak MiB (main) | peak MiB (all processes) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -306,6 +334,13 @@ def print_tables(runs: list, backends: list, stages: list, header: str) -> None:
     print("|---|---:|---:|---:|")
     for what, t, o in backends:
         print(f"| {what} | {1000 * t:.1f} | {1000 * o:.1f} | {t / o:.2f}x |")
+    print(
+        "\n| network, 200 windows | one batch at a time on all threads, ms/window "
+        "| one batch per thread at once, ms/window | speed-up |"
+    )
+    print("|---|---:|---:|---:|")
+    for name, threads, serial, at_once in streams:
+        print(f"| {name}, {threads} threads | {1000 * serial:.1f} | {1000 * at_once:.1f} | {serial / at_once:.2f}x |")
     print("\n| song | audio s | decode s | resample s | front-end s | network s |")
     print("|---|---:|---:|---:|---:|---:|")
     keys = ("decode", "resample", "frontend", "network")
@@ -386,6 +421,15 @@ def main() -> None:
             out,
         ),
         timed_run(
+            "audiocnn -j 1 --backend onnxruntime",
+            [*base, "--backend", "onnxruntime"],
+            env,
+            opts.repeat,
+            audio_s,
+            len(files),
+            out,
+        ),
+        timed_run(
             "audiocnn -j 2 --backend onnxruntime",
             [*base, "-j", "2", "--backend", "onnxruntime"],
             env,
@@ -398,6 +442,7 @@ def main() -> None:
     ]
     longest = max(files, key=lambda f: sf.info(str(f)).duration)
     backends = backends_rows(opts.model, env["AUDIOCNN_DATA_DIR"], longest, max(1, opts.repeat) * 3)
+    streams = streams_rows(opts.model, env["AUDIOCNN_DATA_DIR"])
     stages = breakdown(opts.model, env["AUDIOCNN_DATA_DIR"], files)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     header = (
@@ -405,7 +450,7 @@ def main() -> None:
         f"({opts.min_seconds:.0f}-{opts.max_seconds:.0f} s; wav/flac/mp3/ogg), {os.cpu_count()} CPUs, "
         f"load average {load:.1f} at the end, median of {opts.repeat} run(s), fresh process each"
     )
-    print_tables(runs, backends, stages, header)
+    print_tables(runs, backends, streams, stages, header)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (p
 onnx = pytest.importorskip("onnx")
 
 from audiocnn.tagging import export as export_mod  # noqa: E402
+from audiocnn.tagging.onnx_backend import make_tagger  # noqa: E402
+from audiocnn.tagging.stream import tag_stream  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "chorale.flac"
 
@@ -127,3 +129,35 @@ def test_backend_onnxruntime_gives_torch_scores(capsys, tmp_path, data_dir, name
         assert max(abs(a[k] - b[k]) for k in a) < 1e-5
     code = run(["tag", str(songs[0]), "-m", str(ckpt), "--backend", "onnxruntime", "--embeddings", str(tmp_path)])
     assert code == 2 and "torch backend" in capsys.readouterr().err
+
+
+def test_backend_onnxruntime_library_jobs_run_one_thread_sessions(tmp_path, data_dir):
+    """With -j 2 on two CPU threads the library stream runs ONNX Runtime sessions of one
+    thread each, two batches at once, and gives torch's scores; the tagger's own session
+    (all threads) is back afterwards."""
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", "test-probe-mel")
+    songs = [write_audio(tmp_path / f"s{i}.wav", synth_tone(2.5 + i, SR, seed=i), SR) for i in range(4)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tagger = make_tagger("onnxruntime", ckpt, data_dir=data_dir)
+        whole = tagger.session
+        seen = []
+        run_batch = tagger._run
+
+        def probe(*args):
+            seen.append(tagger.session.get_session_options().intra_op_num_threads)
+            return run_batch(*args)
+
+        tagger._run = probe
+        got = {i: res for i, _, res in tag_stream(tagger, songs, jobs=2)}
+        assert seen and set(seen) == {1} and tagger.session is whole
+        assert whole.get_session_options().intra_op_num_threads == 2
+    finally:
+        torch.set_num_threads(before)
+    # no reference cycle keeps the sessions' thread pools alive past this test: later tests
+    # fork (DataLoader workers), and a fork beside live threads can hang the child
+    del tagger._run
+    torch_tagger = make_tagger("torch", ckpt, data_dir=data_dir)
+    for i, song in enumerate(songs):
+        assert np.abs(got[i].scores - torch_tagger.tag_file(song).scores).max() < 1e-5

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -255,3 +256,79 @@ def test_windows_of_several_songs_share_a_batch(ckpt, tmp_path, jobs):
         alone = tagger.tag_file(f)
         assert results[i].num_windows == alone.num_windows and results[i].padded == alone.padded
         assert np.allclose(results[i].scores, alone.scores, atol=1e-6)
+
+
+@pytest.fixture
+def two_torch_threads():
+    """Torch with two threads for one test (this module runs with one), then back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def _changing_song(path: Path, seconds: float, seed: int) -> Path:
+    """Noise whose loudness rises through the song, so every window scores differently."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    return write_audio(path, (rng.standard_normal(n) * np.geomspace(0.01, 0.9, n)).astype(np.float32), SR)
+
+
+class _Probe:
+    """Wraps ``tagger._run``: records each batch's thread and torch thread count, and how
+    many batches ran at once; ``delays`` (seconds, cycled) hold batches back."""
+
+    def __init__(self, tagger: Tagger, delays: list[float]) -> None:
+        self.run, self.delays = tagger._run, delays
+        self.calls: list[tuple[str, int]] = []
+        self.running = self.most = 0
+        self.lock = threading.Lock()
+        tagger._run = self
+
+    def __call__(self, *args):
+        with self.lock:
+            delay = self.delays[len(self.calls) % len(self.delays)]
+            self.calls.append((threading.current_thread().name, torch.get_num_threads()))
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(delay)
+        try:
+            return self.run(*args)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_cpu_jobs_run_batches_in_threads_sharing_the_cores(ckpt, tmp_path, two_torch_threads):
+    """With -j 2 on a CPU two batches run at once, each on one of torch's two threads, and
+    the songs get tag_file's scores; -j 1 runs them here on both threads."""
+    files = [_changing_song(tmp_path / f"{i}.wav", 4.0 + i, seed=i) for i in range(4)]
+    tagger = Tagger(ckpt)
+    assert [tagger.streams_for(j) for j in (1, 2, 3)] == [1, 2, 2]
+    alone = [tagger.tag_file(f, return_taggram=True) for f in files]
+    probe = _Probe(tagger, [0.02])
+    results = {i: res for i, _, res in tag_stream(tagger, files, jobs=2, return_taggram=True)}
+    assert probe.most == 2 and len(probe.calls) == sum(a.num_windows for a in alone)
+    assert {name.startswith("audiocnn-network") for name, _ in probe.calls} == {True}
+    assert {threads for _, threads in probe.calls} == {1}
+    assert torch.get_num_threads() == 2  # given back when the run ends
+    for i, a in enumerate(alone):
+        assert np.allclose(results[i].taggram, a.taggram, atol=1e-6)
+    probe.calls.clear()
+    probe.most = 0
+    list(tag_stream(tagger, files, jobs=1))
+    assert probe.most == 1 and {threads for _, threads in probe.calls} == {2}
+    assert {name for name, _ in probe.calls} == {threading.main_thread().name}
+
+
+def test_batches_finishing_out_of_order_keep_each_song_in_order(ckpt, tmp_path, two_torch_threads):
+    """Every other batch is held back so the next one finishes first: each song's
+    per-window scores still come in window order."""
+    files = [_changing_song(tmp_path / f"{i}.wav", 6.0, seed=i) for i in range(3)]
+    tagger = Tagger(ckpt)
+    alone = [tagger.tag_file(f, return_taggram=True).taggram for f in files]
+    assert all(np.abs(np.diff(t, axis=0)).min() > 1e-4 for t in alone)  # windows tell apart
+    _Probe(tagger, [0.05, 0.0])
+    results = {i: res for i, _, res in tag_stream(tagger, files, jobs=2, return_taggram=True)}
+    for i, want in enumerate(alone):
+        assert np.allclose(results[i].taggram, want, atol=1e-6)

@@ -183,7 +183,8 @@ Jobs = Annotated[
         "--jobs",
         "-j",
         min=1,
-        help="Worker processes that decode and resample while the model runs (1: decode in this process).",
+        help="Worker processes that decode and resample while the model runs; on a CPU also how many "
+        "batches run at once, each on its share of the threads (1: decode in this process, one batch at a time).",
     ),
 ]
 BackendOpt = Annotated[

@@ -3,7 +3,7 @@ file, write its outputs, and sum up; a file that fails is reported and the other
 
 With ``output`` the results go to one resumable results file instead
 (:mod:`audiocnn.tagging.library`); with ``jobs > 1`` worker processes decode while the
-model runs (:mod:`audiocnn.tagging.stream`)."""
+model runs, on a CPU up to ``jobs`` batches at once (:mod:`audiocnn.tagging.stream`)."""
 
 from __future__ import annotations
 
@@ -151,7 +151,8 @@ def tag_command(
 
     ``output`` (``.jsonl`` or ``.csv``): append one record per file there, durably, and
     skip the files it already holds unless ``force`` (:mod:`audiocnn.tagging.library`).
-    ``jobs``: decoding processes (1: decode here, one file after the other).
+    ``jobs``: decoding processes, and on a CPU batches run at once, each on its share of
+    torch's threads (1: decode here, one file after the other, one batch at a time).
     ``show_progress``: a progress bar on stderr (files/s, audio hours/s, time left)
     instead of one line per file. ``backend``: ``torch``, or ``onnxruntime`` to run the
     network in ONNX Runtime (:mod:`audiocnn.tagging.onnx_backend`).

@@ -7,14 +7,21 @@ in flight keeps the streaming state of :meth:`Tagger.tag_file` (the mel stream, 
 windower, its per-window score rows), and windows from whichever songs are in flight fill
 the same batch. A song's result equals ``tag_file``'s for the same options.
 
+On a CPU with ``jobs > 1`` the network runs up to ``jobs`` batches at once in threads,
+each on its share of torch's threads (:meth:`Tagger.streams_for`); batches are scored in
+the order they were cut, so every song's window rows stay in order.
+
 Memory is bounded by the number of songs in flight (at most ``jobs``), one block each, the
-queue and one batch; only each finished song's small result leaves.
+queue and ``streams + 1`` batches; only each finished song's small result leaves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +75,42 @@ class _Song:
         return out + list(self.windower.finish())
 
 
+Scored = tuple[list[Any], np.ndarray, np.ndarray | None]
+
+
+class _Scorer:
+    """Runs the batches, here one after the other or ``streams`` at a time in threads, and
+    hands their scores back in the order the batches came in."""
+
+    def __init__(self, run: Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray | None]], streams: int) -> None:
+        self.run = run
+        self.streams = streams
+        self.pool = ThreadPoolExecutor(streams, thread_name_prefix="audiocnn-network") if streams > 1 else None
+        self.flying: deque[tuple[list[Any], Future]] = deque()
+
+    def submit(self, keys: list[Any], windows: list[np.ndarray]) -> list[Scored]:
+        """Score a batch; returns the batches finished by now, oldest first."""
+        if self.pool is None:
+            return [(keys, *self.run(windows))]
+        self.flying.append((keys, self.pool.submit(self.run, windows)))
+        done = []
+        # one batch more than the threads: the next one is ready when a thread frees up
+        while self.flying and (self.flying[0][1].done() or len(self.flying) > self.streams):
+            done.append(self._take())
+        return done
+
+    def drain(self) -> list[Scored]:
+        return [self._take() for _ in range(len(self.flying))]
+
+    def _take(self) -> Scored:
+        keys, future = self.flying.popleft()
+        return (keys, *future.result())
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class _Batcher:
     """The songs in flight and the batch their windows share.
 
@@ -76,10 +119,12 @@ class _Batcher:
     ``batch_size`` songs wait, each holding at least one window of the batch.
     """
 
-    def __init__(self, tagger: Tagger, plan: WindowPlan, chunks: int | None, want_emb: bool, custom: bool) -> None:
+    def __init__(
+        self, tagger: Tagger, plan: WindowPlan, chunks: int | None, want_emb: bool, custom: bool, streams: int
+    ) -> None:
         self.tagger, self.plan, self.chunks = tagger, plan, chunks
-        self.want_emb, self.custom = want_emb, custom
-        self.from_features = plan.framing == Framing.song.value
+        from_features = plan.framing == Framing.song.value
+        self.scorer = _Scorer(lambda windows: tagger._run(windows, from_features, want_emb, custom), streams)
         self.songs: dict[int, _Song] = {}
         self.done: list[_Song] = []
         self.batch: list[tuple[_Song, np.ndarray]] = []
@@ -104,13 +149,22 @@ class _Batcher:
         c = self.counters
         c.max_batch = max(c.max_batch, len(self.batch))
         c.max_songs_per_batch = max(c.max_songs_per_batch, len({id(s) for s, _ in self.batch}))
-        proba, emb = self.tagger._run([w for _, w in self.batch], self.from_features, self.want_emb, self.custom)
-        for j, (song, _) in enumerate(self.batch):
-            song.rows.append(proba[j : j + 1])
-            if emb is not None:
-                song.embs.append(emb[j : j + 1])
-            song.pending -= 1
-        self.batch.clear()
+        scored = self.scorer.submit([song for song, _ in self.batch], [w for _, w in self.batch])
+        self.batch = []
+        self._apply(scored)
+
+    def drain(self) -> None:
+        self.flush()
+        self._apply(self.scorer.drain())
+
+    @staticmethod
+    def _apply(scored: list[Scored]) -> None:
+        for songs, proba, emb in scored:
+            for j, song in enumerate(songs):
+                song.rows.append(proba[j : j + 1])
+                if emb is not None:
+                    song.embs.append(emb[j : j + 1])
+                song.pending -= 1
 
     def block(self, i: int, samples: np.ndarray) -> None:
         self.add(self.song(i), self.song(i).push(samples))
@@ -156,9 +210,28 @@ def tag_stream(
     plan = tagger.check(
         window=window, hop=hop, aggregate=aggregate, top_k=top_k, framing=framing, chunks=chunks, threshold=threshold
     )
-    b = _Batcher(tagger, plan, chunks, return_embeddings, window is not None)
+    streams = tagger.streams_for(jobs)
+    b = _Batcher(tagger, plan, chunks, return_embeddings, window is not None, streams)
     if counters is not None:
         b.counters = counters
+    threads = tagger.threads_per_stream(streams) if streams > 1 else contextlib.nullcontext()
+    with threads, contextlib.closing(b.scorer):
+        yield from _run_stream(tagger, paths, jobs, b, plan, aggregate, top_k, threshold, return_taggram)
+
+
+def _run_stream(
+    tagger: Tagger,
+    paths: Sequence[str | os.PathLike],
+    jobs: int,
+    b: _Batcher,
+    plan: WindowPlan,
+    aggregate: Any,
+    top_k: int | None,
+    threshold: float | None,
+    return_taggram: bool,
+) -> Iterator[tuple[int, Path, TagResult | AudiocnnError]]:
+    """:func:`tag_stream`'s loop: blocks in, batches out, each song's result once its
+    last window is scored."""
 
     def finished() -> Iterator[tuple[int, Path, TagResult]]:
         for s in b.ready():
@@ -174,7 +247,7 @@ def tag_stream(
         else:
             b.end(i)
         yield from finished()
-    b.flush()
+    b.drain()
     yield from finished()
 
 

@@ -23,8 +23,10 @@ one window, and the result says so (``padded``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -272,6 +274,7 @@ class Tagger:
         self.thresholds: list[float] | None = thresholds_of(meta, self.path)
         self.sample_rate = int(model.sample_rate)
         self.stats = StreamStats()
+        self._stats_lock = threading.Lock()  # _run may be called from several threads
         # head(embed(x)) is forward(x) unless a model overrides forward; then run both.
         self._forward_is_head_of_embed = type(model).forward is TaggingModel.forward
 
@@ -486,9 +489,35 @@ class Tagger:
             info["padded"] = True
             yield np.zeros(min_samples - total, np.float32)
 
+    def _note_batch(self, n: int) -> None:
+        with self._stats_lock:
+            self.stats.max_batch = max(self.stats.max_batch, n)
+
+    def streams_for(self, jobs: int) -> int:
+        """How many batches a library run with ``jobs`` keeps running at once: on a CPU one
+        per job, up to torch's thread count, each on its share of the threads (independent
+        single-threaded batches keep both cores of a small machine busy while decoding
+        workers take turns; one batch over all threads stalls whenever a worker holds a
+        core); on an accelerator one, which windows of several songs fill."""
+        if int(jobs) <= 1 or self.device.type != "cpu":
+            return 1
+        return max(1, min(int(jobs), torch.get_num_threads()))
+
+    @contextlib.contextmanager
+    def threads_per_stream(self, streams: int) -> Iterator[int]:
+        """While inside, :meth:`_run` may be called from ``streams`` threads at once, each
+        running the network on its own share of the CPU threads (the value yielded)."""
+        before = torch.get_num_threads()
+        share = max(1, before // max(1, int(streams)))
+        torch.set_num_threads(share)  # threads started inside take this count when they first run torch
+        try:
+            yield share
+        finally:
+            torch.set_num_threads(before)
+
     def _run(self, batch: list[np.ndarray], from_features: bool, want_emb: bool, custom: bool):
         x = torch.from_numpy(np.stack(batch)).to(self.device)
-        self.stats.max_batch = max(self.stats.max_batch, x.shape[0])
+        self._note_batch(x.shape[0])
         m = self.model
         try:
             with torch.inference_mode():
