@@ -16,8 +16,10 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -306,25 +308,17 @@ human_size = _human
 
 
 # ---------------------------------------------------------------------------- multi-part
-class MultiPartFile(io.RawIOBase):
-    """Several files read as one seekable stream (a zip split with ``split -b``).
+class PartsStream(io.RawIOBase):
+    """Parts of known sizes read as one seekable stream: the position, seeking, and which
+    part holds which bytes (:meth:`spans`). Subclasses read the bytes of one part: local
+    files (:class:`MultiPartFile`) or HTTP ranges (``remotezip.RangeFile``)."""
 
-    zipfile needs to seek to the central directory at the end, so this supports random
-    access; nothing is concatenated on disk and nothing is held in memory.
-    """
-
-    def __init__(self, paths: Sequence[str | os.PathLike]) -> None:
+    def __init__(self, sizes: Sequence[int]) -> None:
         super().__init__()
-        self._paths = [Path(p) for p in paths]
-        self._sizes = [p.stat().st_size for p in self._paths]
-        self._starts = []
-        acc = 0
-        for s in self._sizes:
-            self._starts.append(acc)
-            acc += s
-        self._total = acc
+        self.sizes = [int(n) for n in sizes]
+        self.starts = list(itertools.accumulate(self.sizes, initial=0))[:-1]
+        self.size = sum(self.sizes)
         self._pos = 0
-        self._handles: dict[int, io.BufferedReader] = {}
 
     def readable(self) -> bool:
         return True
@@ -336,41 +330,52 @@ class MultiPartFile(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            pos = offset
-        elif whence == io.SEEK_CUR:
-            pos = self._pos + offset
-        elif whence == io.SEEK_END:
-            pos = self._total + offset
-        else:
+        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}
+        if whence not in bases:
             raise ValueError(f"bad whence {whence}")
-        if pos < 0:
+        if bases[whence] + offset < 0:
             raise OSError("negative seek position")
-        self._pos = pos
-        return pos
+        self._pos = bases[whence] + offset
+        return self._pos
 
-    def _part_at(self, pos: int) -> int:
-        for i in range(len(self._starts) - 1, -1, -1):
-            if pos >= self._starts[i] and self._sizes[i] > 0:
-                return i
-        return 0
+    def spans(self, start: int, n: int) -> Iterator[tuple[int, int, int]]:
+        """``(part, offset in it, bytes)`` covering ``[start, start + n)`` of the whole,
+        clipped to its end; parts of size 0 are never named."""
+        pos, end = start, min(start + n, self.size)
+        while pos < end:
+            i = bisect.bisect_right(self.starts, pos) - 1  # the last part starting at or before pos
+            local = pos - self.starts[i]
+            take = min(end - pos, self.sizes[i] - local)
+            yield i, local, take
+            pos += take
+
+
+class MultiPartFile(PartsStream):
+    """Several files read as one seekable stream (a zip split with ``split -b``).
+
+    zipfile needs to seek to the central directory at the end, so this supports random
+    access; nothing is concatenated on disk and nothing is held in memory.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike]) -> None:
+        self._paths = [Path(p) for p in paths]
+        super().__init__([p.stat().st_size for p in self._paths])
+        self._handles: dict[int, io.BufferedReader] = {}
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
         view = memoryview(buffer).cast("B")
         done = 0
-        while done < len(view) and self._pos < self._total:
-            i = self._part_at(self._pos)
+        for i, local, take in self.spans(self._pos, len(view)):
             fh = self._handles.get(i)
             if fh is None:
                 fh = open(self._paths[i], "rb")
                 self._handles[i] = fh
-            local = self._pos - self._starts[i]
             fh.seek(local)
-            n = fh.readinto(view[done : done + min(len(view) - done, self._sizes[i] - local)]) or 0
-            if n == 0:  # a part shrank under us
-                break
+            n = fh.readinto(view[done : done + take]) or 0
             self._pos += n
             done += n
+            if n < take:  # a part shrank under us
+                break
         return done
 
     def close(self) -> None:

@@ -16,7 +16,6 @@ not fetched again, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
@@ -34,6 +33,7 @@ from audiocnn.datasets.download import (
     CHUNK,
     USER_AGENT,
     CorruptArchiveError,
+    PartsStream,
     _content_range_start,
     _content_range_total,
     _member_parts,
@@ -69,7 +69,7 @@ class RangeStats:
     per_url: dict[str, int] = field(default_factory=dict)
 
 
-class RangeFile(io.RawIOBase):
+class RangeFile(PartsStream):
     """Read-only, seekable view of one file (or of parts read as one) served over HTTP.
 
     Every read outside the prefetched span is one Range request for exactly the bytes
@@ -85,33 +85,13 @@ class RangeFile(io.RawIOBase):
         timeout: float = 60.0,
         sleep=time.sleep,
     ) -> None:
-        super().__init__()
         self.urls = list(urls)
         self.retries, self.backoff, self.timeout, self._sleep = retries, backoff, timeout, sleep
         self.stats = RangeStats()
         self._buf = _Buffer()
-        self._pos = 0
-        self.sizes = [self._size_of(u) for u in self.urls]
-        self._starts = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
-        self.size = sum(self.sizes)
+        super().__init__([self._size_of(u) for u in self.urls])
 
     # -- io.RawIOBase --------------------------------------------------------------
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise OSError("negative seek position")
-        self._pos = base + offset
-        return self._pos
-
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
             n = self.size - self._pos
@@ -151,16 +131,9 @@ class RangeFile(io.RawIOBase):
 
     def _get(self, start: int, n: int) -> bytes:
         """Bytes ``[start, start+n)`` of the whole (several requests when parts are crossed)."""
-        out = []
-        pos, end = start, start + n
-        while pos < end:
-            i = max(k for k, s in enumerate(self._starts) if s <= pos)
-            local = pos - self._starts[i]
-            take = min(end - pos, self.sizes[i] - local)
-            _h, body = self._request(self.urls[i], local, local + take - 1)
-            out.append(body)
-            pos += take
-        return b"".join(out)
+        return b"".join(
+            self._request(self.urls[i], local, local + take - 1)[1] for i, local, take in self.spans(start, n)
+        )
 
     def _request(self, url: str, first: int, last: int) -> tuple[dict, bytes]:
         attempt = 0
