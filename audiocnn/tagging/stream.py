@@ -214,8 +214,7 @@ def tag_stream(
     b = _Batcher(tagger, plan, chunks, return_embeddings, window is not None, streams)
     if counters is not None:
         b.counters = counters
-    threads = tagger.threads_per_stream(streams) if streams > 1 else contextlib.nullcontext()
-    with threads, contextlib.closing(b.scorer):
+    with tagger.threads_per_stream(streams), contextlib.closing(b.scorer):
         yield from _run_stream(tagger, paths, jobs, b, plan, aggregate, top_k, threshold, return_taggram)
 
 
