@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from collections import Counter
 
 import pytest
@@ -264,6 +266,27 @@ def test_folder_subfolders(tmp_path, data_dir, capsys):
     assert rows["gtzan"]["prepared"] is False and rows["gtzan"]["classes"] == 10
     code, out, _ = run_cli(capsys, "--data-dir", str(data_dir), "datasets")
     assert code == 0 and "fma-medium" in out and "mine" in out
+
+
+def test_folder_with_a_file_name_that_is_not_utf8(tmp_path, data_dir, capsys):
+    """POSIX names are bytes: the clip is probed, kept in the manifest losslessly (JSON
+    escapes \\udcff) and verified; the manifest writer leaves no temp file."""
+    src = tmp_path / "music"
+    folder_fixture(src)
+    good = next((src / "calm").iterdir())
+    bad = os.fsencode(src / "calm") + b"/bad\xff\xfe.wav"
+    shutil.copyfile(good, bad)
+    code, _, err = run_cli(
+        capsys, "--data-dir", str(data_dir), "prepare", "folder", "--source", str(src), "--name", "mine", "-j", "1"
+    )
+    assert code == 0 and "Traceback" not in err, err
+    text = (data_dir / "mine" / "manifest.jsonl").read_bytes().decode("utf-8")  # valid UTF-8 throughout
+    assert "bad\\udcff\\udcfe.wav" in text
+    m = read_manifest(data_dir / "mine")
+    clip = next(c for c in m.clips if "bad" in c.path)
+    assert os.fsencode(m.audio_path(clip)) == bad and not m.excluded
+    assert sorted(p.name for p in (data_dir / "mine").iterdir()) == [".state", "manifest.jsonl"]
+    assert verify_dataset(data_dir, "mine").ok
 
 
 def test_folder_labels_csv_multilabel_with_split(tmp_path, data_dir):

@@ -74,11 +74,14 @@ _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 def printable(text: object) -> str:
     """``text`` with control characters escaped (``\\n``, ``\\x1b``...): a file name with
     a newline must not split a table row or a one-line error, nor one with an escape
-    sequence reprogram the terminal."""
+    sequence reprogram the terminal. The bytes of a file name that is not UTF-8 show as
+    ``\\xff`` (they are held as surrogate escapes, which no terminal can print)."""
     out = []
     for ch in str(text):
         code = ord(ch)
-        if code < 0x20 or 0x7F <= code < 0xA0 or code in (0x2028, 0x2029):
+        if 0xDC80 <= code <= 0xDCFF:  # a byte of a file name that is not UTF-8 (os.fsdecode)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or 0x7F <= code < 0xA0 or code in (0x2028, 0x2029):
             out.append(_ESCAPES.get(ch) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"))
         else:
             out.append(ch)

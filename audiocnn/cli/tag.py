@@ -234,6 +234,9 @@ def tag(
     started = time.perf_counter()
     from audiocnn.tagging import ResultWriter, tag_command  # deferred: torch, only once there is work to do
 
+    if fmt is OutputFormat.csv and hasattr(sys.stdout, "reconfigure"):
+        # a file name that is not UTF-8 goes out as its own bytes, as in a .csv results file
+        sys.stdout.reconfigure(errors="surrogateescape")
     writer = None if fmt is OutputFormat.table else ResultWriter(sys.stdout, fmt.value)
     table_k = top_k or DEFAULT_TABLE_TOP_K
 

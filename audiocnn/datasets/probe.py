@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from audiocnn.audio import audio_info
+from audiocnn.audio import audio_info, soundfile_name
 from audiocnn.errors import AudioDecodeError
 
 WHOLE_FILE_FRAMES = 1 << 22
@@ -41,7 +41,7 @@ def decode_frames(path: str) -> tuple[int, int, int, str]:
     # files block by block so memory stays bounded.
     block_frames = -1 if info.frames <= WHOLE_FILE_FRAMES else BLOCK_FRAMES
     try:
-        with sf.SoundFile(path) as f:
+        with sf.SoundFile(soundfile_name(path)) as f:
             while True:
                 block = f.read(block_frames, dtype="float32", always_2d=True)
                 n = block.shape[0]
