@@ -32,6 +32,7 @@ from audiocnn.models.checkpoint import DEFAULT_THRESHOLD, thresholds_of
 from audiocnn.pretrained import is_pretrained_name, resolve_model
 from audiocnn.progress import progress_bar
 from audiocnn.tagging import Tagger
+from audiocnn.tagging.tagger import MAX_CHUNKS
 from audiocnn.training import plots as P
 from audiocnn.training.config import read_yaml
 from audiocnn.training.metrics import compute_metrics, to_multi_hot
@@ -158,8 +159,11 @@ def evaluate(
         raise UsageError(f"--threshold must be in [0, 1], got {threshold}")
     if split not in SPLITS:
         raise UsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if eval_chunks is not None and eval_chunks < 1:
-        raise UsageError(f"--eval-chunks must be >= 1, got {eval_chunks}")
+    if eval_chunks is not None and not 1 <= eval_chunks <= MAX_CHUNKS:
+        raise UsageError(
+            f"--eval-chunks must be between 1 and {MAX_CHUNKS}, got {eval_chunks}: each chunk is one window "
+            "through the network (the papers use 16)"
+        )
     ckpt, run_dir, run_cfg = resolve_target(target, data_dir)
     if out_dir is not None:  # before the model loads and every clip is scored
         ensure_writable_dir(out_dir, "--out")

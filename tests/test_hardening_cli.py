@@ -278,3 +278,10 @@ def test_train_hints_are_real(tmp_path, capsys):
     (rd / "last.prev.pt").unlink(missing_ok=True)
     assert run(["--data-dir", str(data), "train", str(cfg), "--run-dir", str(rd), "--device", "cpu", "--resume"]) == 1
     assert_hints_are_real(_one_line_error(capsys.readouterr().err), capsys)
+
+
+def test_evaluate_eval_chunks_is_bounded_before_anything_loads(tmp_path, capsys):
+    """`--eval-chunks 1000000` ran for minutes: each chunk is one window through the network."""
+    assert run(["--data-dir", str(tmp_path), "evaluate", "not-a-model", "--eval-chunks", "1000000"]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "--eval-chunks must be between 1 and 256, got 1000000" in line

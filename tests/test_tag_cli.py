@@ -7,6 +7,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from conftest import synth_tone, write_audio
 from tag_fixtures import SR, make_checkpoint
 
 from audiocnn.cli.main import run
+from audiocnn.tagging import Tagger
 
 torch.set_num_threads(1)
 
@@ -185,6 +188,62 @@ def test_same_stem_in_two_folders_gets_two_outputs(capsys, ckpt, tmp_path):
     )
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "tg").glob("*.npy")) == ["song-2.taggram.npy", "song.taggram.npy"]
+
+
+def test_a_later_run_never_writes_over_another_songs_outputs(capsys, ckpt, tmp_path):
+    """Two runs, two songs with one base name: each keeps its own files, which say whose they are."""
+    songs = [write_audio(tmp_path / d / "song.wav", synth_tone(1.2, SR, seed=i), SR) for i, d in enumerate("xy")]
+    tg, emb = tmp_path / "tg", tmp_path / "emb"
+    outputs = ("--taggram", str(tg), "--embeddings", str(emb), "-f", "json")
+    for song in [*songs, songs[0]]:  # the first song again: it finds its own files
+        code, out, _ = _tag(capsys, str(song), "--model", str(ckpt), *outputs)
+        assert code == 0
+        assert json.loads(out)["taggram"] == str(tg / f"song{'' if song == songs[0] else '-2'}.taggram.npy")
+    assert sorted(p.name for p in tg.glob("*.npy")) == ["song-2.taggram.npy", "song.taggram.npy"]
+    assert sorted(p.name for p in emb.glob("*.npy")) == ["song-2.embeddings.npy", "song.embeddings.npy"]
+    for folder in (tg, emb):
+        for stem, song in (("song", songs[0]), ("song-2", songs[1])):
+            assert json.loads((folder / f"{stem}.source.json").read_text()) == {"source": str(song)}
+    a = Tagger(ckpt).tag_file(songs[1], return_taggram=True)
+    assert np.allclose(np.load(tg / "song-2.taggram.npy"), a.taggram, atol=1e-6)
+
+
+def test_fifo_and_device_are_said_to_be_no_regular_files(capsys, ckpt, music, tmp_path):
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    code, _, err = _tag(capsys, str(fifo), "/dev/zero", str(music / "a.wav"), "--model", str(ckpt))
+    assert code == 1 and "tagged 1 of 3 files" in err
+    assert f"error: {fifo}: not a regular file (a FIFO)" in err
+    assert "error: /dev/zero: not a regular file (a device)" in err
+
+
+_LIMITED = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+sys.path.insert(0, {tests!r})
+import tag_fixtures
+from audiocnn.cli.main import run
+for args in json.loads(sys.argv[1]):
+    print(run(args), flush=True)
+"""
+
+
+def test_sizes_that_would_eat_the_machine_are_refused(ckpt, tmp_path):
+    """Each is one line saying the limit. Run in a process limited to 2 GiB and 60 s, so
+    that a regression fails here instead of taking the machine down."""
+    song = str(write_audio(tmp_path / "three.wav", synth_tone(3.0, SR), SR))
+    cases = {
+        "--window 30000": "at most 10.00 s, 10 times its input of 1.00 s",  # was 24 GB, OOM-killed
+        "--window 1e9": "at most 10.00 s",  # was "Unable to allocate 58.2 TiB"
+        "--chunks 1000000": "must be at most 256",  # ran for minutes
+    }
+    runs = [["tag", song, "-m", str(ckpt), *option.split()] for option in cases]
+    script = _LIMITED.format(tests=str(Path(__file__).resolve().parent))
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(runs)], capture_output=True, text=True, timeout=60)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.stdout.split() == ["2", "2", "2"] and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    for (option, limit), line in zip(cases.items(), errors, strict=True):
+        assert option.split()[0] in line and limit in line, (option, line)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -14,6 +14,20 @@ record first (the file is rewritten atomically), so each file has exactly one re
 
 A file that cannot be decoded gets a record with an ``error`` and no scores; it is tried
 again on the next run.
+
+A results file says what it is: a ``.jsonl`` file starts with the header line
+``{"audiocnn": "tag-results", "version": 1, ...}``, a ``.csv`` file with its column row
+(``path,size,mtime,model,...`` then one column per label). A file that exists and starts
+otherwise (a dataset's ``manifest.jsonl``, anyone's own CSV) is refused, never rewritten.
+A ``.jsonl`` file of audiocnn before the header (its first line a record) is read, and
+given the header when it is next rewritten.
+
+File names are bytes on POSIX. One that is not valid UTF-8 is held as surrogate escapes
+(:func:`os.fsdecode`); a ``.jsonl`` record writes them as the JSON escapes ``\\udcXX``
+(:func:`audiocnn.fileio.json_text`), a ``.csv`` row as the name's own bytes, so records
+round-trip exactly and such a file is skipped on resume like any other.
+
+``--output`` may be a symbolic link: the link is kept, its target is read and rewritten.
 """
 
 from __future__ import annotations
@@ -30,13 +44,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from audiocnn import __version__
 from audiocnn.errors import AudiocnnError, UsageError
-from audiocnn.fileio import FileWriteError, fsync_dir, held_lock, temp_path, write_error
+from audiocnn.fileio import FileWriteError, fsync_dir, held_lock, json_text, temp_path, write_error
 from audiocnn.tagging.tagger import TagResult
 
 LIBRARY_SUFFIXES = (".jsonl", ".csv")
 CSV_BASE_COLUMNS = ["path", "size", "mtime", "model", "model_sha256", "options", "error", "duration", "windows"]
 CSV_PREDICTED_COLUMN = "predicted"
+#: The first line of a ``.jsonl`` results file says what the file is.
+RESULTS_MARK = "tag-results"
+RESULTS_VERSION = 1
+_JSONL_HEAD = b'{"audiocnn": "' + RESULTS_MARK.encode() + b'"'
+# what every record of a results file holds: a .jsonl file of audiocnn before the header
+# line is recognised by its first line holding all of these
+_RECORD_KEYS = frozenset({"path", "size", "mtime", "model", "model_sha256", "options"})
+_FIRST_LINE_MAX = 1 << 20
+# names are bytes on POSIX: CSV rows hold them as they are (surrogate escapes <-> bytes)
+_CSV_ERRORS = "surrogateescape"
 
 
 def checkpoint_sha256(path: str | os.PathLike) -> str:
@@ -77,8 +102,96 @@ def _options_json(options: dict[str, Any]) -> str:
     return json.dumps(options, sort_keys=True)
 
 
+def _first_line(path: Path) -> bytes | None:
+    """The file's first line with its newline (cut at :data:`_FIRST_LINE_MAX` bytes), or
+    None when there is no file."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.readline(_FIRST_LINE_MAX)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise FileWriteError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _jsonl_kind(first: bytes) -> str | None:
+    """``"marked"``, ``"legacy"`` (a record of audiocnn before the header line) or None."""
+    if not first.endswith(b"\n"):  # a first line cut short by a crash: whose is it?
+        return "marked" if first.startswith(_JSONL_HEAD) else "legacy" if first.startswith(b'{"path": ') else None
+    try:
+        obj = json.loads(first)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    if obj.get("audiocnn") == RESULTS_MARK:
+        return "marked"
+    return "legacy" if obj.keys() >= _RECORD_KEYS else None
+
+
+def check_results_file(path: str | os.PathLike, labels: Sequence[str] | None = None) -> str:
+    """Whether ``path`` may be written as a results file: ``"new"`` (missing or empty),
+    ``"marked"`` (one audiocnn wrote, with its header) or ``"legacy"`` (an audiocnn
+    ``.jsonl`` file from before the header line). Anything else raises
+    :class:`UsageError`: audiocnn rewrites only what it wrote. ``labels``: also check that
+    a CSV's score columns are those labels (None: not yet known)."""
+    path = Path(path)
+    first = _first_line(path)
+    if not first:
+        return "new"
+    what = f"--output {path}"
+    if path.suffix.lower() == ".jsonl":
+        kind = _jsonl_kind(first)
+        if kind is None:
+            raise UsageError(
+                f"{what}: not an audiocnn results file (its first line is not the header "
+                f"{_JSONL_HEAD.decode()}, ...}} nor a record); refusing to rewrite it",
+                hint="pick a new file name for --output",
+            )
+        if kind == "marked" and first.endswith(b"\n"):
+            version = json.loads(first).get("version")
+            if version != RESULTS_VERSION:
+                raise UsageError(f"{what}: a results file of format version {version}; this audiocnn reads version 1")
+        return kind
+    _check_csv_header(what, first, labels)
+    return "marked"
+
+
+def _check_csv_header(what: str, first: bytes, labels: Sequence[str] | None) -> None:
+    base = [*CSV_BASE_COLUMNS, CSV_PREDICTED_COLUMN]
+    text = first.decode("utf-8", _CSV_ERRORS)
+    if not first.endswith(b"\n"):  # cut short by a crash
+        if ",".join(base).startswith(text) or text.startswith(",".join(base)):
+            return
+        found: list[str] = []
+    else:
+        found = next(csv.reader([text]), [])
+    if found[: len(base)] != base:
+        raise UsageError(
+            f"{what}: not an audiocnn results file (its first row is not the columns "
+            f"{', '.join(base[:3])}, ... audiocnn writes); refusing to rewrite it",
+            hint="pick a new file name for --output",
+        )
+    theirs = found[len(base) :]
+    if labels is not None and theirs != list(labels):
+        raise UsageError(
+            f"{what}: written by another model: the label names differ ({len(theirs)} labels "
+            f"{', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''}; this model has {len(labels)}: "
+            f"{', '.join(list(labels)[:3])}{', ...' if len(labels) > 3 else ''})",
+            hint="write to a new --output file, or a .jsonl file, which can hold any model's records",
+        )
+
+
+def _jsonl_header() -> bytes:
+    head = {"audiocnn": RESULTS_MARK, "version": RESULTS_VERSION, "created_by": f"audiocnn {__version__}"}
+    return (json_text(head) + "\n").encode("utf-8")
+
+
 class LibraryFile:
-    """The results file of a library run: read its records, drop stale ones, append."""
+    """The results file of a library run: read its records, drop stale ones, append.
+
+    ``path`` is what messages name; a symbolic link is kept and its target (``target``)
+    read and written."""
 
     def __init__(self, path: str | os.PathLike, labels: Sequence[str]) -> None:
         self.path = Path(path)
@@ -87,20 +200,22 @@ class LibraryFile:
             raise UsageError(
                 f"--output {self.path}: the suffix must be .jsonl or .csv (it picks the format), got {suffix or 'none'}"
             )
+        self.target = Path(os.path.realpath(self.path))
         self.fmt = suffix[1:]
         self.labels = list(labels)
         self.header = [*CSV_BASE_COLUMNS, CSV_PREDICTED_COLUMN, *self.labels] if self.fmt == "csv" else None
-        self._fh: io.BufferedWriter | None = None
+        self._fh: io.FileIO | None = None
         self.cut_tail = 0  # records cut short by a crash, truncated away
+        self.kind = "new"  # what check_results_file found: new | marked | legacy
 
     # ------------------------------------------------------------------ reading
 
     def _lines(self) -> Iterator[bytes]:
         """Complete lines (a CSV row with a quoted newline stays whole); a cut-off tail is
-        truncated away first."""
-        if not self.path.exists():
+        truncated away first. The file must have passed :func:`check_results_file`."""
+        if not self.target.exists():
             return
-        with open(self.path, "rb+") as fh:
+        with open(self.target, "rb+") as fh:
             data_end = fh.seek(0, os.SEEK_END)
             keep = self._complete_length(fh, data_end)
             if keep < data_end:
@@ -108,7 +223,7 @@ class LibraryFile:
                 fh.truncate(keep)
                 fh.flush()
                 os.fsync(fh.fileno())
-        with open(self.path, "rb") as fh:
+        with open(self.target, "rb") as fh:
             yield from self._records(fh)
 
     @staticmethod
@@ -141,7 +256,7 @@ class LibraryFile:
             if self.fmt == "jsonl":
                 rec = json.loads(line)
                 return rec if isinstance(rec, dict) and "path" in rec else None
-            row = next(csv.reader([line.decode("utf-8")]))
+            row = next(csv.reader([line.decode("utf-8", _CSV_ERRORS)]))
         except (ValueError, StopIteration):
             return None
         if len(row) != len(self.header):
@@ -157,10 +272,12 @@ class LibraryFile:
 
     def scan(self) -> tuple[dict[str, _Stored], int, int]:
         """The last record of each path, how many lines are not valid records, and how
-        many lines there are (the header not counted)."""
+        many lines there are (the header not counted). Raises :class:`UsageError` for a
+        file that is not an audiocnn results file (it is left as it is)."""
+        self.kind = check_results_file(self.path, self.labels)
         stored: dict[str, _Stored] = {}
         bad = n = 0
-        for n, line in enumerate(self._check_header(self._lines()), 1):
+        for n, line in enumerate(self._after_header(self._lines()), 1):
             rec = self._parse(line)
             if rec is None:
                 bad += 1
@@ -169,85 +286,91 @@ class LibraryFile:
             stored[str(rec["path"])] = _Stored(n, key, not rec.get("error"))
         return stored, bad, n
 
-    def _check_header(self, lines: Iterator[bytes]) -> Iterator[bytes]:
-        if self.header is None:
-            yield from lines
-            return
-        first = next(lines, None)
-        if first is None:
-            return
-        found = next(csv.reader([first.decode("utf-8", "replace")]), [])
-        if found != self.header:
-            raise UsageError(
-                f"--output {self.path}: its columns are not those of this model's results "
-                f"({len(found)} columns, expected {len(self.header)}: path, ..., one per label)",
-                hint="write to a new --output file, or a .jsonl file, which can hold any model's records",
-            )
+    def _after_header(self, lines: Iterator[bytes]) -> Iterator[bytes]:
+        """The record lines: the header line (CSV columns, or the JSONL mark) left out."""
+        if self.kind != "legacy":
+            next(lines, None)
         yield from lines
 
     # ------------------------------------------------------------------ writing
 
+    def _header_line(self) -> bytes:
+        return self._csv_line(self.header) if self.header is not None else _jsonl_header()
+
     def rewrite(self, keep: Callable[[int, bytes], bool]) -> None:
-        """Atomically rewrite the file with only the record lines ``keep(index, line)`` accepts."""
-        tmp = temp_path(self.path)
+        """Atomically rewrite the file, with its header, and only the record lines
+        ``keep(index, line)`` accepts (:meth:`scan` first)."""
+        tmp = temp_path(self.target)
         try:
             with open(tmp, "wb") as out:
-                if self.header is not None:
-                    out.write(self._csv_line(self.header))
-                for n, line in enumerate(self._check_header(self._lines()), 1):
+                out.write(self._header_line())
+                for n, line in enumerate(self._after_header(self._lines()), 1):
                     if keep(n, line):
                         out.write(line)
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(tmp, self.path)
+            os.replace(tmp, self.target)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise write_error(self.path, exc, existed=True) from None
-        fsync_dir(self.path.parent)
+        self.kind = "marked"
+        fsync_dir(self.target.parent)
 
     def open(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            created = not self.path.exists()
-            self._fh = open(self.path, "ab")
-            if self.header is not None and self._fh.tell() == 0:
-                self._append(self._csv_line(self.header))
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            created = not self.target.exists()
+            self._fh = open(self.target, "ab", buffering=0)
+            if self._fh.seek(0, os.SEEK_END) == 0:
+                self._append(self._header_line())
             if created:
-                fsync_dir(self.path.parent)  # the new file's name survives a power cut too
+                fsync_dir(self.target.parent)  # the new file's name survives a power cut too
         except OSError as exc:
-            raise write_error(self.path, exc, existed=self.path.exists()) from None
+            raise write_error(self.path, exc, existed=self.target.exists()) from None
 
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
 
+    def _write(self, data: bytes) -> None:
+        """Write all of ``data`` (a raw file's write may take only part of it)."""
+        view = memoryview(data)
+        while view:
+            view = view[self._fh.write(view) :]
+
     def _append(self, data: bytes) -> None:
+        """One record, durably; on failure (a full disk) its part already written is cut
+        off again at once, so the file ends with the last whole record."""
         fh = self._fh
+        end = fh.seek(0, os.SEEK_END)
         try:
-            fh.write(data)
-            fh.flush()
+            self._write(data)
             os.fsync(fh.fileno())
         except OSError as exc:
-            raise FileWriteError(f"{self.path}: cannot append a record ({exc.strerror or exc})") from None
+            with contextlib.suppress(OSError):
+                os.ftruncate(fh.fileno(), end)
+            raise FileWriteError(
+                f"{self.path}: cannot append a record ({exc.strerror or exc}); the records written before it are kept"
+            ) from None
 
     @staticmethod
     def _csv_line(cells: Sequence[Any]) -> bytes:
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerow(cells)
-        return buf.getvalue().encode("utf-8")
+        return buf.getvalue().encode("utf-8", _CSV_ERRORS)
 
     def append(self, record: dict[str, Any], result: TagResult | None) -> None:
         """One record, durably: JSON line, or CSV row with ``result``'s score per label."""
         if self.fmt == "jsonl":
-            self._append((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+            self._append((json_text(record) + "\n").encode("utf-8"))
             return
         cells = [record.get(c) for c in CSV_BASE_COLUMNS]
         cells[CSV_BASE_COLUMNS.index("mtime")] = repr(record["mtime"]) if record["mtime"] is not None else ""
         cells[CSV_BASE_COLUMNS.index("options")] = _options_json(record["options"])
         predicted = record.get(CSV_PREDICTED_COLUMN)
-        cells.append(json.dumps(predicted, ensure_ascii=False) if predicted is not None else "")
+        cells.append(json_text(predicted) if predicted is not None else "")
         cells += [f"{float(v):.6f}" for v in result.scores] if result is not None else [""] * len(self.labels)
         self._append(self._csv_line(["" if c is None else c for c in cells]))
 
@@ -296,7 +419,7 @@ def plan_library(
             drop.add(old.line)
         todo.append(ident)
     last = {s.line for s in stored.values()}
-    if drop or len(last) < lines:  # replaced, invalid or duplicate lines
+    if drop or len(last) < lines or out.kind == "legacy":  # replaced, invalid or duplicate lines; no header yet
         out.rewrite(lambda n, _line: n in last and n not in drop)
     return LibraryPlan(todo, skipped, retried, bad + out.cut_tail)
 
@@ -318,13 +441,12 @@ class RateInfo:
         return f"{rate:.2f} files/s, {self.audio_s / 3600 / dt:.3f} audio-h/s, ETA {eta}"
 
 
-def library_lock(out: LibraryFile):
-    """Two runs must not append to one results file at once."""
+def library_lock(output: str | os.PathLike):
+    """Two runs must not append to one results file at once (nor through two links to it)."""
+    target = Path(os.path.realpath(output))
 
     def busy(pid: int | None) -> AudiocnnError:
         who = f"process {pid}" if pid else "another process"
-        return UsageError(
-            f"--output {out.path}: {who} is tagging into it now", hint="wait for it, or pick another file"
-        )
+        return UsageError(f"--output {output}: {who} is tagging into it now", hint="wait for it, or pick another file")
 
-    return held_lock(out.path.with_name(f".{out.path.name}.lock"), busy)
+    return held_lock(target.with_name(f".{target.name}.lock"), busy)

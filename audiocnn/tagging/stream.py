@@ -232,10 +232,14 @@ def _run_stream(
     """:func:`tag_stream`'s loop: blocks in, batches out, each song's result once its
     last window is scored."""
 
-    def finished() -> Iterator[tuple[int, Path, TagResult]]:
+    def finished() -> Iterator[tuple[int, Path, TagResult | AudiocnnError]]:
         for s in b.ready():
             path = paths[s.index]
-            yield s.index, Path(path), _result(tagger, path, plan, s, aggregate, top_k, threshold, return_taggram)
+            try:
+                res = _result(tagger, path, plan, s, aggregate, top_k, threshold, return_taggram)
+            except AudioDecodeError as exc:  # e.g. scores that are not finite: this file only
+                res = exc
+            yield s.index, Path(path), res
 
     for kind, i, payload in decoded_blocks(paths, tagger.sample_rate, block_seconds=tagger.block_seconds, jobs=jobs):
         if kind == "block":

@@ -47,6 +47,14 @@ from audiocnn.pretrained import resolve_model
 
 CPU_BATCH_SIZE = 1
 ACCELERATOR_BATCH_SIZE = 32
+#: The longest window (``--window``), in multiples of the model's input: memory and time
+#: per window grow with its length, and a song shorter than the window is zero-padded to
+#: it (``--window 30000`` padded a 3 s song to 8 hours and took 24 GB).
+MAX_WINDOW_FACTOR = 10
+#: The most windows ``chunks`` (``--chunks``, ``evaluate --eval-chunks``) spreads over a
+#: song; the papers use 16. Each is one window through the network, so a million chunks
+#: per song ran for minutes.
+MAX_CHUNKS = 256
 
 
 @dataclass
@@ -298,6 +306,7 @@ class Tagger:
                 f"model {self.name!r}: song framing needs a mel front-end with a per-frame "
                 "compression; use framing='window' (--framing window)"
             )
+        self._check_window(window)
         if song_ok if framing == Framing.auto else framing == Framing.song:
             c = m.frontend_config
             unit = c.hop_length / sr
@@ -308,6 +317,15 @@ class Tagger:
         size = int(m.input_length) if window is None else max(1, int(round(window * sr)))
         step = size if hop is None else max(1, int(round(hop * sr)))
         return WindowPlan(Framing.window.value, size, step, 1.0 / sr, size)
+
+    def _check_window(self, window: float | None) -> None:
+        limit = MAX_WINDOW_FACTOR * self.input_seconds
+        if window is not None and window > limit:
+            raise UsageError(
+                f"window (--window) {window:g} s is too long for model {self.name!r}: at most {limit:.2f} s, "
+                f"{MAX_WINDOW_FACTOR} times its input of {self.input_seconds:.2f} s (memory grows with the window, "
+                "and a shorter song is zero-padded to it)"
+            )
 
     def check(
         self,
@@ -329,6 +347,11 @@ class Tagger:
             raise UsageError(f"top_k must be >= 1, got {top_k}")
         if chunks is not None and (int(chunks) < 1 or hop is not None):
             raise UsageError(f"chunks must be >= 1 and cannot be combined with hop, got {chunks}")
+        if chunks is not None and int(chunks) > MAX_CHUNKS:
+            raise UsageError(
+                f"chunks (--chunks) must be at most {MAX_CHUNKS}, got {chunks}: each is one window through the "
+                "network (the papers use 16; leave out chunks to score every window of the song)"
+            )
         return self.plan(window, hop, framing)
 
     # ------------------------------------------------------------------ tagging
@@ -378,6 +401,11 @@ class Tagger:
     ) -> TagResult:
         """The result of one song from its per-window scores (``starts`` in plan units)."""
         aggregate = _choice(Aggregate, aggregate, "aggregate")
+        if not np.isfinite(taggram).all():  # e.g. float samples of 1e30 overflow the front-end
+            raise AudioDecodeError(
+                f"{path}: the model's scores are not finite (NaN or infinity); "
+                "are its samples far outside [-1, 1] (a float file of another scale)?"
+            )
         scores = taggram.mean(axis=0) if aggregate == Aggregate.mean else taggram.max(axis=0)
         order = sorted(range(len(self.labels)), key=lambda i: (-float(scores[i]), i))
         predicted, decision = self.decide(scores, threshold)
