@@ -213,14 +213,16 @@ def _check_run_options(output: str | os.PathLike | None, jobs: int, force: bool)
 
 
 def _usable_jobs(jobs: int, report: Callable[[str], None]) -> int:
-    """``jobs`` capped at the CPU cores this process may use: each decoder is a process
-    with its own memory, and more of them than cores only take turns (``-j 64`` on 2
-    cores: 2.3 GB and 6x slower than ``-j 1``)."""
+    """``jobs`` capped at the CPU cores this process may use (2 at least, so that ``-j 2``
+    decodes in a worker anywhere): each decoder is a process with its own memory, and more
+    of them than cores only take turns (``-j 64`` on 2 cores: 2.3 GB and 6x slower than
+    ``-j 1``)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if jobs <= cores:
+    cap = max(2, cores)
+    if jobs <= cap:
         return jobs
-    report(f"--jobs {jobs}: using {cores}, the CPU cores this process may use (more decoders only take turns)")
-    return cores
+    report(f"--jobs {jobs}: using {cap}, the CPU cores this process may use (more decoders only take turns)")
+    return cap
 
 
 @dataclass
