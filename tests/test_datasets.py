@@ -296,6 +296,26 @@ def test_folder_labels_csv_multilabel_with_split(tmp_path, data_dir):
         )
 
 
+def test_mtat_source_folder_missing_a_part_is_named_and_nothing_is_downloaded(
+    http_server, data_dir, monkeypatch, capsys, tmp_path
+):
+    fx = mtat_fixture()
+    urls = {name: http_server.add(f"/upstream/{name}", data) for name, data in fx.files.items()}
+    patch_remotes(monkeypatch, "mtat", fx.files, urls=urls)  # "upstream" is the local server
+    src = write_files(tmp_path / "mtat-files", {k: v for k, v in fx.files.items() if k != "mp3.zip.002"})
+    args = ("--data-dir", str(data_dir), "prepare", "mtat", "--source", str(src), "-j", "1")
+    code, _out, err = run_cli(capsys, *args)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err
+    assert f"--source {src}: mp3.zip.002 is not there" in lines[0] and "nothing was downloaded" in lines[0]
+    assert f"--download-missing to fetch it from {urls['mp3.zip.002']} (1.0 GB)" in lines[0]
+    assert http_server.requests == []
+    code, out, err = run_cli(capsys, *args, "--download-missing", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["splits"] == fx.expected["counts"]["standard"]
+    assert [r["path"] for r in http_server.requests] == ["/upstream/mp3.zip.002"]
+
+
 # ----------------------------------------------------------------------------- registry, splits
 
 

@@ -105,6 +105,11 @@ def prepare(
     variant: Optional[str] = typer.Option(
         None, "--variant", help="Published form of the audio: audio (default) or audio-low (mtg-jamendo)."
     ),
+    download_missing: bool = typer.Option(
+        False,
+        "--download-missing",
+        help="Download the files a local --source lacks (else naming them is an error).",
+    ),
     fmt: common.TableOrJson = typer.Option(
         common.TableOrJson.table, "--format", help="table or json (the `info` object)."
     ),
@@ -126,6 +131,7 @@ def prepare(
         seed=seed,
         max_clips=max_clips,
         variant=variant,
+        download_missing=download_missing,
     )
     if fmt is common.TableOrJson.json:
         common.print_json(manifest.info())

@@ -213,6 +213,7 @@ def prepare_dataset(
     seed: int = 0,
     max_clips: int | None = None,
     variant: str | None = None,
+    download_missing: bool = False,
     then: Callable[[Manifest], None] | None = None,
 ) -> Manifest:
     """Download (or take from ``source``), verify, extract and write the manifest.
@@ -228,6 +229,8 @@ def prepare_dataset(
     membership (the manifest's ``extra["partial"]`` says so and counts each split);
     running it again without ``max_clips`` completes the dataset, reusing what is there.
     ``variant`` picks a published form of the audio (MTG-Jamendo: ``audio``, ``audio-low``).
+    A file that local ``source`` files or folders lack is an error unless
+    ``download_missing`` lets it be downloaded.
     """
     spec = get_dataset(name)
     jobs = resolve_jobs(jobs)
@@ -255,6 +258,7 @@ def prepare_dataset(
         task_explicit=task is not None,
         max_clips=max_clips,
         variant=variant or (spec.variants[0] if spec.variants else None),
+        download_missing=download_missing,
     )
     fingerprint = _fingerprint(spec, ctx)
     with ExitStack() as stack:
