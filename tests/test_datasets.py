@@ -316,6 +316,17 @@ def test_mtat_source_folder_missing_a_part_is_named_and_nothing_is_downloaded(
     assert [r["path"] for r in http_server.requests] == ["/upstream/mp3.zip.002"]
 
 
+@pytest.mark.parametrize("name", ["pretrained", "onnx", "ONNX"])
+def test_a_dataset_cannot_take_a_reserved_folder_of_the_data_dir(tmp_path, data_dir, capsys, name):
+    src = tmp_path / "music"
+    folder_fixture(src)
+    code, _out, err = run_cli(
+        capsys, "--data-dir", str(data_dir), "prepare", "folder", "--source", str(src), "--name", name
+    )
+    assert code == 2 and f"--name {name}: the data dir keeps its {name.lower()}/ folder" in err
+    assert not (data_dir / name).exists() and not (data_dir / name.lower()).exists()
+
+
 # ----------------------------------------------------------------------------- registry, splits
 
 

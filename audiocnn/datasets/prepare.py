@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from audiocnn.constants import RESERVED_DATA_DIR_NAMES
 from audiocnn.datasets import probe as _probe
 from audiocnn.datasets.acquire import acquire_remotes
 from audiocnn.datasets.download import (
@@ -154,6 +155,11 @@ def _check_options(
             )
         if spec.needs_name and dataset_name in list_datasets():
             raise UsageError(f"--name {dataset_name}: that is a built-in dataset's name; pick another")
+        if dataset_name.lower() in RESERVED_DATA_DIR_NAMES:
+            raise UsageError(
+                f"--name {dataset_name}: the data dir keeps its {dataset_name.lower()}/ folder for audiocnn's own "
+                f"files (reserved: {', '.join(RESERVED_DATA_DIR_NAMES)}); pick another"
+            )
     if labels_file is not None and not Path(labels_file).expanduser().is_file():
         raise UsageError(f"--labels {labels_file}: no such file")
     return scheme, chosen_task
