@@ -409,7 +409,7 @@ def _finish(spec: DatasetSpec, ctx: PrepareContext, collected: Collected, jobs: 
                 sample_rate=int(res["sample_rate"]),
                 labels=list(cand.labels),
                 split=cand.split,
-                integrity={"size": int(res["size"]), "frames": int(res["frames"])},
+                integrity={"size": int(res["size"]), "frames": int(res["frames"]), "sha256": res["sha256"]},
             )
         )
     if not clips:
