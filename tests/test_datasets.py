@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import shlex
 from collections import Counter
 
 import pytest
@@ -357,6 +358,26 @@ def test_a_dataset_cannot_take_a_reserved_folder_of_the_data_dir(tmp_path, data_
     )
     assert code == 2 and f"--name {name}: the data dir keeps its {name.lower()}/ folder" in err
     assert not (data_dir / name).exists() and not (data_dir / name.lower()).exists()
+
+
+def test_verify_of_a_moved_folder_dataset_suggests_a_command_that_works(tmp_path, data_dir, capsys):
+    src = tmp_path / "music"
+    folder_fixture(src)
+    prepare = ("--data-dir", str(data_dir), "prepare", "folder", "--source", str(src), "--name", "m", "-j", "1")
+    code, _out, err = run_cli(capsys, *prepare, "--seed", "3")
+    assert code == 0, err
+    moved = tmp_path / "moved music"
+    src.rename(moved)
+    code, _out, err = run_cli(capsys, "--data-dir", str(data_dir), "verify", "m", "-j", "1")
+    assert code == 1
+    hint = err.strip().splitlines()[-1]
+    suggested = "audiocnn prepare folder --source NEW_PLACE --name m --seed 3 --force"
+    assert f"the audio folder {src} is gone; if it moved, run `{suggested}`" in hint
+    argv = shlex.split(suggested.replace("NEW_PLACE", shlex.quote(str(moved))))[1:]
+    code, _out, err = run_cli(capsys, "--data-dir", str(data_dir), *argv, "-j", "1")
+    assert code == 0, err
+    code, _out, err = run_cli(capsys, "--data-dir", str(data_dir), "verify", "m", "-j", "1")
+    assert code == 0, err
 
 
 # ----------------------------------------------------------------------------- registry, splits

@@ -163,10 +163,7 @@ def verify(
             out.print(f"  {c['id']}  {c['path']}: {c['reason']}", highlight=False)
         out.print("ok" if report.ok else "FAILED", highlight=False)
     if not report.ok:
-        common.log(
-            f"{dataset}: {len(report.missing)} missing and {len(report.corrupt)} corrupt files; "
-            f"run `audiocnn prepare {dataset} --force` to extract them again"
-        )
+        common.log(f"{dataset}: {len(report.missing)} missing and {len(report.corrupt)} corrupt files; {report.fix}")
         raise typer.Exit(code=1)
 
 

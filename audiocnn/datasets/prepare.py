@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shlex
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -442,6 +443,8 @@ class VerifyReport:
     missing: list[dict[str, str]] = field(default_factory=list)
     corrupt: list[dict[str, str]] = field(default_factory=list)
     full: bool = False
+    #: what to do when something is missing or corrupt (the command that prepares it again)
+    fix: str = ""
 
     @property
     def ok(self) -> bool:
@@ -455,6 +458,7 @@ class VerifyReport:
             "full": self.full,
             "missing": self.missing,
             "corrupt": self.corrupt,
+            "fix": self.fix,
         }
 
 
@@ -498,13 +502,44 @@ def verify_dataset(
                 for res in pool.map(_probe.check_clip_args, args, chunksize=16):
                     results.append(res)
                     advance(1)
-    report = VerifyReport(name=name, checked=len(args), full=full)
+    report = VerifyReport(name=name, checked=len(args), full=full, fix=_fix_hint(manifest))
     for clip, res in zip(manifest.clips, results, strict=True):
         if res["status"] == "missing":
             report.missing.append({"id": clip.id, "path": clip.path})
         elif res["status"] == "corrupt":
             report.corrupt.append({"id": clip.id, "path": clip.path, "reason": res["reason"]})
     return report
+
+
+def reprepare_command(manifest: Manifest) -> str:
+    """The command that prepares ``manifest``'s dataset again as it was prepared: a built-in
+    one by its name; a user's folder (or previews) from its --source, under its --name."""
+    spec = get_dataset(manifest.dataset) if manifest.dataset in list_datasets() else None
+    if spec is None:
+        return f"audiocnn prepare {shlex.quote(manifest.name)} --force"
+    args = ["audiocnn", "prepare", spec.name]
+    if spec.needs_name or spec.indexes_source:
+        args += ["--source", str(manifest.extra.get("source") or manifest.audio_dir())]
+    if manifest.extra.get("labels_file"):
+        args += ["--labels", str(manifest.extra["labels_file"])]
+    if spec.needs_name:
+        args += ["--name", manifest.name]
+    if manifest.split_scheme != spec.default_split_scheme:
+        args += ["--split-scheme", manifest.split_scheme]
+    if manifest.task != spec.task:
+        args += ["--task", manifest.task]
+    if manifest.extra.get("seed"):
+        args += ["--seed", str(manifest.extra["seed"])]
+    return shlex.join([*args, "--force"])
+
+
+def _fix_hint(manifest: Manifest) -> str:
+    command = reprepare_command(manifest)
+    audio = manifest.audio_dir()
+    if Path(manifest.audio_root).is_absolute() and not audio.is_dir():
+        moved = command.replace(shlex.quote(str(audio)), "NEW_PLACE", 1)
+        return f"the audio folder {audio} is gone; if it moved, run `{moved}`"
+    return f"run `{command}` to prepare it again"
 
 
 def dataset_info(data_dir: str | os.PathLike, name: str) -> dict[str, Any]:
