@@ -105,8 +105,8 @@ class _FMA(DatasetSpec):
     )
     homepage = "https://github.com/mdeff/fma"
     partial = "zip"
-    # fma_full holds untrimmed tracks (a few run to hours) and the metadata zip tracks.csv
-    # (about 0.3 GB); the 30-s subsets hold clips of about 0.5 MB
+    # generous: fma_full holds untrimmed tracks (some run long) and the metadata zip CSVs of
+    # hundreds of MB; the 30-s subsets hold clips of about 0.5 MB
     max_member_size = 2 << 30
 
     def extract_members(self, group: str) -> list[str] | None:
