@@ -105,6 +105,11 @@ def prepare(
     variant: Optional[str] = typer.Option(
         None, "--variant", help="Published form of the audio: audio (default) or audio-low (mtg-jamendo)."
     ),
+    download_missing: bool = typer.Option(
+        False,
+        "--download-missing",
+        help="Download the files a local --source lacks (else naming them is an error).",
+    ),
     fmt: common.TableOrJson = typer.Option(
         common.TableOrJson.table, "--format", help="table or json (the `info` object)."
     ),
@@ -126,6 +131,7 @@ def prepare(
         seed=seed,
         max_clips=max_clips,
         variant=variant,
+        download_missing=download_missing,
     )
     if fmt is common.TableOrJson.json:
         common.print_json(manifest.info())
@@ -157,10 +163,7 @@ def verify(
             out.print(f"  {c['id']}  {c['path']}: {c['reason']}", highlight=False)
         out.print("ok" if report.ok else "FAILED", highlight=False)
     if not report.ok:
-        common.log(
-            f"{dataset}: {len(report.missing)} missing and {len(report.corrupt)} corrupt files; "
-            f"run `audiocnn prepare {dataset} --force` to extract them again"
-        )
+        common.log(f"{dataset}: {len(report.missing)} missing and {len(report.corrupt)} corrupt files; {report.fix}")
         raise typer.Exit(code=1)
 
 

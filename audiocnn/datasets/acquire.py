@@ -8,7 +8,6 @@ remotes with :func:`acquire_remotes` unless it has another way (``prepare folder
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -152,7 +151,16 @@ def _acquire_group(
             paths.append(loc)
             continue
         paths.append(_fetch_one(spec, r, ctx, located=loc))
-    extract_once(paths, ctx.raw_dir, ctx.state_dir, key=key, members=wanted, force=ctx.force, progress=ctx.progress)
+    extract_once(
+        paths,
+        ctx.raw_dir,
+        ctx.state_dir,
+        key=key,
+        members=wanted,
+        force=ctx.force,
+        progress=ctx.progress,
+        max_member=spec.max_member_size,
+    )
 
 
 def _wanted_members(spec: DatasetSpec, ctx: PrepareContext, group: str) -> list[str] | None:
@@ -200,12 +208,7 @@ def _by_members(spec: DatasetSpec, ctx: PrepareContext, group: str, members: lis
     complete = not (ctx.max_clips is not None and group == spec.audio_group)
     write_marker(ctx.state_dir, key, {"complete": False, "partial": not complete, "urls": urls})
     fetched, kept, stats = fetch_members(
-        urls,
-        ctx.raw_dir,
-        wanted,
-        progress=ctx.progress,
-        retries=int(os.environ.get("AUDIOCNN_DOWNLOAD_RETRIES", "5")),
-        backoff=float(os.environ.get("AUDIOCNN_DOWNLOAD_BACKOFF", "1.0")),
+        urls, ctx.raw_dir, wanted, progress=ctx.progress, max_member=spec.max_member_size
     )
     whole = stats.size
     log.info(
@@ -238,6 +241,20 @@ def fetch_remote(spec: DatasetSpec, r: Remote, ctx: PrepareContext, located: Pat
     return _fetch_one(spec, r, ctx, located)
 
 
+def check_may_download(ctx: PrepareContext, filename: str, url: str, what: str, approx_size: str = "") -> None:
+    """A ``--source`` of local files holds all a dataset needs: a file missing there is
+    said, not fetched from the Internet behind the user's back (``--download-missing``)."""
+    local = _local_candidates(ctx.sources)
+    if not local or ctx.download_missing or any(is_url(s) for s in ctx.sources):
+        return
+    where = ", ".join(str(p) for p in local)
+    raise UsageError(
+        f"--source {where}: {filename} is not there ({what} needs it); nothing was downloaded",
+        hint=f"put {filename} there, or add --download-missing to fetch it from {url}"
+        f"{f' ({approx_size})' if approx_size else ''}",
+    )
+
+
 def _fetch_one(spec: DatasetSpec, r: Remote, ctx: PrepareContext, located: Path | None = None) -> Path:
     local = located or _find_local(r.filename, ctx.sources)
     if local is not None and local.parent != ctx.downloads_dir:
@@ -247,6 +264,8 @@ def _fetch_one(spec: DatasetSpec, r: Remote, ctx: PrepareContext, located: Path 
     url, official = _remote_url(r, ctx.sources, ctx.mirror)
     dest = ctx.downloads_dir / r.filename
     if not dest.exists():
+        if not spec.indexes_source:  # msd: --source is the previews; its lists are always fetched
+            check_may_download(ctx, r.filename, url, spec.name, r.approx_size)
         log.info("downloading %s (%s)", url, r.approx_size or "size unknown")
     try:
         return download_file(
@@ -257,8 +276,6 @@ def _fetch_one(spec: DatasetSpec, r: Remote, ctx: PrepareContext, located: Path 
             size=r.size,
             skip_checksum=ctx.skip_checksum,
             progress=ctx.progress,
-            backoff=float(os.environ.get("AUDIOCNN_DOWNLOAD_BACKOFF", "1.0")),
-            retries=int(os.environ.get("AUDIOCNN_DOWNLOAD_RETRIES", "5")),
         )
     except ChecksumError:
         raise

@@ -105,6 +105,9 @@ class _FMA(DatasetSpec):
     )
     homepage = "https://github.com/mdeff/fma"
     partial = "zip"
+    # generous: fma_full holds untrimmed tracks (some run long) and the metadata zip CSVs of
+    # hundreds of MB; the 30-s subsets hold clips of about 0.5 MB
+    max_member_size = 2 << 30
 
     def extract_members(self, group: str) -> list[str] | None:
         if group == METADATA.filename:

@@ -106,6 +106,7 @@ class MagnaTagATune(DatasetSpec):
         ),
     )
     approx_size = "2.7 GB"
+    max_member_size = 16 << 20  # 29-s MP3 clips of about 0.5 MB
     partial = "zip"
     audio_group = "mp3.zip"
     license_short = "CC BY-NC-SA 1.0"

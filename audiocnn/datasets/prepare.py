@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shlex
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from audiocnn.constants import RESERVED_DATA_DIR_NAMES
 from audiocnn.datasets import probe as _probe
 from audiocnn.datasets.acquire import acquire_remotes
 from audiocnn.datasets.download import (
@@ -154,6 +156,11 @@ def _check_options(
             )
         if spec.needs_name and dataset_name in list_datasets():
             raise UsageError(f"--name {dataset_name}: that is a built-in dataset's name; pick another")
+        if dataset_name.lower() in RESERVED_DATA_DIR_NAMES:
+            raise UsageError(
+                f"--name {dataset_name}: the data dir keeps its {dataset_name.lower()}/ folder for audiocnn's own "
+                f"files (reserved: {', '.join(RESERVED_DATA_DIR_NAMES)}); pick another"
+            )
     if labels_file is not None and not Path(labels_file).expanduser().is_file():
         raise UsageError(f"--labels {labels_file}: no such file")
     return scheme, chosen_task
@@ -213,6 +220,7 @@ def prepare_dataset(
     seed: int = 0,
     max_clips: int | None = None,
     variant: str | None = None,
+    download_missing: bool = False,
     then: Callable[[Manifest], None] | None = None,
 ) -> Manifest:
     """Download (or take from ``source``), verify, extract and write the manifest.
@@ -228,6 +236,8 @@ def prepare_dataset(
     membership (the manifest's ``extra["partial"]`` says so and counts each split);
     running it again without ``max_clips`` completes the dataset, reusing what is there.
     ``variant`` picks a published form of the audio (MTG-Jamendo: ``audio``, ``audio-low``).
+    A file that local ``source`` files or folders lack is an error unless
+    ``download_missing`` lets it be downloaded.
     """
     spec = get_dataset(name)
     jobs = resolve_jobs(jobs)
@@ -255,6 +265,7 @@ def prepare_dataset(
         task_explicit=task is not None,
         max_clips=max_clips,
         variant=variant or (spec.variants[0] if spec.variants else None),
+        download_missing=download_missing,
     )
     fingerprint = _fingerprint(spec, ctx)
     with ExitStack() as stack:
@@ -399,7 +410,7 @@ def _finish(spec: DatasetSpec, ctx: PrepareContext, collected: Collected, jobs: 
                 sample_rate=int(res["sample_rate"]),
                 labels=list(cand.labels),
                 split=cand.split,
-                integrity={"size": int(res["size"]), "frames": int(res["frames"])},
+                integrity={"size": int(res["size"]), "frames": int(res["frames"]), "sha256": res["sha256"]},
             )
         )
     if not clips:
@@ -432,6 +443,8 @@ class VerifyReport:
     missing: list[dict[str, str]] = field(default_factory=list)
     corrupt: list[dict[str, str]] = field(default_factory=list)
     full: bool = False
+    #: what to do when something is missing or corrupt (the command that prepares it again)
+    fix: str = ""
 
     @property
     def ok(self) -> bool:
@@ -445,6 +458,7 @@ class VerifyReport:
             "full": self.full,
             "missing": self.missing,
             "corrupt": self.corrupt,
+            "fix": self.fix,
         }
 
 
@@ -488,13 +502,44 @@ def verify_dataset(
                 for res in pool.map(_probe.check_clip_args, args, chunksize=16):
                     results.append(res)
                     advance(1)
-    report = VerifyReport(name=name, checked=len(args), full=full)
+    report = VerifyReport(name=name, checked=len(args), full=full, fix=_fix_hint(manifest))
     for clip, res in zip(manifest.clips, results, strict=True):
         if res["status"] == "missing":
             report.missing.append({"id": clip.id, "path": clip.path})
         elif res["status"] == "corrupt":
             report.corrupt.append({"id": clip.id, "path": clip.path, "reason": res["reason"]})
     return report
+
+
+def reprepare_command(manifest: Manifest) -> str:
+    """The command that prepares ``manifest``'s dataset again as it was prepared: a built-in
+    one by its name; a user's folder (or previews) from its --source, under its --name."""
+    spec = get_dataset(manifest.dataset) if manifest.dataset in list_datasets() else None
+    if spec is None:
+        return f"audiocnn prepare {shlex.quote(manifest.name)} --force"
+    args = ["audiocnn", "prepare", spec.name]
+    if spec.needs_name or spec.indexes_source:
+        args += ["--source", str(manifest.extra.get("source") or manifest.audio_dir())]
+    if manifest.extra.get("labels_file"):
+        args += ["--labels", str(manifest.extra["labels_file"])]
+    if spec.needs_name:
+        args += ["--name", manifest.name]
+    if manifest.split_scheme != spec.default_split_scheme:
+        args += ["--split-scheme", manifest.split_scheme]
+    if manifest.task != spec.task:
+        args += ["--task", manifest.task]
+    if manifest.extra.get("seed"):
+        args += ["--seed", str(manifest.extra["seed"])]
+    return shlex.join([*args, "--force"])
+
+
+def _fix_hint(manifest: Manifest) -> str:
+    command = reprepare_command(manifest)
+    audio = manifest.audio_dir()
+    if Path(manifest.audio_root).is_absolute() and not audio.is_dir():
+        moved = command.replace(shlex.quote(str(audio)), "NEW_PLACE", 1)
+        return f"the audio folder {audio} is gone; if it moved, run `{moved}`"
+    return f"run `{command}` to prepare it again"
 
 
 def dataset_info(data_dir: str | os.PathLike, name: str) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """Decode checks run in worker processes: cheap to import (soundfile + numpy only).
 
-A clip is accepted only when every frame decodes to finite samples; its size and
-decoded frame count become the manifest's integrity record, which ``verify`` re-checks.
+A clip is accepted only when every frame decodes to finite samples; its size, decoded
+frame count and sha256 become the manifest's integrity record, which ``verify`` re-checks
+(the digest with ``--full``: a clip replaced by another of the same size and length is
+caught there). The digest reads the file once more right after decoding it, from the page
+cache.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 import soundfile as sf
 
 from audiocnn.audio import audio_info, soundfile_name
+from audiocnn.datasets.download import file_digest
 from audiocnn.errors import AudioDecodeError
 
 WHOLE_FILE_FRAMES = 1 << 22
@@ -63,7 +67,7 @@ def decode_frames(path: str) -> tuple[int, int, int, str]:
 
 
 def probe_clip(path: str) -> dict[str, Any]:
-    """``{"ok": True, size, frames, sample_rate, duration}`` or ``{"ok": False, "reason"}``."""
+    """``{"ok": True, size, frames, sample_rate, duration, sha256}`` or ``{"ok": False, "reason"}``."""
     try:
         size = os.stat(path).st_size
     except FileNotFoundError:
@@ -76,7 +80,12 @@ def probe_clip(path: str) -> dict[str, Any]:
         return {"ok": False, "reason": _strip(path, exc.message)}
     except Exception as exc:  # noqa: BLE001 - a decoder crash must not end the run
         return {"ok": False, "reason": f"decoder error: {type(exc).__name__}: {exc}"}
+    try:
+        sha256 = file_digest(path, "sha256")
+    except OSError as exc:
+        return {"ok": False, "reason": f"cannot read file ({exc.strerror or exc})"}
     return {
+        "sha256": sha256,
         "ok": True,
         "size": size,
         "frames": frames,
@@ -104,6 +113,9 @@ def check_clip(path: str, integrity: dict[str, Any], full: bool) -> dict[str, An
             want = integrity.get("frames")
             if want is not None and frames != want:
                 return {"status": "corrupt", "reason": f"decodes to {frames} frames, the manifest records {want}"}
+            want_digest = integrity.get("sha256")  # absent from manifests written before it was kept
+            if want_digest is not None and file_digest(path, "sha256") != want_digest:
+                return {"status": "corrupt", "reason": "changed: its sha256 differs from the manifest's"}
         else:
             audio_info(path)
     except AudioDecodeError as exc:

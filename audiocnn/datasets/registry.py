@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from audiocnn.datasets.acquire import acquire_remotes
-from audiocnn.datasets.download import Remote
+from audiocnn.datasets.download import DEFAULT_MAX_MEMBER, Remote
 from audiocnn.errors import DatasetError, UsageError
 
 log = logging.getLogger("audiocnn.datasets")
@@ -67,6 +67,8 @@ class PrepareContext:
     max_clips: int | None = None
     #: ``--variant``: which published form of the audio (e.g. MTG-Jamendo ``audio-low``)
     variant: str | None = None
+    #: ``--download-missing``: fetch what a local --source lacks (else that is an error)
+    download_missing: bool = False
     #: True while a dataset module lists its clips from the metadata alone (no audio yet),
     #: so that a part of the dataset can be chosen before any audio is fetched
     listing: bool = False
@@ -129,6 +131,10 @@ class DatasetSpec:
     partial: ClassVar[str | None] = None
     audio_group: ClassVar[str | None] = None
     partial_refusal: ClassVar[str] = ""
+    #: The largest file any of the dataset's archives holds, with room to spare: a member
+    #: declaring more is refused before anything is extracted (with the ratio bound of
+    #: :class:`~audiocnn.datasets.download.MemberCheck`, what stops an archive bomb).
+    max_member_size: ClassVar[int] = DEFAULT_MAX_MEMBER
 
     def allowed_tasks(self) -> tuple[str, ...]:
         return self.tasks or (self.task,)

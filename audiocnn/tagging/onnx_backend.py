@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from audiocnn.constants import default_data_dir
+from audiocnn.constants import ONNX_DIR_NAME, default_data_dir
 from audiocnn.errors import ModelError, UsageError
 from audiocnn.tagging.export import export_onnx, ort_session, require_onnx
 from audiocnn.tagging.library import checkpoint_sha256
@@ -36,7 +36,7 @@ class OnnxTagger(Tagger):
         super().__init__(checkpoint_or_name, data_dir=data_dir, **kwargs)
         if self.device.type != "cpu":
             raise UsageError(f"--backend onnxruntime runs on the CPU, not {self.device.type}; add --device cpu")
-        root = Path(default_data_dir() if data_dir is None else data_dir) / "onnx"
+        root = Path(default_data_dir() if data_dir is None else data_dir) / ONNX_DIR_NAME
         path = root / f"{self.path.stem}-{checkpoint_sha256(self.path)}.onnx"
         if not path.is_file():
             export_onnx(self.path, path, data_dir=data_dir)
