@@ -329,6 +329,13 @@ def test_walk_own_folder(box, capsys) -> None:
     assert json.loads(out)["split"] == "test"
 
 
+def _records(path: Path) -> list[dict]:
+    """The records of a .jsonl results file (its first line marks it as audiocnn's)."""
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert lines[0]["audiocnn"] == "tag-results"
+    return lines[1:]
+
+
 @needs_musicnn
 def test_walk_tagging(box, capsys) -> None:
     write_audio(box.cwd / "song.mp3", synth_tone(4.0, 22050), 22050)
@@ -339,11 +346,11 @@ def test_walk_tagging(box, capsys) -> None:
     assert [len(json.loads(x)["tags"]) for x in out.splitlines()] == [5, 5, 5]
     assert "model vgg-mtt" in _run(box, capsys, walk[1])[0]
     _run(box, capsys, walk[2])
-    assert len((box.cwd / "tags.jsonl").read_text().splitlines()) == 2
+    assert len(_records(box.cwd / "tags.jsonl")) == 2
     _run(box, capsys, walk[3])
     assert "skipping 3 files" in _run(box, capsys, walk[4])[1]
     assert "skipping" not in _run(box, capsys, walk[5])[1]
-    assert len((box.cwd / "library.jsonl").read_text().splitlines()) == 3
+    assert len(_records(box.cwd / "library.jsonl")) == 3
 
 
 # --------------------------------------------------------------------------- quoted outputs of tag
