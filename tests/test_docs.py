@@ -495,3 +495,15 @@ def test_links_point_at_files_and_headings_that_exist(doc: str) -> None:
         if anchor and file.suffix == ".md":
             headings = re.findall(r"^#+ (.+)$", FENCE.sub("", file.read_text(encoding="utf-8")), flags=re.M)
             assert anchor in {_anchor(h) for h in headings}, f"{doc} links {target}: no such heading"
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_test_the_docs_name_exists(doc: str) -> None:
+    """A guarantee is only as good as its test: each `file.py::name` the docs cite is a test
+    function of that file (parametrised ids allowed)."""
+    for file, name in re.findall(r"`?(test_\w+\.py)::(\w+)", _text(doc)):
+        path = ROOT / "tests" / file
+        assert path.is_file(), f"{doc} cites {file}, which does not exist"
+        assert re.search(rf"^def {name}\(", path.read_text(encoding="utf-8"), flags=re.M), (
+            f"{doc} cites {file}::{name}, which is not a test there"
+        )
