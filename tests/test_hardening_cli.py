@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import synth_tone, write_audio
 from tag_fixtures import SR, make_checkpoint
-from train_helpers import TinyMel, make_dataset, write_config
+from train_helpers import TinyMel, last_line, make_dataset, run_limited, write_config
 
 from audiocnn.cli.main import run
 from audiocnn.models.checkpoint import model_metadata, save_checkpoint
@@ -148,6 +148,59 @@ def test_duplicate_yaml_key_is_an_error(tmp_path, capsys):
     assert f"{tmp_path / 'exp.yaml'}:6: duplicate key 'name' (first given on line 5)" in line
     line = _train_error(tmp_path, capsys, BASE + "lr: 0.1\nepochs: 2\nlr: 0.001\n")
     assert f"{tmp_path / 'exp.yaml'}:5: duplicate key 'lr' (first given on line 3)" in line
+
+
+def _laughs(indent: str = "  ") -> str:
+    """Nine levels of nine aliases ("billion laughs"): 9**9 values once expanded."""
+    lines = [f"{indent}a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"{indent}a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    return "\n".join(lines) + "\n"
+
+
+#: the same as one flow value for --set (six levels of ten: 10**6 values)
+FLOW_LAUGHS = (
+    "[&a [1,1,1,1,1,1,1,1,1,1],"
+    + ",".join(f"&{b} [" + ",".join([f"*{a}"] * 10) + "]" for a, b in zip("abcde", "bcdef"))
+    + ","
+    + ",".join(["*f"] * 9)
+    + "]"
+)
+
+
+def test_yaml_alias_bombs_are_refused_at_once(tmp_path):
+    """Aliases expanding past 100,000 values are refused before anything copies them;
+    under an unknown key, the unknown key is the error. 2 GB, 60 s for all four."""
+    bombs = {name: tmp_path / f"{name}.yaml" for name in ("nothere", "model_kwargs")}
+    for name, cfg in bombs.items():
+        cfg.write_text(BASE + f"{name}:\n" + _laughs())
+    train = ["--data-dir", str(tmp_path), "train"]
+    results = run_limited(
+        *([*train, str(cfg), "--run-dir", str(tmp_path / "run")] for cfg in bombs.values()),
+        [*train, str(bombs["nothere"]), "--run-dir", str(tmp_path / "run"), "--set", f"model_kwargs.x={FLOW_LAUGHS}"],
+        ["--data-dir", str(tmp_path), "features", "tones", "--set", f"n_mels={FLOW_LAUGHS}"],
+        timeout=60,
+    )
+    (c1, e1), (c2, e2), (c3, e3), (c4, e4) = results
+    assert c1 == 1 and last_line(e1).startswith(f"error: {bombs['nothere']}: unknown config key 'nothere'; ")
+    many = "YAML aliases expand to more than 100,000 values (write the values out; a config needs no aliases)"
+    assert c2 == 1 and last_line(e2) == f"error: {bombs['model_kwargs']}: {many}"
+    assert c3 == 1 and last_line(e3).startswith(f"error: {bombs['nothere']}: unknown config key 'nothere'; ")
+    assert c4 == 2 and last_line(e4) == f"error: --set n_mels: {many}"
+    assert not (tmp_path / "run").exists()
+
+
+def test_self_referring_or_deep_yaml_is_one_line(tmp_path, capsys):
+    cfg = tmp_path / "exp.yaml"
+    line = _train_error(tmp_path, capsys, BASE + "model_kwargs:\n  a: &x [1, *x]\n")
+    assert line == f"error: {cfg}: a YAML alias refers to a value that contains it (write the value out)"
+    line = _train_error(tmp_path, capsys, BASE + "model_kwargs: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert line == f"error: {cfg}: lists and mappings nested too deeply"
+    line = _train_error(tmp_path, capsys, BASE, "model_kwargs.a=" + "[" * 70 + "]" * 70)
+    assert line == f"error: {cfg}: --set model_kwargs.a: lists and mappings nested more than 64 levels deep"
+    cfg.write_text(BASE + "model_kwargs: {a: &x [1, 2], b: *x}\n")  # a small alias is fine
+    from audiocnn.training.config import load_config
+
+    assert load_config(cfg).model_kwargs == {"a": [1, 2], "b": [1, 2]}
 
 
 @pytest.mark.parametrize(
