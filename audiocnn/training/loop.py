@@ -157,11 +157,9 @@ def train_command(
 
 def _named_config(exc: CheckpointError, run: RunDir, config_path: Path, resume: bool) -> CheckpointError:
     """The same error, its way out naming the real config file."""
-    if resume and exc.message.startswith(str(run.last)) and "--restart" in (exc.hint or ""):
-        return CheckpointError(
-            exc.message,
-            hint=f"start the run folder over with `audiocnn train {config_path} "
-            f"--run-dir {run.path} --restart`, or train into a fresh --run-dir",
+    if resume and "`audiocnn train CONFIG " in (exc.hint or ""):
+        return type(exc)(
+            exc.message, hint=exc.hint.replace("`audiocnn train CONFIG ", f"`audiocnn train {config_path} ")
         )
     return exc
 
