@@ -232,6 +232,7 @@ class Trainer:
                 "prepare the dataset again"
             )
         crop = int(self.config.crop_frames or self.raw.input_frames)
+        S.check_sizes(self.config, store, crop, self.raw)
         if S.uses_embedding_cache(self.config):
             return self._embedding_data(store, crop)
         if self.config.augment.waveform or self.config.augment.in_workers:
