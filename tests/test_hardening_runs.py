@@ -582,6 +582,46 @@ def test_a_state_from_before_numpy_rng_tensors_resumes_exactly(data, tmp_path):
     assert _rows(rd / "metrics.csv") == _rows(full / "metrics.csv")
 
 
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_folder_audiocnn_did_not_write_is_never_written_or_cleared(data, tmp_path, capsys):
+    """A user's folder with a config.yaml, metrics.csv... is refused, --restart too; in a
+    run folder, --restart removes what training wrote and nothing of the user's."""
+    cfg = write_config(tmp_path / "c.yaml", dataset="tones", model="test-tiny-mel", epochs=1)
+    mine = tmp_path / "myproj"
+    (mine / "tensorboard").mkdir(parents=True)
+    for name in ("config.yaml", "metrics.csv", "best.safetensors", "curves.png", "tensorboard/notes.txt"):
+        (mine / name).write_text(f"the user's {name}\n")
+    before = _tree(mine)
+    for extra in ([], ["--restart"], ["--resume"]):
+        capsys.readouterr()
+        assert cli(data, "train", str(cfg), "--run-dir", str(mine), "--device", "cpu", *extra) == 2
+        assert _one_line_error(capsys.readouterr().err) == (
+            f"error: {mine} is not an audiocnn run folder (no audiocnn-run.json) and not empty (best.safetensors, "
+            "config.yaml, curves.png, ...); audiocnn writes into, restarts and deletes from no other folder "
+            "(pass a new or empty --run-dir)"
+        )
+        assert _tree(mine) == before
+
+    rd = tmp_path / "run"
+    assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu") == 0
+    assert json.loads((rd / "audiocnn-run.json").read_text())["audiocnn"] == "run folder"
+    (rd / "tensorboard").mkdir(exist_ok=True)
+    (rd / "tensorboard" / "events.out.tfevents.1.host.1.0").write_bytes(b"")  # what SummaryWriter writes
+    (rd / "tensorboard" / "notes.txt").write_text("the user's notes\n")
+    (rd / "notes.txt").write_text("the user's notes\n")
+    assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu", "--restart") == 0
+    assert sorted(p.name for p in (rd / "tensorboard").iterdir()) == ["notes.txt"] and (rd / "notes.txt").is_file()
+
+    (rd / "audiocnn-run.json").unlink()  # a run folder written before the marker is still one
+    assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu") == 2
+    assert "already holds a run" in _one_line_error(capsys.readouterr().err)
+    assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu", "--resume", "--set", "epochs=2") == 0
+    assert (rd / "audiocnn-run.json").is_file() and _epoch(rd / "last.pt") == 2
+
+
 def test_restart_and_resume_together_is_a_usage_error(data, tmp_path, capsys):
     cfg = write_config(tmp_path / "c.yaml", dataset="tones", model="test-tiny-mel", epochs=1)
     assert cli(data, "train", str(cfg), "--run-dir", str(tmp_path / "r"), "--resume", "--restart") == 2

@@ -55,7 +55,14 @@ from audiocnn.training.engine import (
 from audiocnn.training.loaders import TrainData, loaders_for, make_loaders, usable_workers
 from audiocnn.training.metrics import best_f1_thresholds, compute_metrics
 from audiocnn.training.plots import plot_training_curves
-from audiocnn.training.rundir import RunDir, check_run_folder, choose_run_dir, run_lock
+from audiocnn.training.rundir import (
+    RunDir,
+    check_run_folder,
+    check_run_owner,
+    choose_run_dir,
+    mark_run_folder,
+    run_lock,
+)
 from audiocnn.training.schedule import EarlyStopping, LRSchedule, build_optimizer, is_better, set_lr
 from audiocnn.training.state import Recoverables, load_state, rng_state, save_state, set_rng_state
 
@@ -144,6 +151,7 @@ def train_command(
     is_main = os.environ.get("RANK", "0") == "0"
     run = choose_run_dir(path.stem, run_dir, resume=resume, world_size=D.env_world_size())
     if resume and run.config.is_file():
+        check_run_owner(run.path)  # a config.yaml of the user's is not a run's config
         config = config_from_mapping(read_yaml(run.config), overrides)
     else:
         config = load_config(path, overrides)
@@ -197,7 +205,7 @@ class Trainer:
         self.wave_frontend = _check_augment(config, self.raw)
         self.data = self._data()
         if info.is_main:
-            run.path.mkdir(parents=True, exist_ok=True)
+            mark_run_folder(run.path)  # refuses a folder audiocnn did not write
             save_config(config, run.config)
         self.model, self.core, self.params = S.place_model(self.raw, config, device, info)
         self.augment = None

@@ -169,6 +169,15 @@ def _refuse_if_unsafe(path: Path, exc: Exception) -> None:
         )
 
 
+def is_training_state(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a readable audiocnn training state (read safely, as resume does)."""
+    try:
+        _read_state(Path(path))
+    except CheckpointError:
+        return False
+    return True
+
+
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
     """The state in ``path`` or, when that is unreadable or missing, the previous one
     (``last.prev.pt``) with a warning. CheckpointError names the file and the way out."""
