@@ -18,8 +18,7 @@ from audiocnn.datasets.download import human_size
 from audiocnn.datasets.manifest import Manifest
 from audiocnn.datasets.registry import get_dataset
 from audiocnn.errors import AudiocnnError, CheckpointError, ConfigError, DatasetError
-from audiocnn.features.frontends import config_from_dict
-from audiocnn.models.checkpoint import load_weights, read_metadata
+from audiocnn.models.checkpoint import load_weights, model_from_checkpoint, read_metadata
 from audiocnn.models.registry import create_model
 from audiocnn.pretrained import resolve_model
 from audiocnn.training import distributed as D
@@ -110,10 +109,7 @@ def build_model(config: TrainConfig, labels: Sequence[str], task: str, data_dir:
             f"init={config.init!r} is a {meta['model']!r} checkpoint but the config asks for model {config.model!r}",
             hint=f"set `--set model={meta['model']}` or leave model empty",
         )
-    kwargs = dict(meta.get("model_kwargs") or {})
-    kwargs.update(config.model_kwargs)
-    kwargs["frontend"] = config_from_dict(meta["frontend"])
-    model = create_model(meta["model"], num_classes=meta["num_classes"], task=meta["task"], **kwargs)
+    model = model_from_checkpoint(path, meta, config.model_kwargs)
     try:
         model.load_state_dict(load_weights(path, meta=meta), strict=True)
     except RuntimeError as exc:
