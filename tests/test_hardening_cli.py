@@ -4,6 +4,7 @@ takes the pretrained names `tag` takes. Every hint names a command that exists."
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -302,6 +303,30 @@ def test_evaluate_accepts_pretrained_names(pretrained, capsys):
     out = capsys.readouterr()
     assert code == 0, out.err
     assert '"n_clips": 4' in out.out and "musicnn-mtt.safetensors" in out.out
+
+
+def test_evaluate_names_the_clips_it_could_not_score(tmp_path, capsys):
+    """Deleted test clips: each named, one summary line, and the label only they had is
+    not reported as "absent from the split"."""
+    data = tmp_path / "data"
+    data.mkdir()
+    make_dataset(data, "tones", "single-label")  # test-012 and test-015 are the test split's "low" clips
+    labels = ["high", "low", "mid"]
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", "test-probe-mel", labels=labels, task="single-label")
+    for clip in ("test-012", "test-015"):
+        (tmp_path / "tones-audio" / f"{clip}.wav").unlink()
+    capsys.readouterr()
+    out_dir = tmp_path / "eval"
+    args = ["evaluate", str(ckpt), "--dataset", "tones", "--out", str(out_dir), "--no-plots"]
+    assert run(["--data-dir", str(data), *args]) == 0
+    cap = capsys.readouterr()
+    assert (
+        "2 of 4 test clip(s) could not be scored and are left out of these metrics: test-012, test-015 "
+        "(check the files with `audiocnn verify tones`)" in cap.err
+    )
+    assert "not scored: low (its 2 clip(s) in the split could not be scored: test-012, test-015)" in cap.out
+    assert "absent from the split" not in cap.out + cap.err
+    assert json.loads((out_dir / "metrics.json").read_text())["unscored_clips"] == ["test-012", "test-015"]
 
 
 def test_evaluate_unknown_target_hint_is_real(tmp_path, capsys):
