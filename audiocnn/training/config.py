@@ -6,7 +6,9 @@ A config file is a YAML mapping whose keys are the fields of :class:`TrainConfig
 use dotted names (``schedule.patience=5``, ``model_kwargs.n_mels=128``); values are parsed
 as YAML scalars, so ``lr=1e-4``, ``amp=bf16``, ``init=null`` and ``freeze_backbone=true``
 all mean what they look like. Unknown keys are an error that lists the valid ones, so a
-typo never silently trains with the default.
+typo never silently trains with the default. YAML aliases are allowed as long as the
+document expands to at most 100,000 values (:data:`MAX_YAML_VALUES`; a "billion laughs"
+file is refused before anything copies it), and a key given twice is an error.
 
 The resolved config (every field, defaults filled in) is written to ``<run_dir>/config.yaml``
 and is what ``--resume`` and ``evaluate`` read back.

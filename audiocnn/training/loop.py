@@ -160,10 +160,10 @@ def train_command(
         try:
             return train(config, run.path, data_dir=data_dir, device=device, resume=resume, progress=True)
         except CheckpointError as exc:
-            raise _named_config(exc, run, path, resume) from None
+            raise _named_config(exc, path, resume) from None
 
 
-def _named_config(exc: CheckpointError, run: RunDir, config_path: Path, resume: bool) -> CheckpointError:
+def _named_config(exc: CheckpointError, config_path: Path, resume: bool) -> CheckpointError:
     """The same error, its way out naming the real config file."""
     if resume and "`audiocnn train CONFIG " in (exc.hint or ""):
         return type(exc)(
