@@ -194,6 +194,7 @@ def evaluate(
             "n_failed": manifest.split_counts().get(split, 0) - len(clips),
         }
     )
+    _name_unscored(metrics, manifest, split, clips, name)
     if metrics["excluded_labels"]:
         log.warning(
             "%d label(s) left out of the macro averages: %s",
@@ -205,6 +206,30 @@ def evaluate(
     _write_scores(out / "scores.csv", clips, scores, labels)
     _write_outputs(out, metrics, targets, scores, labels, task, run_dir / METRICS_NAME if run_dir else None, plots)
     return metrics
+
+
+def _name_unscored(metrics: dict[str, Any], manifest, split: str, clips: list, dataset: str) -> None:
+    """Clips of the split that could not be scored (each already logged with its cause):
+    listed in the metrics and one warning, and a label that only they had says so rather
+    than being "absent from the split"."""
+    scored = {c.id for c in clips}
+    lost = [c for c in manifest.split(split) if c.id not in scored]
+    if not lost:
+        return
+    metrics["unscored_clips"] = [c.id for c in lost]
+    for e in metrics["excluded_labels"]:
+        theirs = [c.id for c in lost if e["label"] in c.labels]
+        if theirs and e["reason"] == "absent from the split":
+            e["reason"] = f"its {len(theirs)} clip(s) in the split could not be scored: {', '.join(theirs[:5])}"
+    log.warning(
+        "%d of %d %s clip(s) could not be scored and are left out of these metrics: %s (check the files with "
+        "`audiocnn verify %s`)",
+        len(lost),
+        len(lost) + len(clips),
+        split,
+        ", ".join(c.id for c in lost[:10]) + (", ..." if len(lost) > 10 else ""),
+        dataset,
+    )
 
 
 def _decision_thresholds(
