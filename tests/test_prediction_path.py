@@ -18,6 +18,7 @@ from train_helpers import train_both_tasks
 from audiocnn.cli.main import run
 from audiocnn.datasets.manifest import read_manifest
 from audiocnn.evaluation import evaluate
+from audiocnn.tagging import TagOptions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,12 +52,12 @@ def test_evaluate_scores_are_what_tag_prints(trained, capsys, task, chunks, tmp_
     manifest = read_manifest(data / ("tones" if task == "single-label" else "tags"))
     m = evaluate(
         run_dir,
+        TagOptions(chunks=chunks),
         data_dir=data,
         split="test",
         device="cpu",
         plots=False,
         progress=False,
-        eval_chunks=chunks,
         out_dir=tmp_path / "eval",
     )
     assert m["n_clips"] == len(manifest.split("test")) == 4

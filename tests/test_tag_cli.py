@@ -204,7 +204,7 @@ def test_a_later_run_never_writes_over_another_songs_outputs(capsys, ckpt, tmp_p
     for folder in (tg, emb):
         for stem, song in (("song", songs[0]), ("song-2", songs[1])):
             assert json.loads((folder / f"{stem}.source.json").read_text()) == {"source": str(song)}
-    a = Tagger(ckpt).tag_file(songs[1], return_taggram=True)
+    a = Tagger(ckpt).tag_file(songs[1], taggram=True)
     assert np.allclose(np.load(tg / "song-2.taggram.npy"), a.taggram, atol=1e-6)
 
 
@@ -262,6 +262,7 @@ def test_bad_option_values_are_usage_errors(capsys, ckpt, music):
         (["--aggregate", "median"], "--aggregate"),
         (["--top-k", "0"], "--top-k"),
         (["--window", "-1"], "--window"),
+        (["--batch-size", "0"], "--batch-size"),  # from test_inference: the library says batch_size
     ):
         code, out, err = _tag(capsys, f, "--model", str(ckpt), *extra)
         assert code == 2 and word in err and out == ""

@@ -46,9 +46,8 @@ from audiocnn.constants import SINGLE_LABEL, default_data_dir
 from audiocnn.errors import AudiocnnError, NotAvailableError
 from audiocnn.features.frontends import MelConfig, MelFrontend, MelStream
 from audiocnn.fileio import atomic_write_bytes
-from audiocnn.models.checkpoint import load_checkpoint
+from audiocnn.models.checkpoint import checkpoint_sha256, load_checkpoint
 from audiocnn.pretrained import resolve_model
-from audiocnn.tagging.library import checkpoint_sha256
 
 TOLERANCE = 1e-4
 OPSET = 17
