@@ -169,16 +169,20 @@ class EvenChunks:
 class Song:
     """One song being scored: its mel stream (song framing), its windower, how much audio
     came in, and the score rows of its windows as they come back from the network.
+    ``options``: the run's :class:`audiocnn.tagging.options.TagOptions`.
 
     Blocks go in with :meth:`push`, the last windows come out of :meth:`finish`; every
     window handed out is scored later (:meth:`scored`), in the order handed out.
     """
 
-    def __init__(self, index: int, plan: WindowPlan, chunks: int | None, frontend: Any, device: torch.device) -> None:
+    def __init__(self, index: int, plan: WindowPlan, options: Any, frontend: Any, device: torch.device) -> None:
         self.index = index
         self.plan = plan
         self.mel = MelStream(frontend, device) if plan.framing == "song" else None
-        self.windower = Windower(plan.size, plan.hop) if chunks is None else EvenChunks(plan.size, int(chunks))
+        if options.chunks is None:
+            self.windower: Windower | EvenChunks = Windower(plan.size, plan.hop)
+        else:
+            self.windower = EvenChunks(plan.size, int(options.chunks))
         self.samples = 0
         self.padded = False
         self.rows: list[np.ndarray] = []

@@ -76,7 +76,7 @@ class _Batcher:
     """
 
     def __init__(self, tagger: Any, plan: WindowPlan, options: TagOptions, streams: int, stats: StreamStats) -> None:
-        self.tagger, self.plan, self.chunks = tagger, plan, options.chunks
+        self.tagger, self.plan, self.options = tagger, plan, options
         from_features, custom = plan.framing == "song", options.window is not None
         score = tagger.score
         self.scorer = _Scorer(lambda windows: score(windows, from_features, options.embeddings, custom), streams)
@@ -88,7 +88,7 @@ class _Batcher:
     def song(self, i: int) -> Song:
         if i not in self.songs:
             t = self.tagger
-            self.songs[i] = Song(i, self.plan, self.chunks, t.model.frontend, t.device)
+            self.songs[i] = Song(i, self.plan, self.options, t.model.frontend, t.device)
             self.stats.max_songs_in_flight = max(self.stats.max_songs_in_flight, len(self.songs))
         return self.songs[i]
 
