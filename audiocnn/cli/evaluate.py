@@ -48,6 +48,9 @@ def evaluate(
         help="Score N evenly spaced windows per clip (the papers' protocol, = `tag --chunks N`); "
         "default: the windows `tag` uses.",
     ),
+    tail: str = typer.Option(
+        "end", "--tail", help="end: every second of a clip counts; drop: as `tag --tail drop`, no short tail."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda (or cuda:N) or mps."),
     batch_size: int = typer.Option(4, "--batch-size", help="Windows per model batch."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder for metrics.json, per_tag.csv and plots."),
@@ -68,7 +71,7 @@ def evaluate(
     with common.flags(**EVALUATE_FLAGS):
         m = run_eval(
             target,
-            TagOptions(chunks=eval_chunks, threshold=threshold),
+            TagOptions(chunks=eval_chunks, threshold=threshold, tail=tail),
             data_dir=common.state.data_dir,
             split=split.value,
             dataset=dataset,

@@ -144,6 +144,14 @@ Chunks = Annotated[
         "= `evaluate --eval-chunks N`) instead of consecutive windows.",
     ),
 ]
+Tail = Annotated[
+    str,
+    typer.Option(
+        "--tail",
+        help="end: after the last full window one more ends at the end of the file, so every second counts; "
+        "drop: a tail shorter than a window is not scored (musicnn's way).",
+    ),
+]
 Threshold = Annotated[
     Optional[float],
     typer.Option(
@@ -201,6 +209,7 @@ def tag(
     framing: FramingOpt = Framing.auto,
     chunks: Chunks = None,
     threshold: Threshold = None,
+    tail: Tail = "end",
     output: Output = None,
     jobs: Jobs = 1,
     force: Force = False,
@@ -232,6 +241,7 @@ def tag(
             framing=framing.value,
             chunks=chunks,
             threshold=threshold,
+            tail=tail,
         )
         if jobs >= 1 and usable_jobs(jobs) < jobs:
             _progress(

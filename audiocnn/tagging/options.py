@@ -33,6 +33,13 @@ MAX_CHUNKS = 256
 _OUTPUT_ONLY = {"record": False}  # what a result carries, not how it is scored
 
 
+class Tail(str, Enum):
+    """What becomes of the audio after the last full window of consecutive windows."""
+
+    end = "end"  # one more window ends at the end of the audio, overlapping the one before
+    drop = "drop"  # not scored (musicnn's way)
+
+
 @dataclass(frozen=True)
 class TagOptions:
     """How to tag a song (every field checked when the options are made).
@@ -43,7 +50,9 @@ class TagOptions:
     evenly over the song instead (the papers' protocol); ``threshold`` decides every tag of
     a multi-label model at that score (default: the checkpoint's per-tag thresholds);
     ``top_k`` limits a result's ``tags``; ``taggram``/``embeddings`` keep the per-window
-    scores / penultimate features in the result.
+    scores / penultimate features in the result. ``tail``: with consecutive windows, every
+    second counts (``"end"``: the last window ends at the end of the audio, overlapping the
+    one before) or a tail shorter than a window is not scored (``"drop"``, as musicnn does).
     """
 
     window: float | None = None
@@ -53,6 +62,7 @@ class TagOptions:
     framing: str = Framing.auto.value
     chunks: int | None = None
     threshold: float | None = None
+    tail: str = Tail.end.value
     taggram: bool = field(default=False, metadata=_OUTPUT_ONLY)
     embeddings: bool = field(default=False, metadata=_OUTPUT_ONLY)
 
@@ -60,6 +70,7 @@ class TagOptions:
         set_ = object.__setattr__  # frozen: normalised once, here
         set_(self, "aggregate", _choice(Aggregate, self.aggregate, "aggregate"))
         set_(self, "framing", _choice(Framing, self.framing, "framing"))
+        set_(self, "tail", _choice(Tail, self.tail, "tail"))
         for name in ("window", "hop"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):

@@ -93,21 +93,42 @@ class StreamStats:
     max_songs_per_batch: int = 0
 
 
-class Windower:
-    """Cuts a stream (time on the last axis) into windows ``size`` long every ``hop``.
+def window_starts(length: int, size: int, hop: int, tail: str = "end") -> list[int]:
+    """Starts of the windows :class:`Windower` cuts from ``length`` frames or samples
+    (at least ``size``): every ``hop``, and with ``tail="end"`` one more ending at the end
+    when the last full window does not."""
+    starts = list(range(0, int(length) - int(size) + 1, int(hop)))
+    if tail == "end" and starts and starts[-1] + size < length:
+        starts.append(int(length) - int(size))
+    return starts
 
-    Keeps only what an unfinished window still needs, so memory is bounded by one
-    incoming chunk plus one window. A tail shorter than a window after the last full
-    window is not scored (as musicnn does).
+
+class Windower:
+    """Cuts a stream (time on the last axis) into windows ``size`` long every ``hop``
+    (:func:`window_starts`): with ``tail="end"`` the last window ends at the end of the
+    stream, overlapping the one before; with ``"drop"`` a tail shorter than a window after
+    the last full window is not scored (as musicnn does).
+
+    Keeps only what an unfinished window (or, with ``"end"``, the last one) still needs,
+    so memory is bounded by one incoming chunk plus one window.
     """
 
-    def __init__(self, size: int, hop: int) -> None:
+    def __init__(self, size: int, hop: int, tail: str = "end") -> None:
         self.size, self.hop = int(size), int(hop)
+        self.keep_tail = tail == "end"
         self.buf: np.ndarray | None = None
         self.start = 0  # absolute index of buf[..., 0]
+        self.end = 0  # absolute end of what came in
         self.next = 0  # absolute start of the next window
         self.peak = 0
         self.starts: list[int] = []
+
+    def _trim(self, buf: np.ndarray) -> np.ndarray:
+        """``buf`` without what no window needs any more (a gap when hop > size)."""
+        keep_from = min(self.next, self.end - self.size) if self.keep_tail else self.next
+        drop = min(max(0, keep_from - self.start), buf.shape[-1])
+        self.start += drop
+        return buf[..., drop:]
 
     def push(self, chunk: np.ndarray) -> Iterator[np.ndarray]:
         if chunk.shape[-1] == 0:
@@ -116,24 +137,22 @@ class Windower:
             buf = chunk
         else:
             buf = np.concatenate([self.buf, chunk], axis=-1)
-        skip = min(buf.shape[-1], self.next - self.start)  # a gap when hop > size
-        if skip > 0:
-            buf = buf[..., skip:]
-            self.start += skip
-        self.buf = buf
+        self.end = self.start + buf.shape[-1]
+        self.buf = buf = self._trim(buf)
         self.peak = max(self.peak, buf.shape[-1])
-        while self.next + self.size <= self.start + buf.shape[-1]:
+        while self.next + self.size <= self.end:
             s = self.next - self.start
             self.starts.append(self.next)
             yield buf[..., s : s + self.size]
             self.next += self.hop
-        drop = min(buf.shape[-1], self.next - self.start)
-        self.buf = buf[..., drop:]
-        self.start += drop
+        self.buf = self._trim(buf)
 
     def finish(self) -> Iterator[np.ndarray]:
-        """No window is left: a tail shorter than a window is not scored."""
-        return iter(())
+        """With ``tail="end"``, the window ending at the end when the last one does not."""
+        if self.keep_tail and self.starts and self.starts[-1] + self.size < self.end:
+            s = self.end - self.size
+            self.starts.append(s)
+            yield self.buf[..., s - self.start : s - self.start + self.size]
 
 
 class EvenChunks:
@@ -180,7 +199,7 @@ class Song:
         self.plan = plan
         self.mel = MelStream(frontend, device) if plan.framing == "song" else None
         if options.chunks is None:
-            self.windower: Windower | EvenChunks = Windower(plan.size, plan.hop)
+            self.windower: Windower | EvenChunks = Windower(plan.size, plan.hop, options.tail)
         else:
             self.windower = EvenChunks(plan.size, int(options.chunks))
         self.samples = 0

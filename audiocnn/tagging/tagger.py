@@ -16,9 +16,10 @@ Two ways to frame a song (:class:`audiocnn.constants.Framing`):
   ``model.input_length`` samples and run each through the model's own front-end, the way
   training crops are seen.
 
-Windows lie wholly inside the song; a tail shorter than a window after the last full
-window is not scored (as musicnn does). A song shorter than one window is zero-padded to
-one window, and the result says so (``padded``).
+Windows lie wholly inside the song, and every second counts: after the last full window,
+one more ends at the end of the song, overlapping the one before (``tail="drop"``: a tail
+shorter than a window is not scored, as musicnn does). A song shorter than one window is
+zero-padded to one window, and the result says so (``padded``).
 
 The options of a run are one :class:`audiocnn.tagging.options.TagOptions`; the network
 runs in a backend the tagger is given (:mod:`audiocnn.tagging.backends`); every song,
