@@ -26,8 +26,9 @@ from audiocnn.errors import UsageError
 from audiocnn.fileio import held_lock
 from audiocnn.models.registry import register_model
 from audiocnn.tagging import Tagger
-from audiocnn.tagging.library import LibraryFile
-from audiocnn.tagging.stream import StreamCounters, tag_stream
+from audiocnn.tagging.results import ResultsFile
+from audiocnn.tagging.song import StreamStats
+from audiocnn.tagging.stream import tag_stream
 
 torch.set_num_threads(1)
 
@@ -222,11 +223,11 @@ def test_parallel_decoding_gives_the_serial_results(capsys, ckpt, library):
     assert sorted(parallel.splitlines(), key=key) == sorted(serial.splitlines(), key=key)
 
 
-def _peak_bytes(tagger: Tagger, files: list[Path], jobs: int) -> tuple[int, StreamCounters]:
-    counters = StreamCounters()
+def _peak_bytes(tagger: Tagger, files: list[Path], jobs: int) -> tuple[int, StreamStats]:
+    counters = StreamStats()
     tracemalloc.start()
     try:
-        for _ in tag_stream(tagger, files, jobs=jobs, counters=counters):
+        for _ in tag_stream(tagger, files, jobs=jobs, stats=counters):
             pass
         return tracemalloc.get_traced_memory()[1], counters
     finally:
@@ -247,7 +248,7 @@ def test_memory_stays_flat_with_the_number_of_files(ckpt, tmp_path, jobs):
     assert many < min(1.5 * few + 200_000, 2_500_000), (few, many)
     long_peak, _ = _peak_bytes(tagger, [long_song], jobs)
     assert long_peak < 2_000_000, long_peak
-    assert LibraryFile(tmp_path / "x.jsonl", LABELS).scan() == ({}, 0, 0)
+    assert ResultsFile(tmp_path / "x.jsonl", LABELS).scan() == ({}, 0, 0)
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
@@ -256,8 +257,8 @@ def test_windows_of_several_songs_share_a_batch(ckpt, tmp_path, jobs):
     gets the scores tag_file gives it alone."""
     files = [write_audio(tmp_path / f"{i}.wav", synth_tone(0.6 + 0.5 * (i % 3), SR, seed=i), SR) for i in range(9)]
     tagger = Tagger(ckpt, batch_size=4)
-    counters = StreamCounters()
-    results = {i: res for i, _, res in tag_stream(tagger, files, jobs=jobs, counters=counters)}
+    counters = StreamStats()
+    results = {i: res for i, _, res in tag_stream(tagger, files, jobs=jobs, stats=counters)}
     assert sorted(results) == list(range(9))
     assert counters.max_songs_per_batch >= 3 and counters.max_batch == 4
     for i, f in enumerate(files):
@@ -283,15 +284,15 @@ def _changing_song(path: Path, seconds: float, seed: int) -> Path:
 
 
 class _Probe:
-    """Wraps ``tagger._run``: records each batch's thread and torch thread count, and how
+    """Wraps ``tagger.score``: records each batch's thread and torch thread count, and how
     many batches ran at once; ``delays`` (seconds, cycled) hold batches back."""
 
     def __init__(self, tagger: Tagger, delays: list[float]) -> None:
-        self.run, self.delays = tagger._run, delays
+        self.run, self.delays = tagger.score, delays
         self.calls: list[tuple[str, int]] = []
         self.running = self.most = 0
         self.lock = threading.Lock()
-        tagger._run = self
+        tagger.score = self
 
     def __call__(self, *args):
         with self.lock:
@@ -313,9 +314,9 @@ def test_cpu_jobs_run_batches_in_threads_sharing_the_cores(ckpt, tmp_path, two_t
     files = [_changing_song(tmp_path / f"{i}.wav", 4.0 + i, seed=i) for i in range(4)]
     tagger = Tagger(ckpt)
     assert [tagger.streams_for(j) for j in (1, 2, 3)] == [1, 2, 2]
-    alone = [tagger.tag_file(f, return_taggram=True) for f in files]
+    alone = [tagger.tag_file(f, taggram=True) for f in files]
     probe = _Probe(tagger, [0.02])
-    results = {i: res for i, _, res in tag_stream(tagger, files, jobs=2, return_taggram=True)}
+    results = {i: res for i, _, res in tag_stream(tagger, files, jobs=2, taggram=True)}
     assert probe.most == 2 and len(probe.calls) == sum(a.num_windows for a in alone)
     assert {name.startswith("audiocnn-network") for name, _ in probe.calls} == {True}
     assert {threads for _, threads in probe.calls} == {1}
@@ -334,10 +335,10 @@ def test_batches_finishing_out_of_order_keep_each_song_in_order(ckpt, tmp_path, 
     per-window scores still come in window order."""
     files = [_changing_song(tmp_path / f"{i}.wav", 6.0, seed=i) for i in range(3)]
     tagger = Tagger(ckpt)
-    alone = [tagger.tag_file(f, return_taggram=True).taggram for f in files]
+    alone = [tagger.tag_file(f, taggram=True).taggram for f in files]
     assert all(np.abs(np.diff(t, axis=0)).min() > 1e-4 for t in alone)  # windows tell apart
     _Probe(tagger, [0.05, 0.0])
-    results = {i: res for i, _, res in tag_stream(tagger, files, jobs=2, return_taggram=True)}
+    results = {i: res for i, _, res in tag_stream(tagger, files, jobs=2, taggram=True)}
     for i, want in enumerate(alone):
         assert np.allclose(results[i].taggram, want, atol=1e-6)
 
@@ -430,7 +431,7 @@ def test_a_results_file_from_before_the_header_is_resumed_and_marked(capsys, ckp
 
 def test_a_full_disk_while_appending_removes_the_partial_record(capsys, ckpt, library, tmp_path, monkeypatch):
     out = tmp_path / "full.jsonl"
-    real_write = LibraryFile._write
+    real_write = ResultsFile._write
     calls = []
 
     def write(self, data: bytes) -> None:
@@ -440,7 +441,7 @@ def test_a_full_disk_while_appending_removes_the_partial_record(capsys, ckpt, li
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_write(self, data)
 
-    monkeypatch.setattr(LibraryFile, "_write", write)
+    monkeypatch.setattr(ResultsFile, "_write", write)
     code, _, err = _tag(capsys, str(library / "album1"), "-m", str(ckpt), "-o", str(out))
     last = err.strip().splitlines()[-1]
     assert code == 1 and last.startswith("error: ") and "No space left on device" in last and "Traceback" not in err

@@ -105,6 +105,16 @@ def tensor_digest(state: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def checkpoint_sha256(path: str | os.PathLike) -> str:
+    """The first 16 hex digits of the SHA-256 of a checkpoint file's content: the model's
+    identity in results files and ONNX export names."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def save_checkpoint(path: str | os.PathLike, model, meta: dict[str, Any]) -> Path:
     """Write weights + metadata (with the weights' digest) atomically as safetensors."""
     path = Path(path)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
 from audiocnn.errors import UsageError
 from audiocnn.fileio import atomic_write_bytes, atomic_write_npy, json_text
-from audiocnn.tagging.tagger import TagResult
+from audiocnn.tagging.song import TagResult
 
 RESULT_FORMATS = ("json", "csv")
 
@@ -55,7 +55,7 @@ def output_stem(path: Path, used: set[str], folders: Sequence[str | os.PathLike]
 def write_taggram(result: TagResult, out_dir: str | os.PathLike, stem: str, *, image: bool = True) -> list[Path]:
     """Per-window scores as ``<stem>.taggram.npy`` and ``.csv`` plus a PNG image."""
     if result.taggram is None:
-        raise UsageError("write_taggram needs a result made with return_taggram=True")
+        raise UsageError("write_taggram needs a result made with taggram=True")
     out = Path(out_dir)
     tg = result.taggram
     written = []
@@ -115,10 +115,18 @@ def _taggram_png(result: TagResult) -> bytes:
 def write_embeddings(result: TagResult, out_dir: str | os.PathLike, stem: str) -> Path:
     """Penultimate features per window as ``<stem>.embeddings.npy`` (windows x D)."""
     if result.embeddings is None:
-        raise UsageError("write_embeddings needs a result made with return_embeddings=True")
+        raise UsageError("write_embeddings needs a result made with embeddings=True")
     path = Path(out_dir) / f"{stem}.embeddings.npy"
     atomic_write_npy(path, result.embeddings)
     return path
+
+
+#: The per-window files a run writes, by the :class:`audiocnn.tagging.options.TagOptions`
+#: field that asks for them: ``(result, folder, stem) -> the file to report``.
+PER_WINDOW_WRITERS: dict[str, Callable[[TagResult, str | os.PathLike, str], Path]] = {
+    "taggram": lambda result, folder, stem: write_taggram(result, folder, stem)[0],
+    "embeddings": write_embeddings,
+}
 
 
 def _csv_field(text: str) -> str:
@@ -148,7 +156,7 @@ class ResultWriter:
 
     def __init__(self, stream: TextIO, fmt: str) -> None:
         if fmt not in RESULT_FORMATS:
-            raise UsageError(f"fmt must be one of {', '.join(RESULT_FORMATS)}, got {fmt!r}")
+            raise UsageError(f"fmt must be one of {', '.join(RESULT_FORMATS)}, got {fmt!r}", arguments=("fmt",))
         self.stream, self.fmt = stream, fmt
         self._header_done = False
 

@@ -1,6 +1,6 @@
-"""Tag a whole music library into one results file, resumably.
+"""The results file of a music library: one record per song, appended as songs finish, resumable.
 
-``tag PATHS... --output FILE`` appends one record per file (``.jsonl``: one JSON object per
+``tag_command(paths, output=FILE)`` appends one record per file (``.jsonl``: one JSON object per
 line; ``.csv``: one row, one column per label) as each file finishes, with a flush and an
 fsync, so a killed run keeps every finished record. A record is one line written in one
 call; a line cut short by a crash is removed when the file is next opened.
@@ -27,14 +27,13 @@ File names are bytes on POSIX. One that is not valid UTF-8 is held as surrogate 
 (:func:`audiocnn.fileio.json_text`), a ``.csv`` row as the name's own bytes, so records
 round-trip exactly and such a file is skipped on resume like any other.
 
-``--output`` may be a symbolic link: the link is kept, its target is read and rewritten.
+The results file may be a symbolic link: the link is kept, its target is read and rewritten.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
 import os
@@ -49,7 +48,7 @@ from audiocnn.errors import AudiocnnError, UsageError
 from audiocnn.fileio import FileWriteError, fsync_dir, held_lock, json_text, temp_path, write_error
 from audiocnn.tagging.tagger import TagResult
 
-LIBRARY_SUFFIXES = (".jsonl", ".csv")
+RESULTS_SUFFIXES = (".jsonl", ".csv")
 CSV_BASE_COLUMNS = ["path", "size", "mtime", "model", "model_sha256", "options", "error", "duration", "windows"]
 CSV_PREDICTED_COLUMN = "predicted"
 #: The first line of a ``.jsonl`` results file says what the file is.
@@ -62,15 +61,6 @@ _RECORD_KEYS = frozenset({"path", "size", "mtime", "model", "model_sha256", "opt
 _FIRST_LINE_MAX = 1 << 20
 # names are bytes on POSIX: CSV rows hold them as they are (surrogate escapes <-> bytes)
 _CSV_ERRORS = "surrogateescape"
-
-
-def checkpoint_sha256(path: str | os.PathLike) -> str:
-    """The first 16 hex digits of the SHA-256 of a checkpoint file: the model's identity."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -139,14 +129,14 @@ def check_results_file(path: str | os.PathLike, labels: Sequence[str] | None = N
     first = _first_line(path)
     if not first:
         return "new"
-    what = f"--output {path}"
+    what = str(path)
     if path.suffix.lower() == ".jsonl":
         kind = _jsonl_kind(first)
         if kind is None:
             raise UsageError(
                 f"{what}: not an audiocnn results file (its first line is not the header "
                 f"{_JSONL_HEAD.decode()}, ...}} nor a record); refusing to rewrite it",
-                hint="pick a new file name for --output",
+                hint="pick a new file name",
             )
         if kind == "marked" and first.endswith(b"\n"):
             version = json.loads(first).get("version")
@@ -170,7 +160,7 @@ def _check_csv_header(what: str, first: bytes, labels: Sequence[str] | None) -> 
         raise UsageError(
             f"{what}: not an audiocnn results file (its first row is not the columns "
             f"{', '.join(base[:3])}, ... audiocnn writes); refusing to rewrite it",
-            hint="pick a new file name for --output",
+            hint="pick a new file name",
         )
     theirs = found[len(base) :]
     if labels is not None and theirs != list(labels):
@@ -178,7 +168,7 @@ def _check_csv_header(what: str, first: bytes, labels: Sequence[str] | None) -> 
             f"{what}: written by another model: the label names differ ({len(theirs)} labels "
             f"{', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''}; this model has {len(labels)}: "
             f"{', '.join(list(labels)[:3])}{', ...' if len(labels) > 3 else ''})",
-            hint="write to a new --output file, or a .jsonl file, which can hold any model's records",
+            hint="write to a new results file, or a .jsonl one, which can hold any model's records",
         )
 
 
@@ -187,7 +177,7 @@ def _jsonl_header() -> bytes:
     return (json_text(head) + "\n").encode("utf-8")
 
 
-class LibraryFile:
+class ResultsFile:
     """The results file of a library run: read its records, drop stale ones, append.
 
     ``path`` is what messages name; a symbolic link is kept and its target (``target``)
@@ -196,9 +186,9 @@ class LibraryFile:
     def __init__(self, path: str | os.PathLike, labels: Sequence[str]) -> None:
         self.path = Path(path)
         suffix = self.path.suffix.lower()
-        if suffix not in LIBRARY_SUFFIXES:
+        if suffix not in RESULTS_SUFFIXES:
             raise UsageError(
-                f"--output {self.path}: the suffix must be .jsonl or .csv (it picks the format), got {suffix or 'none'}"
+                f"{self.path}: the suffix must be .jsonl or .csv (it picks the format), got {suffix or 'none'}"
             )
         self.target = Path(os.path.realpath(self.path))
         self.fmt = suffix[1:]
@@ -390,7 +380,7 @@ def make_record(
 
 
 @dataclass
-class LibraryPlan:
+class ResultsPlan:
     """Which files a library run tags, after reading what the results file already holds."""
 
     todo: list[FileIdentity]
@@ -399,9 +389,9 @@ class LibraryPlan:
     repaired: int  # invalid lines (e.g. a record cut short by a crash) dropped
 
 
-def plan_library(
-    out: LibraryFile, files: Sequence[str | os.PathLike], model_sha256: str, options: dict[str, Any], force: bool
-) -> LibraryPlan:
+def plan_results(
+    out: ResultsFile, files: Sequence[str | os.PathLike], model_sha256: str, options: dict[str, Any], force: bool
+) -> ResultsPlan:
     """Read ``out``, decide what to tag, and drop the records that will be replaced."""
     stored, bad, lines = out.scan()
     options_key = _options_json(options)
@@ -421,7 +411,7 @@ def plan_library(
     last = {s.line for s in stored.values()}
     if drop or len(last) < lines or out.kind == "legacy":  # replaced, invalid or duplicate lines; no header yet
         out.rewrite(lambda n, _line: n in last and n not in drop)
-    return LibraryPlan(todo, skipped, retried, bad + out.cut_tail)
+    return ResultsPlan(todo, skipped, retried, bad + out.cut_tail)
 
 
 class RateInfo:
@@ -441,12 +431,12 @@ class RateInfo:
         return f"{rate:.2f} files/s, {self.audio_s / 3600 / dt:.3f} audio-h/s, ETA {eta}"
 
 
-def library_lock(output: str | os.PathLike):
+def results_lock(output: str | os.PathLike):
     """Two runs must not append to one results file at once (nor through two links to it)."""
     target = Path(os.path.realpath(output))
 
     def busy(pid: int | None) -> AudiocnnError:
         who = f"process {pid}" if pid else "another process"
-        return UsageError(f"--output {output}: {who} is tagging into it now", hint="wait for it, or pick another file")
+        return UsageError(f"{output}: {who} is tagging into it now", hint="wait for it, or pick another file")
 
     return held_lock(target.with_name(f".{target.name}.lock"), busy)
