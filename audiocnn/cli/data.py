@@ -14,8 +14,8 @@ from audiocnn.cli import common
 from audiocnn.cli.app import app
 from audiocnn.constants import TASKS
 from audiocnn.datasets import dataset_info, datasets_overview, verify_dataset
+from audiocnn.datasets.info import excluded_summary
 from audiocnn.datasets.manifest import readable_label
-from audiocnn.datasets.prepare import excluded_summary
 
 #: ``prepare --features``: which feature stores to extract after preparing
 Features = Enum("Features", [(k, k) for k in pipeline.FEATURE_CHOICES], type=str)

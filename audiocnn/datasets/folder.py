@@ -28,7 +28,8 @@ from pathlib import Path
 
 from audiocnn.audio import find_audio_files
 from audiocnn.constants import MULTI_LABEL, SINGLE_LABEL
-from audiocnn.datasets.registry import Candidate, Collected, DatasetSpec, PrepareContext, register_dataset
+from audiocnn.datasets.registry import register_dataset
+from audiocnn.datasets.spec import Candidate, Collected, DatasetSpec, PrepareContext
 from audiocnn.datasets.splits import stratified_split, stratum_keys
 from audiocnn.errors import DatasetError, UsageError
 

@@ -37,15 +37,8 @@ import numpy as np
 from audiocnn.audio import find_audio_files
 from audiocnn.constants import MULTI_LABEL
 from audiocnn.datasets.acquire import fetch_remote
-from audiocnn.datasets.download import Remote
-from audiocnn.datasets.registry import (
-    Candidate,
-    Collected,
-    DatasetSpec,
-    PrepareContext,
-    read_resource_lines,
-    register_dataset,
-)
+from audiocnn.datasets.registry import read_resource_lines, register_dataset
+from audiocnn.datasets.spec import Candidate, Collected, DatasetSpec, PrepareContext, Remote
 from audiocnn.errors import DatasetError, UsageError
 
 log = logging.getLogger("audiocnn.datasets")

@@ -35,24 +35,12 @@ from typing import Any
 
 from audiocnn.constants import MULTI_LABEL
 from audiocnn.datasets.acquire import check_may_download
-from audiocnn.datasets.download import (
-    download_file,
-    extract_archive,
-    file_digest,
-    is_url,
-    read_marker,
-    verify_file,
-    write_marker,
-)
-from audiocnn.datasets.registry import (
-    MISSING_FROM_ARCHIVE,
-    Candidate,
-    Collected,
-    DatasetSpec,
-    PrepareContext,
-    register_dataset,
-    resource_path,
-)
+from audiocnn.datasets.archives import extract_archive
+from audiocnn.datasets.checksums import file_digest, verify_file
+from audiocnn.datasets.http import download_file, is_url
+from audiocnn.datasets.markers import read_marker, write_marker
+from audiocnn.datasets.registry import register_dataset, resource_path
+from audiocnn.datasets.spec import MISSING_FROM_ARCHIVE, Candidate, Collected, DatasetSpec, PrepareContext
 from audiocnn.errors import ChecksumError, DatasetError, UsageError
 
 log = logging.getLogger("audiocnn.datasets")
