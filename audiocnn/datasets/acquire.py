@@ -63,7 +63,8 @@ def _check_sources(sources: Sequence[str]) -> None:
         p = Path(s).expanduser()
         if not p.exists():
             raise UsageError(
-                f"--source {s}: no such file or folder",
+                f"source={s}: no such file or folder",
+                arguments=("source",),
                 hint="give a local archive, a folder holding the archives, or an http(s) mirror URL",
             )
 
@@ -237,9 +238,10 @@ def check_may_download(ctx: PrepareContext, filename: str, url: str, what: str, 
         return
     where = ", ".join(str(p) for p in local)
     raise UsageError(
-        f"--source {where}: {filename} is not there ({what} needs it); nothing was downloaded",
-        hint=f"put {filename} there, or add --download-missing to fetch it from {url}"
+        f"source={where}: {filename} is not there ({what} needs it); nothing was downloaded",
+        hint=f"put {filename} there, or add download_missing=True to fetch it from {url}"
         f"{f' ({approx_size})' if approx_size else ''}",
+        arguments=("source", "download_missing"),
     )
 
 

@@ -255,8 +255,9 @@ class MillionSongDataset(DatasetSpec):
         folders = [Path(s).expanduser() for s in ctx.sources if Path(s).expanduser().is_dir()]
         if len(folders) != 1:
             raise UsageError(
-                "prepare msd needs --source DIR: the folder holding your MSD previews (named by MSD track id)",
-                hint="audiocnn prepare msd --source ~/msd-previews",
+                "prepare msd needs source=DIR: the folder holding your MSD previews (named by MSD track id)",
+                hint="source=~/msd-previews",
+                arguments=("source",),
             )
         ctx.audio_base = folders[0].resolve()
         names = list(CHOI_REMOTES) + (list(WON_REMOTES) if ctx.split_scheme == "won2020" else [])

@@ -241,7 +241,8 @@ class _MTGJamendo(DatasetSpec):
             for s in ctx.sources:
                 if not is_url(s) and not Path(s).expanduser().is_dir():
                     raise UsageError(
-                        f"--source {s}: not a folder or URL",
+                        f"source={s}: not a folder or URL",
+                        arguments=("source",),
                         hint="give a mirror holding data/ and raw_30s/<variant>/ (a folder or an http(s) URL)",
                     )
         self._metadata(ctx)

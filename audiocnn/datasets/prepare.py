@@ -81,43 +81,53 @@ def _check_options(
     if max_clips is not None:
         if spec.partial is None:
             raise UsageError(
-                f"--max-clips: {spec.partial_refusal or f'{name} cannot be fetched in part'}",
-                hint=f"audiocnn prepare {name} (without --max-clips)",
+                f"max_clips={max_clips}: {spec.partial_refusal or f'{name} cannot be fetched in part'}",
+                arguments=("max_clips",),
             )
         if max_clips < 1:
-            raise UsageError(f"--max-clips {max_clips}: give at least 1 clip")
+            raise UsageError(f"max_clips={max_clips}: give at least 1 clip", arguments=("max_clips",))
     if variant is not None and variant not in spec.variants:
-        have = f"variants {', '.join(spec.variants)}" if spec.variants else "no --variant"
-        raise UsageError(f"--variant {variant}: {name} has {have}")
+        have = f"variants {', '.join(spec.variants)}" if spec.variants else f"no variant={variant} (one form only)"
+        raise UsageError(f"variant={variant}: {name} has {have}", arguments=("variant",))
     scheme = split_scheme or spec.default_split_scheme
     if scheme not in spec.split_schemes:
-        raise UsageError(f"--split-scheme {scheme}: {name} has split schemes {', '.join(spec.split_schemes)}")
+        raise UsageError(
+            f"split_scheme={scheme}: {name} has split schemes {', '.join(spec.split_schemes)}",
+            arguments=("split_scheme",),
+        )
     chosen_task = task or spec.task
     if chosen_task not in TASKS:
-        raise UsageError(f"--task {chosen_task}: expected one of {', '.join(TASKS)}")
+        raise UsageError(f"task={chosen_task}: expected one of {', '.join(TASKS)}", arguments=("task",))
     if task is not None and task not in spec.allowed_tasks():
-        raise UsageError(f"--task {task}: {name} supports {', '.join(spec.allowed_tasks())}")
+        raise UsageError(f"task={task}: {name} supports {', '.join(spec.allowed_tasks())}", arguments=("task",))
     if labels_file is not None and not spec.needs_name:
-        raise UsageError(f"--labels is only for `prepare folder`, not {name}")
+        raise UsageError(f"labels_file is only for `prepare folder`, not {name}", arguments=("labels_file",))
     if spec.needs_name and not dataset_name:
         raise UsageError(
-            f"prepare {name} needs --name NAME for the prepared dataset",
-            hint=f"audiocnn prepare {name} --source DIR --name mysongs",
+            f"prepare {name} needs dataset_name=NAME for the prepared dataset",
+            hint="source=DIR names the folder of your audio, dataset_name=mysongs the prepared dataset",
+            arguments=("dataset_name", "source"),
         )
     if dataset_name is not None:
         if not _NAME_RE.match(dataset_name):
             raise UsageError(
-                f"--name {dataset_name!r}: use letters, digits, '.', '_' or '-' (a folder name under the data dir)"
+                f"dataset_name={dataset_name!r}: use letters, digits, '.', '_' or '-' (a folder name under the "
+                "data dir)",
+                arguments=("dataset_name",),
             )
         if spec.needs_name and dataset_name in list_datasets():
-            raise UsageError(f"--name {dataset_name}: that is a built-in dataset's name; pick another")
+            raise UsageError(
+                f"dataset_name={dataset_name}: that is a built-in dataset's name; pick another",
+                arguments=("dataset_name",),
+            )
         if dataset_name.lower() in RESERVED_DATA_DIR_NAMES:
             raise UsageError(
-                f"--name {dataset_name}: the data dir keeps its {dataset_name.lower()}/ folder for audiocnn's own "
-                f"files (reserved: {', '.join(RESERVED_DATA_DIR_NAMES)}); pick another"
+                f"dataset_name={dataset_name}: the data dir keeps its {dataset_name.lower()}/ folder for audiocnn's "
+                f"own files (reserved: {', '.join(RESERVED_DATA_DIR_NAMES)}); pick another",
+                arguments=("dataset_name",),
             )
     if labels_file is not None and not Path(labels_file).expanduser().is_file():
-        raise UsageError(f"--labels {labels_file}: no such file")
+        raise UsageError(f"labels_file={labels_file}: no such file", arguments=("labels_file",))
     return scheme, chosen_task
 
 
@@ -154,8 +164,9 @@ def _check_same_source(spec: DatasetSpec, ctx: PrepareContext) -> None:
     new = str(Path(ctx.sources[0]).expanduser().resolve())
     if os.path.normpath(old) != os.path.normpath(new):
         raise UsageError(
-            f"--name {ctx.name}: {ctx.dataset_dir} was prepared from {old}, not from --source {new}",
-            hint="pass --force to replace it, or pick another --name",
+            f"dataset_name={ctx.name}: {ctx.dataset_dir} was prepared from {old}, not from source={new}",
+            hint="force=True replaces it; or pick another dataset_name",
+            arguments=("dataset_name", "source", "force"),
         )
 
 
