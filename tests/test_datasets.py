@@ -35,7 +35,8 @@ from audiocnn.datasets import (
 )
 from audiocnn.datasets.gtzan import fault_filtered_split
 from audiocnn.datasets.mtat import derive_top_tags, split_of_path
-from audiocnn.datasets.registry import DatasetSpec, read_resource_lines
+from audiocnn.datasets.registry import read_resource_lines
+from audiocnn.datasets.spec import DatasetSpec
 from audiocnn.datasets.splits import stratified_split
 from audiocnn.errors import DownloadError, UsageError
 

@@ -15,14 +15,10 @@ import zipfile
 import pytest
 from dataset_fixtures import http_server, split_bytes, tar_gz, zip_bytes  # noqa: F401 (fixture)
 
-from audiocnn.datasets.download import (
-    MultiPartFile,
-    download_file,
-    extract_archive,
-    extract_once,
-    file_digest,
-    verify_file,
-)
+from audiocnn.datasets.archives import extract_archive, extract_once
+from audiocnn.datasets.checksums import file_digest, verify_file
+from audiocnn.datasets.http import download_file
+from audiocnn.datasets.parts import MultiPartFile
 from audiocnn.errors import ChecksumError, DownloadError, UnsafeArchiveError, UsageError
 
 DATA = bytes(range(256)) * 4096  # 1 MiB, not compressible to nothing
@@ -270,9 +266,9 @@ def test_a_redirect_loop_is_one_plain_line(http_server, tmp_path):
 
 
 def test_a_stalled_server_is_reported_and_gives_up_after_the_set_timeout(http_server, tmp_path, monkeypatch, caplog):
-    from audiocnn.datasets import download
+    from audiocnn.datasets import http
 
-    monkeypatch.setattr(download, "STALL_REPORT", 0.2)
+    monkeypatch.setattr(http, "STALL_REPORT", 0.2)
     monkeypatch.setenv("AUDIOCNN_DOWNLOAD_TIMEOUT", "0.5")
     monkeypatch.setenv("AUDIOCNN_DOWNLOAD_RETRIES", "1")
     url = http_server.add("/slow.bin", DATA, mode="stall")

@@ -28,7 +28,8 @@ from dataset_fixtures import (  # noqa: F401 (http_server is a fixture)
     run_limited,
 )
 
-from audiocnn.datasets.download import CorruptArchiveError, extract_archive
+from audiocnn.datasets.archive_checks import CorruptArchiveError
+from audiocnn.datasets.archives import extract_archive
 from audiocnn.datasets.lock import _try_flock, lock_path
 from audiocnn.errors import DatasetError, UnsafeArchiveError
 
@@ -593,7 +594,7 @@ def _zeros_tar_gz(path: Path, name: str, size: int) -> Path:
 EXTRACT = """
 import sys
 from pathlib import Path
-from audiocnn.datasets.download import extract_archive
+from audiocnn.datasets.archives import extract_archive
 from audiocnn.errors import AudiocnnError
 dest = Path(sys.argv[2])
 try:

@@ -448,7 +448,7 @@ def test_feature_store_write_failure_is_one_line_and_leaves_no_temp_files(data_d
 
 def test_chunk_temp_file_is_removed_when_the_disk_fills(data_dir, monkeypatch):
     from audiocnn.features.frontends import WaveformConfig
-    from audiocnn.features.store import extract as store_mod
+    from audiocnn.features.store import chunks as store_mod
     from audiocnn.training.data import open_dataset_store
 
     ds = _slow_dataset(data_dir, 3)

@@ -122,6 +122,18 @@ def manifest_path(dataset_dir: str | os.PathLike) -> Path:
     return Path(dataset_dir) / MANIFEST_NAME
 
 
+def read_manifest_header(dataset_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The header of ``dataset_dir``'s manifest (its first line only: cheap on a 100k-clip
+    manifest), or None when there is none or it does not read as one."""
+    p = manifest_path(dataset_dir)
+    try:
+        with open(p, encoding="utf-8") as fh:
+            header = json.loads(fh.readline())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return header if header.get("type") == "header" else None
+
+
 def write_manifest(manifest: Manifest, dataset_dir: str | os.PathLike) -> Path:
     """Validate and write atomically (temp file, fsync, rename; the temp file is removed
     when the write fails). A clip path that is not valid UTF-8 (a POSIX file name held as

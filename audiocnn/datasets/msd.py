@@ -37,15 +37,8 @@ import numpy as np
 from audiocnn.audio import find_audio_files
 from audiocnn.constants import MULTI_LABEL
 from audiocnn.datasets.acquire import fetch_remote
-from audiocnn.datasets.download import Remote
-from audiocnn.datasets.registry import (
-    Candidate,
-    Collected,
-    DatasetSpec,
-    PrepareContext,
-    read_resource_lines,
-    register_dataset,
-)
+from audiocnn.datasets.registry import read_resource_lines, register_dataset
+from audiocnn.datasets.spec import Candidate, Collected, DatasetSpec, PrepareContext, Remote
 from audiocnn.errors import DatasetError, UsageError
 
 log = logging.getLogger("audiocnn.datasets")
@@ -262,8 +255,9 @@ class MillionSongDataset(DatasetSpec):
         folders = [Path(s).expanduser() for s in ctx.sources if Path(s).expanduser().is_dir()]
         if len(folders) != 1:
             raise UsageError(
-                "prepare msd needs --source DIR: the folder holding your MSD previews (named by MSD track id)",
-                hint="audiocnn prepare msd --source ~/msd-previews",
+                "prepare msd needs source=DIR: the folder holding your MSD previews (named by MSD track id)",
+                hint="source=~/msd-previews",
+                arguments=("source",),
             )
         ctx.audio_base = folders[0].resolve()
         names = list(CHOI_REMOTES) + (list(WON_REMOTES) if ctx.split_scheme == "won2020" else [])

@@ -35,24 +35,12 @@ from typing import Any
 
 from audiocnn.constants import MULTI_LABEL
 from audiocnn.datasets.acquire import check_may_download
-from audiocnn.datasets.download import (
-    download_file,
-    extract_archive,
-    file_digest,
-    is_url,
-    read_marker,
-    verify_file,
-    write_marker,
-)
-from audiocnn.datasets.registry import (
-    MISSING_FROM_ARCHIVE,
-    Candidate,
-    Collected,
-    DatasetSpec,
-    PrepareContext,
-    register_dataset,
-    resource_path,
-)
+from audiocnn.datasets.archives import extract_archive
+from audiocnn.datasets.checksums import file_digest, verify_file
+from audiocnn.datasets.http import download_file, is_url
+from audiocnn.datasets.markers import read_marker, write_marker
+from audiocnn.datasets.registry import register_dataset, resource_path
+from audiocnn.datasets.spec import MISSING_FROM_ARCHIVE, Candidate, Collected, DatasetSpec, PrepareContext
 from audiocnn.errors import ChecksumError, DatasetError, UsageError
 
 log = logging.getLogger("audiocnn.datasets")
@@ -253,7 +241,8 @@ class _MTGJamendo(DatasetSpec):
             for s in ctx.sources:
                 if not is_url(s) and not Path(s).expanduser().is_dir():
                     raise UsageError(
-                        f"--source {s}: not a folder or URL",
+                        f"source={s}: not a folder or URL",
+                        arguments=("source",),
                         hint="give a mirror holding data/ and raw_30s/<variant>/ (a folder or an http(s) URL)",
                     )
         self._metadata(ctx)

@@ -10,14 +10,17 @@ cache.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import soundfile as sf
 
+from audiocnn import workers
 from audiocnn.audio import audio_info, soundfile_name
-from audiocnn.datasets.download import file_digest
+from audiocnn.datasets.checksums import file_digest
 from audiocnn.errors import AudioDecodeError
+from audiocnn.progress import progress_bar
 
 WHOLE_FILE_FRAMES = 1 << 22
 # libsndfile's MP3 decoder goes wrong at a block edge that does not fall on an MPEG
@@ -127,3 +130,19 @@ def check_clip(path: str, integrity: dict[str, Any], full: bool) -> dict[str, An
 
 def check_clip_args(args: tuple[str, dict[str, Any], bool]) -> dict[str, Any]:
     return check_clip(*args)
+
+
+def run_checks(
+    check: Callable[[Any], dict[str, Any]], items: Sequence[Any], jobs: int, description: str, progress: bool
+) -> list[dict[str, Any]]:
+    """``check`` (a top-level function of this module) of every item, in order, in ``jobs``
+    worker processes (here, for one job or a handful of items), with a progress bar."""
+    if not items:
+        return []
+    results: list[dict[str, Any]] = []
+    jobs = jobs if len(items) >= 4 else 1
+    with progress_bar(description, len(items), enabled=progress) as advance:
+        for _kind, _i, result in workers.run(check, items, jobs=jobs, start="fork", ordered=True):
+            results.append(result)
+            advance(1)
+    return results

@@ -28,26 +28,27 @@ from dataclasses import dataclass, field
 from http.client import HTTPException
 from pathlib import Path
 
-from audiocnn.datasets.download import (
-    CHUNK,
-    USER_AGENT,
+from audiocnn.datasets.archive_checks import (
     CorruptArchiveError,
     MemberCheck,
-    PartsStream,
-    StallWatch,
-    _content_range_start,
-    _content_range_total,
-    _member_parts,
     check_zip_members,
     copy_member,
     ensure_space,
-    human_size,
     member_filter,
+    member_parts,
+)
+from audiocnn.datasets.checksums import CHUNK
+from audiocnn.datasets.http import (
+    USER_AGENT,
+    StallWatch,
+    content_range_start,
+    content_range_total,
     net_settings,
     transient_reason,
 )
+from audiocnn.datasets.parts import PartsStream
 from audiocnn.errors import DownloadError
-from audiocnn.progress import progress_bar
+from audiocnn.progress import human_size, progress_bar
 
 log = logging.getLogger("audiocnn.datasets")
 
@@ -131,7 +132,7 @@ class RangeFile(PartsStream):
     # -- HTTP ------------------------------------------------------------------------
     def _size_of(self, url: str) -> int:
         resp_headers, _body = self._request(url, 0, 0)
-        total = _content_range_total(resp_headers.get("Content-Range"))
+        total = content_range_total(resp_headers.get("Content-Range"))
         if total is None:
             raise DownloadError(
                 f"{url}: the server does not answer HTTP Range requests, so part of the file cannot be fetched",
@@ -169,7 +170,7 @@ class RangeFile(PartsStream):
         )
         with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 (http/https only)
             headers = dict(resp.headers.items())
-            if resp.status != 206 or _content_range_start(headers.get("Content-Range")) != first:
+            if resp.status != 206 or content_range_start(headers.get("Content-Range")) != first:
                 raise DownloadError(
                     f"{url}: asked for bytes {first}-{last}, the server answered HTTP {resp.status} "
                     f"({headers.get('Content-Range', 'no Content-Range')})",
@@ -273,11 +274,11 @@ def fetch_members(
         todo = []
         kept = 0
         for info in infos:
-            if _already_there(dest.joinpath(*_member_parts(info.filename, label)), info):
+            if _already_there(dest.joinpath(*member_parts(info.filename, label)), info):
                 kept += 1
             else:
                 todo.append(info)
-        ensure_space(dest, [(dest.joinpath(*_member_parts(i.filename, label)), i.file_size) for i in todo], label)
+        ensure_space(dest, [(dest.joinpath(*member_parts(i.filename, label)), i.file_size) for i in todo], label)
         total = sum(i.compress_size for i in todo)
         log.info(
             "%s: %d members to fetch (%s), %d already here; central directory of %d entries",
@@ -294,7 +295,7 @@ def fetch_members(
                 if last - first <= MAX_SPAN:
                     rf.prefetch(first, last)
                 for info in run:
-                    _write_verified(zf, info, dest.joinpath(*_member_parts(info.filename, label)), label)
+                    _write_verified(zf, info, dest.joinpath(*member_parts(info.filename, label)), label)
                     advance(info.compress_size)
     rf.stats.size = rf.size
     return len(todo), kept, rf.stats
