@@ -33,8 +33,6 @@ LONG_MODULES = {
     # one job (reading TensorFlow's checkpoint format without TensorFlow), told in one place
     "audiocnn.pretrained.tf_bundle": "the TF checkpoint reader keeps one job",
     # being split in the house issue
-    "audiocnn.tagging.tagger": "being split in the house issue",
-    "audiocnn.tagging.library": "being split in the house issue",
     "audiocnn.training.config": "being split in the house issue",
     "audiocnn.training.loop": "being split in the house issue",
 }
@@ -192,7 +190,7 @@ def test_no_module_exceeds_the_line_limit():
     stale = [
         name
         for name in LONG_MODULES
-        if name in MODULES and len(MODULES[name].read_text().splitlines()) <= MAX_MODULE_LINES
+        if name not in MODULES or len(MODULES[name].read_text().splitlines()) <= MAX_MODULE_LINES
     ]
     assert not stale, f"allowed to be long but no longer are (drop them from LONG_MODULES): {stale}"
 
