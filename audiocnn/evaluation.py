@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from audiocnn.constants import SINGLE_LABEL, SPLITS
+from audiocnn.datasets.info import prepared_dataset_dir
 from audiocnn.datasets.manifest import read_manifest
 from audiocnn.datasets.registry import get_dataset, list_datasets
 from audiocnn.errors import AudioDecodeError, CheckpointError, DatasetError, UsageError
@@ -40,15 +41,12 @@ from audiocnn.training.rundir import BEST_NAME, CONFIG_NAME, METRICS_NAME
 log = logging.getLogger("audiocnn.evaluate")
 
 
-def resolve_target(
-    target: str | os.PathLike,
-    data_dir: str | os.PathLike | None = None,
-) -> tuple[Path, Path | None, dict[str, Any] | None]:
-    """``(checkpoint, run_dir or None, run config dict or None)``; with ``data_dir``, the
-    pretrained names ``tag`` accepts (``musicnn-mtt``...) resolve as they do there."""
+def resolve_target(target: str | os.PathLike) -> tuple[Path, Path | None, dict[str, Any] | None]:
+    """``(checkpoint, run_dir or None, run config dict or None)``; the pretrained names
+    ``tag`` accepts (``musicnn-mtt``...) resolve as they do there."""
 
-    if data_dir is not None and is_pretrained_name(str(target)) and not Path(target).exists():
-        return resolve_model(str(target), data_dir), None, None
+    if is_pretrained_name(str(target)) and not Path(target).exists():
+        return resolve_model(str(target)), None, None
     p = Path(target).expanduser()
     if p.is_dir():
         ckpt = p / BEST_NAME
@@ -160,14 +158,14 @@ def evaluate(
     options = TagOptions() if options is None else options
     if split not in SPLITS:
         raise UsageError(f"split must be one of {', '.join(SPLITS)}, got {split!r}", arguments=("split",))
-    ckpt, run_dir, run_cfg = resolve_target(target, data_dir)
+    ckpt, run_dir, run_cfg = resolve_target(target)
     if out_dir is not None:  # before the model loads and every clip is scored
         ensure_writable_dir(out_dir)
-    tagger = Tagger(ckpt, device=device, batch_size=batch_size, data_dir=data_dir)
+    tagger = Tagger(ckpt, device=device, batch_size=batch_size)
     meta = tagger.meta
     name = _dataset_name(dataset, meta, run_cfg, target)
-    out = Path(out_dir) if out_dir else ensure_writable_dir(_default_out(ckpt, run_dir, name, split, meta))
-    manifest = read_manifest(Path(data_dir) / name)
+    out = Path(out_dir) if out_dir else ensure_writable_dir(_default_out(ckpt, run_dir, data_dir, name, split, meta))
+    manifest = read_manifest(prepared_dataset_dir(data_dir, name))
     if manifest.split_counts().get(split, 0) == 0:
         raise DatasetError(f"dataset {name!r} has no clips in its {split!r} split", hint=f"see `audiocnn info {name}`")
     task = meta["task"]
@@ -286,9 +284,15 @@ def _write_scores(path: Path, clips: list, scores: np.ndarray, labels: list[str]
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def _default_out(ckpt: Path, run_dir: Path | None, dataset: str, split: str, meta: dict[str, Any]) -> Path:
+def _default_out(
+    ckpt: Path, run_dir: Path | None, data_dir: str | os.PathLike, dataset: str, split: str, meta: dict[str, Any]
+) -> Path:
+    """A run's ``eval-<split>``; beside another checkpoint, ``eval-<checkpoint>-<dataset>-<split>``;
+    a pretrained model's results beside the dataset (its checkpoint is in the model cache)."""
     if run_dir is not None and dataset == meta.get("dataset", dataset):
         return run_dir / f"eval-{split}"
+    if meta.get("pretrained"):
+        return Path(data_dir) / dataset / f"eval-{meta['pretrained']}-{split}"
     return ckpt.parent / f"eval-{ckpt.stem}-{dataset}-{split}"
 
 

@@ -253,7 +253,6 @@ def tag(
             paths,
             options,
             model=model,
-            data_dir=common.state.data_dir,
             device=device,
             batch_size=batch_size,
             backend=backend.value,

@@ -162,14 +162,29 @@ def write_manifest(manifest: Manifest, dataset_dir: str | os.PathLike) -> Path:
     return path
 
 
+def not_prepared(
+    dataset_dir: str | os.PathLike, prepared: Iterable[str] | None = None, builtin: bool | None = None
+) -> DatasetError:
+    """The error of a dataset folder without a manifest: it names the absolute data folder
+    looked in (the working folder matters for the default ``./data``), the datasets
+    ``prepared`` there, and how to prepare it (``builtin``: whether the name is a built-in
+    dataset's; None: not known here) or point at another data folder."""
+    d = Path(dataset_dir).absolute()
+    known = f" (prepared there: {', '.join(prepared) or 'none'})" if prepared is not None else ""
+    how = {True: f"`audiocnn prepare {d.name}`", False: "`audiocnn prepare folder --source DIR --name NAME`"}.get(
+        builtin, f"`audiocnn prepare {d.name}` (or `audiocnn prepare folder --source DIR --name {d.name}`)"
+    )
+    return DatasetError(
+        f"{d.name} is not prepared under {d.parent}{known}",
+        hint=f"run {how}, or point at the data folder that holds it with --data-dir DIR or AUDIOCNN_DATA_DIR=DIR",
+    )
+
+
 def read_manifest(dataset_dir_or_file: str | os.PathLike) -> Manifest:
     p = Path(dataset_dir_or_file)
     path = p if p.is_file() else manifest_path(p)
     if not path.is_file():
-        raise DatasetError(
-            f"{path}: no manifest; the dataset is not prepared",
-            hint=f"run `audiocnn prepare {p.name}`",
-        )
+        raise not_prepared(p)
     clips: list[Clip] = []
     header: dict[str, Any] | None = None
     with open(path, encoding="utf-8") as fh:

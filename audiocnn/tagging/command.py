@@ -123,7 +123,7 @@ def tag_command(
     options: TagOptions | None = None,
     *,
     model: str | os.PathLike = DEFAULT_MODEL,
-    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
     device: str = "auto",
     batch_size: int | None = None,
     backend: str = "torch",
@@ -153,7 +153,7 @@ def tag_command(
     ``jobs``: decoding processes, and on a CPU batches run at once, each on its share of
     the threads (1: decode here, one file after the other, one batch at a time).
     ``show_progress``: a progress bar on stderr (files/s, audio hours/s, time left)
-    instead of one line per file. ``model``, ``data_dir``, ``device``, ``batch_size`` and
+    instead of one line per file. ``model``, ``cache_dir``, ``device``, ``batch_size`` and
     ``backend`` are those of :class:`Tagger`.
     """
     t0 = time.perf_counter() if started is None else started
@@ -172,7 +172,7 @@ def tag_command(
         if output is not None:  # another run's lock, or a file audiocnn did not write: before the model loads
             held.enter_context(results_lock(output))
             check_results_file(output)
-        tagger = Tagger(model, device=device, batch_size=batch_size, data_dir=data_dir, backend=backend)
+        tagger = Tagger(model, device=device, batch_size=batch_size, cache_dir=cache_dir, backend=backend)
         tagger.plan(options)
         report(
             f"model {tagger.name} ({tagger.task}, {len(tagger.labels)} labels) loaded in "

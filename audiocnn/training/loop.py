@@ -195,7 +195,7 @@ class Trainer:
         self.labels = list(self.manifest.labels)
         self.monitor, self.higher = S.monitor_of(config, self.task)
         S.seed_everything(config.seed)  # identical initial weights on every rank
-        self.raw, init_info = S.build_model(config, self.labels, self.task, data_dir)
+        self.raw, init_info = S.build_model(config, self.labels, self.task)
         if init_info and info.is_main:
             log.info(
                 "init: weights from %s%s",

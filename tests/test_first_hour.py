@@ -1,0 +1,80 @@
+"""What a new user meets in the first hour, and every day after (issue 21): where data and
+caches live, labels beside the audio, evaluate's outputs a user can act on, the small
+things (wording, help, timing) of the CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from conftest import synth_tone, write_audio
+
+from audiocnn.cli.main import run
+
+NO_MUSICNN = importlib.util.find_spec("musicnn") is None
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+# --------------------------------------------------------------------------- 1. the cache folder
+
+
+@pytest.mark.skipif(NO_MUSICNN, reason="musicnn is not installed (pip install --no-deps musicnn==0.1.0)")
+def test_tag_from_a_second_folder_writes_nothing_there_and_imports_once(tmp_path, cache_dir, monkeypatch, capsys):
+    import audiocnn.pretrained as pretrained
+
+    monkeypatch.delenv("AUDIOCNN_DATA_DIR", raising=False)  # the default data folder: ./data
+    song = write_audio(tmp_path / "song.wav", synth_tone(3.5, 16000), 16000)
+    first, second = tmp_path / "project-a", tmp_path / "project-b"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    assert run(["tag", str(song), "--device", "cpu"]) == 0
+    (imported,) = (cache_dir / "pretrained").iterdir()
+    assert imported.name.startswith("musicnn-mtt-")
+    stamp = imported.stat().st_mtime_ns
+    capsys.readouterr()
+
+    def no_second_import(*args, **kw):
+        raise AssertionError("musicnn-mtt was imported again")
+
+    monkeypatch.setattr(pretrained, "import_musicnn", no_second_import)
+    monkeypatch.chdir(second)
+    assert run(["tag", str(song), "--device", "cpu"]) == 0
+    assert _files(second) == [] and _files(first) == []  # nothing in either working folder
+    assert [p.name for p in (cache_dir / "pretrained").iterdir()] == [imported.name]
+    assert imported.stat().st_mtime_ns == stamp
+
+
+def test_default_cache_folder_follows_xdg_and_the_override(tmp_path, monkeypatch):
+    from audiocnn.constants import default_cache_dir
+
+    monkeypatch.delenv("AUDIOCNN_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "audiocnn"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "audiocnn"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")  # the XDG spec: a relative path is invalid
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "audiocnn"
+    monkeypatch.setenv("AUDIOCNN_CACHE_DIR", str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine"
+
+
+@pytest.mark.parametrize("command", [["info", "mine"], ["verify", "mine"], ["evaluate", "RUN", "--dataset", "mine"]])
+def test_a_missing_dataset_names_the_absolute_folder_and_how_to_point_elsewhere(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.delenv("AUDIOCNN_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    if "RUN" in command:
+        from tag_fixtures import make_checkpoint
+
+        ckpt = make_checkpoint(tmp_path / "m.safetensors", "test-probe-wave")
+        command = [c.replace("RUN", str(ckpt)) for c in command]
+        command += ["--device", "cpu"]
+    assert run(command) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"mine is not prepared under {tmp_path / 'data'}" in line
+    assert "--data-dir" in line and "AUDIOCNN_DATA_DIR" in line
