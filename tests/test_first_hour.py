@@ -78,3 +78,31 @@ def test_a_missing_dataset_names_the_absolute_folder_and_how_to_point_elsewhere(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert f"mine is not prepared under {tmp_path / 'data'}" in line
     assert "--data-dir" in line and "AUDIOCNN_DATA_DIR" in line
+
+
+# --------------------------------------------------------------------------- 4. --labels beside the audio
+
+
+def _clips_with_csv(src: Path, n: int = 6) -> None:
+    rows = ["path,labels"]
+    for i in range(n):
+        label = ("low", "high")[i % 2]
+        write_audio(src / f"clip{i}.wav", synth_tone(1.0, 16000, freqs=((220.0,), (1760.0,))[i % 2], seed=i), 16000)
+        rows.append(f"clip{i}.wav,{label}")
+    (src / "labels.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_labels_csv_is_found_beside_the_audio_and_said_where(tmp_path, data_dir, monkeypatch, capsys):
+    from dataset_fixtures import run_cli
+
+    src, elsewhere = tmp_path / "clips", tmp_path / "elsewhere"
+    _clips_with_csv(src)
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # no labels.csv here: README's `--source ~/clips --labels labels.csv`
+    code, _out, err = run_cli(capsys, "prepare", "folder", "--source", str(src), "--labels", "labels.csv", "--name", "m")
+    assert code == 0, err
+    assert f"labels: {src / 'labels.csv'} (found in source)" in err
+    code, _out, err = run_cli(capsys, "prepare", "folder", "--source", str(src), "--labels", "nope.csv", "--name", "n")
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert f"--labels nope.csv: no such file ({elsewhere / 'nope.csv'} nor {src / 'nope.csv'})" in line

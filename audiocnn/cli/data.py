@@ -77,7 +77,10 @@ def prepare(
     ),
     task: Optional[Task] = typer.Option(None, "--task", help="single-label or multi-label (fma, folder)."),
     labels: Optional[str] = typer.Option(
-        None, "--labels", help="folder: CSV with path,labels[,split]; labels ';'-separated."
+        None,
+        "--labels",
+        help="folder: CSV with path,labels[,split]; labels ';'-separated. Looked for in the current folder, "
+        "then in --source.",
     ),
     name: Optional[str] = typer.Option(
         None, "--name", help="folder: name of the prepared dataset (folder under --data-dir)."
