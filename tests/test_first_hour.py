@@ -99,7 +99,9 @@ def test_labels_csv_is_found_beside_the_audio_and_said_where(tmp_path, data_dir,
     _clips_with_csv(src)
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # no labels.csv here: README's `--source ~/clips --labels labels.csv`
-    code, _out, err = run_cli(capsys, "prepare", "folder", "--source", str(src), "--labels", "labels.csv", "--name", "m")
+    code, _out, err = run_cli(
+        capsys, "prepare", "folder", "--source", str(src), "--labels", "labels.csv", "--name", "m"
+    )
     assert code == 0, err
     assert f"labels: {src / 'labels.csv'} (found in source)" in err
     code, _out, err = run_cli(capsys, "prepare", "folder", "--source", str(src), "--labels", "nope.csv", "--name", "n")
