@@ -108,3 +108,69 @@ def test_labels_csv_is_found_beside_the_audio_and_said_where(tmp_path, data_dir,
     assert code == 2
     (line,) = err.strip().splitlines()
     assert f"--labels nope.csv: no such file ({elsewhere / 'nope.csv'} nor {src / 'nope.csv'})" in line
+
+
+# --------------------------------------------------------------------------- 5. evaluate's outputs
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("task", ["single-label", "multi-label"])
+def test_evaluate_writes_truth_decisions_and_the_misclassified_clips(tmp_path, capsys, task):
+    from tag_fixtures import make_checkpoint
+    from train_helpers import MULTI_LABELS, SINGLE_LABELS, make_dataset
+
+    from audiocnn.datasets.manifest import read_manifest
+
+    data = tmp_path / "data"
+    data.mkdir()
+    make_dataset(data, "tones", task, n_train=3, n_valid=3, n_test=6)
+    labels = sorted(SINGLE_LABELS if task == "single-label" else MULTI_LABELS)
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", "test-probe-mel", labels=labels, task=task)
+    out = tmp_path / "ev"
+    args = ["--data-dir", str(data), "evaluate", str(ckpt), "--dataset", "tones", "--device", "cpu", "--no-plots"]
+    assert run([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = _csv_rows(out / "scores.csv")
+    assert list(rows[0])[:5] == ["id", "path", "true", "predicted", "correct"] and list(rows[0])[5:] == labels
+    truth = {c.id: ";".join(sorted(c.labels)) for c in read_manifest(data / "tones").split("test")}
+    assert {r["id"]: r["true"] for r in rows} == truth
+    for r in rows:
+        scores = {lab: float(r[lab]) for lab in labels}
+        if task == "single-label":
+            assert r["predicted"] == max(scores, key=scores.get)
+        else:
+            assert r["predicted"] == ";".join(lab for lab in labels if scores[lab] >= 0.5)
+        assert r["correct"] == str(int(r["true"] == r["predicted"]))
+    wrong = _csv_rows(out / "misclassified.csv")
+    assert [w["id"] for w in wrong] == [r["id"] for r in rows if r["correct"] == "0"]
+    assert f"misclassified: {len(wrong)} of {len(rows)} clips" in printed
+    if task == "single-label":
+        matrix = (out / "confusion_matrix.txt").read_text().splitlines()
+        assert matrix[0].split()[:3] == ["true", "\\", "predicted"] and len(matrix) == 1 + len(labels)
+        assert sum(int(v) for line in matrix[1:] for v in line.split()[2:]) == len(rows)
+        assert "\n".join(matrix) in printed
+        if wrong:
+            first = wrong[0]
+            assert f"{first['true']} -> {first['predicted']}" in printed.split("most confused")[1]
+    else:
+        assert not (out / "confusion_matrix.txt").exists()
+
+
+def test_best_and_worst_tags_never_repeat_a_tag():
+    from audiocnn.cli.evaluate import best_and_worst
+
+    def tags(*aucs):
+        return [{"label": f"t{i}", "roc_auc": a} for i, a in enumerate(aucs)]
+
+    assert best_and_worst(tags(1.0, 1.0, 1.0, 1.0)) == ["every tag: ROC-AUC 1.000 (4 tags)"]
+    best, worst = best_and_worst(tags(0.9, 0.8, 0.7, 0.6, 0.5, 0.4))
+    assert best == "best tags: t0 0.900, t1 0.800, t2 0.700" and worst == "worst tags: t5 0.400, t4 0.500, t3 0.600"
+    best, worst = best_and_worst(tags(1.0, 1.0, 1.0, 1.0, 0.5))
+    assert best == "best tags: t0 1.000, t1 1.000 (and 2 more at 1.000)" and worst == "worst tags: t4 0.500"
+    assert best_and_worst(tags(0.7, 0.6)) == ["best tags: t0 0.700", "worst tags: t1 0.600"]

@@ -22,6 +22,7 @@ Features = Enum("Features", [(k, k) for k in pipeline.FEATURE_CHOICES], type=str
 #: ``prepare --task``
 Task = Enum("Task", [(t, t) for t in TASKS], type=str)
 #: The flags of the library arguments whose flag is not ``--`` and their name with dashes.
+LABELS_HELP = "folder: CSV with path,labels[,split]; labels ';'-separated. Looked for here, then in --source."
 PREPARE_FLAGS = {"labels_file": "--labels", "dataset_name": "--name", "jobs": "-j"}
 
 
@@ -76,12 +77,7 @@ def prepare(
         "won2020|choi2017 (msd).",
     ),
     task: Optional[Task] = typer.Option(None, "--task", help="single-label or multi-label (fma, folder)."),
-    labels: Optional[str] = typer.Option(
-        None,
-        "--labels",
-        help="folder: CSV with path,labels[,split]; labels ';'-separated. Looked for in the current folder, "
-        "then in --source.",
-    ),
+    labels: Optional[str] = typer.Option(None, "--labels", help=LABELS_HELP),
     name: Optional[str] = typer.Option(
         None, "--name", help="folder: name of the prepared dataset (folder under --data-dir)."
     ),
