@@ -185,6 +185,7 @@ def evaluate(
             "dataset": name,
             "checkpoint": str(ckpt),
             "model": meta["model"],
+            "epoch": meta.get("epoch"),  # of the checkpoint, when training wrote it
             "task": task,
             "framing": "windows" if options.chunks is None else "chunks",
             "eval_chunks": options.chunks,
@@ -410,7 +411,7 @@ def _draw(
         if task == SINGLE_LABEL:
             made.append(P.plot_confusion_matrix(metrics["confusion_matrix"], labels, out / "confusion_matrix.png"))
         if metrics_csv is not None and metrics_csv.is_file():
-            made.append(P.plot_training_curves(metrics_csv, out / "curves.png"))
+            made.append(P.plot_training_curves(metrics_csv, out / "curves.png", best_epoch=metrics.get("epoch")))
     except Exception as exc:  # plots are a convenience; the numbers are already written
         log.warning("could not draw every plot: %s", exc)
     metrics["plots"] = [str(p) for p in made if p is not None]

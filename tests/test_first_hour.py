@@ -174,3 +174,164 @@ def test_best_and_worst_tags_never_repeat_a_tag():
     best, worst = best_and_worst(tags(1.0, 1.0, 1.0, 1.0, 0.5))
     assert best == "best tags: t0 1.000, t1 1.000 (and 2 more at 1.000)" and worst == "worst tags: t4 0.500"
     assert best_and_worst(tags(0.7, 0.6)) == ["best tags: t0 0.700", "worst tags: t1 0.600"]
+
+
+# --------------------------------------------------------------------------- 6. the small things
+
+
+def test_pretrained_list_says_a_model_imports_itself(cache_dir, capsys):
+    assert run(["pretrained", "list"]) == 0
+    err = capsys.readouterr().err
+    assert "import them with" not in err
+    if NO_MUSICNN:
+        assert "pip install --no-deps musicnn==0.1.0" in err
+    else:
+        assert f"imports itself into {cache_dir / 'pretrained'} the first time it is used" in err
+
+
+def _help(capsys, *command: str) -> str:
+    assert run([*command, "--help"]) == 0
+    return capsys.readouterr().out
+
+
+def test_help_shows_plain_placeholders_and_whole_summaries(capsys, monkeypatch):
+    from audiocnn.cli.app import app, plain_help
+
+    monkeypatch.setenv("COLUMNS", "80")
+    top = _help(capsys)
+    listed = top.split("Commands:")[1]
+    assert "..." not in listed and "…" not in listed  # no summary cut short
+    assert "the metadata) and check it against torch" in " ".join(listed.split())
+    group = plain_help(__import__("typer").main.get_command(app))
+    commands = [[name] for name in group.commands if name != "pretrained"] + [["pretrained", "list"]]
+    for command in [*commands, ["pretrained", "import"]]:
+        text = _help(capsys, *command)
+        for python_type in ("<list[", "<str>", "<int>", "<float>", "<path>", "{paths}", "{"):
+            assert python_type not in text, (command, python_type)
+    tag = _help(capsys, "tag")
+    assert "Usage: audiocnn tag [OPTIONS] PATH..." in tag and "-m, --model MODEL" in tag
+    assert "a run folder of `audiocnn train`" in " ".join(tag.split())
+
+
+def test_a_one_window_file_says_window(tmp_path, capsys):
+    from tag_fixtures import SR, make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", "test-probe-wave")
+    song = write_audio(tmp_path / "one.wav", synth_tone(0.9, SR), SR)
+    assert run(["tag", str(song), "-m", str(ckpt), "--device", "cpu", "-j", "2"]) == 0
+    cap = capsys.readouterr()
+    assert "1 window of" in cap.out and "1 window," in cap.err and "1 windows" not in cap.out + cap.err
+
+
+def test_the_cpu_is_named_only_at_verbose(caplog):
+    import logging
+
+    import torch
+
+    from audiocnn.devices import resolve_device
+
+    if torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        pytest.skip("an accelerator is present: auto picks it and says so")
+    with caplog.at_level(logging.INFO, logger="audiocnn"):
+        assert resolve_device("auto").type == "cpu"
+    assert "device: cpu" not in caplog.text
+    with caplog.at_level(logging.DEBUG, logger="audiocnn"):
+        resolve_device("auto")
+    assert "device: cpu (no cuda or mps device found)" in caplog.text
+
+
+def test_datasets_fits_80_columns_when_piped(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert run(["--data-dir", str(tmp_path), "datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "mtg-jamendo-instrument" in out and "508 GB (low: 156)" in out and "Tzanetakis" in out
+    title, *lines = out.splitlines()  # the title names the data folder, as long as its path
+    assert title == f"datasets (data dir: {tmp_path})"
+    assert max(len(line.rstrip()) for line in lines) <= 80 and "…" not in out
+
+
+def test_models_lists_the_zoo_without_torch_and_the_table_is_the_registry(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from audiocnn.models.registry import builtin_models, describe_models
+    from audiocnn.zoo import zoo_rows
+
+    for outputs in (50, 7):
+        built = [r for r in describe_models(outputs) if r["name"] in builtin_models()]
+        assert json.loads(json.dumps(zoo_rows(outputs))) == json.loads(json.dumps(built)), (
+            "audiocnn/models/zoo.json is stale: run "
+            '`.venv/bin/python -c "from audiocnn.models.registry import write_zoo_table; write_zoo_table()"`'
+        )
+    code = (
+        "import sys; from audiocnn.cli.main import run; assert run(['models']) == 0; "
+        "print('torch imported' if 'torch' in sys.modules else 'no torch', file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().endswith("no torch") and "shortchunk-resnet" in done.stdout
+
+
+def test_a_library_run_with_every_file_done_does_not_load_the_model(tmp_path, capsys, monkeypatch):
+    from tag_fixtures import SR, make_checkpoint
+
+    import audiocnn.tagging.command as command
+
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", "test-probe-mel")
+    music = tmp_path / "music"
+    for i in range(3):
+        write_audio(music / f"s{i}.wav", synth_tone(1.5, SR, seed=i), SR)
+    results = tmp_path / "tags.jsonl"
+    args = ["tag", str(music), "-m", str(ckpt), "--output", str(results), "--device", "cpu"]
+    assert run(args) == 0
+    capsys.readouterr()
+
+    def no_model(*a, **kw):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(command, "Tagger", no_model)
+    assert run(args) == 0
+    err = capsys.readouterr().err
+    assert "skipping 3 files already in" in err and "loaded" not in err
+    write_audio(music / "s3.wav", synth_tone(1.5, SR, seed=3), SR)  # a new file: now the model loads
+    monkeypatch.undo()
+    assert run(args) == 0
+    assert "1 file to tag" in capsys.readouterr().err
+
+
+def test_curves_show_accuracy_and_balanced_accuracy_and_the_best_epoch(tmp_path, monkeypatch):
+    from audiocnn.training import plots
+
+    csv_path = tmp_path / "metrics.csv"
+    rows = ["epoch,train_loss,valid_loss,roc_auc_macro,pr_auc_macro,accuracy,balanced_accuracy,lr"]
+    rows += [f"{e},{1 / e},{1.2 / e},0.9,0.8,{0.5 + e / 20},{0.5 + e / 20},0.01" for e in range(1, 6)]
+    csv_path.write_text("\n".join(rows) + "\n")
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out: figures.append(fig) or Path(out))
+    plots.plot_training_curves(csv_path, tmp_path / "curves.png", best_epoch=3)
+    (fig,) = figures
+    validation = fig.axes[1]
+    lines = {line.get_label(): line for line in validation.get_lines()}
+    acc, bal = lines["accuracy"], lines["balanced_accuracy"]
+    assert list(acc.get_ydata()) == list(bal.get_ydata())  # equal on a balanced split, yet both visible:
+    assert (acc.get_linestyle(), acc.get_marker()) != (bal.get_linestyle(), bal.get_marker())
+    for ax in fig.axes:
+        marks = [line for line in ax.get_lines() if line.get_label() == "best (epoch 3)"]
+        assert len(marks) == 1 and list(marks[0].get_xdata()) == [3, 3]
+
+
+def test_info_counts_each_label_in_each_split(tmp_path, capsys):
+    from train_helpers import make_dataset
+
+    data = tmp_path / "data"
+    data.mkdir()
+    make_dataset(data, "tones", "single-label", n_train=6, n_valid=3, n_test=3)
+    assert run(["--data-dir", str(data), "info", "tones"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in out.split("clips per label")[1].splitlines()[1:]}
+    assert rows == {"high": ["2", "1", "1"], "low": ["2", "1", "1"], "mid": ["2", "1", "1"]}
+    assert run(["--data-dir", str(data), "info", "tones", "--format", "json"]) == 0
+    import json
+
+    assert json.loads(capsys.readouterr().out)["label_counts"]["low"] == {"train": 2, "valid": 1, "test": 1}

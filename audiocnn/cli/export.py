@@ -21,7 +21,11 @@ class ExportFormat(str, Enum):
 
 
 ModelArg = Annotated[
-    str, typer.Argument(help="Pretrained model name (see `audiocnn pretrained list`) or a .safetensors checkpoint.")
+    str,
+    typer.Argument(
+        help="Pretrained model name (see `audiocnn pretrained list`), a .safetensors checkpoint or a run folder "
+        "of `audiocnn train`."
+    ),
 ]
 FormatOpt = Annotated[ExportFormat, typer.Option("--format", "-f", help="Export format: onnx.")]
 OutputOpt = Annotated[

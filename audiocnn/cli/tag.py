@@ -72,7 +72,10 @@ Paths = Annotated[
 ModelName = Annotated[
     str,
     typer.Option(
-        "--model", "-m", help="Pretrained model name (see `audiocnn pretrained list`) or a .safetensors checkpoint."
+        "--model",
+        "-m",
+        help="Pretrained model name (see `audiocnn pretrained list`), a .safetensors checkpoint or a run folder "
+        "of `audiocnn train`.",
     ),
 ]
 TopK = Annotated[

@@ -81,6 +81,15 @@ class Manifest:
             counts[c.split] = counts.get(c.split, 0) + 1
         return counts
 
+    def label_counts(self) -> dict[str, dict[str, int]]:
+        """Clips of each label in each split: ``{label: {"train": n, "valid": n, "test": n}}``."""
+        counts = {label: dict.fromkeys(SPLITS, 0) for label in self.labels}
+        for c in self.clips:
+            for label in c.labels:
+                if label in counts:
+                    counts[label][c.split] = counts[label].get(c.split, 0) + 1
+        return counts
+
     def audio_dir(self) -> Path:
         root = Path(self.audio_root)
         if not root.is_absolute():
@@ -104,6 +113,7 @@ class Manifest:
             "task": self.task,
             "labels": list(self.labels),
             "splits": self.split_counts(),
+            "label_counts": self.label_counts(),
             "excluded": [{"id": e["id"], "reason": e["reason"]} for e in self.excluded],
         }
         if self.extra.get("partial"):

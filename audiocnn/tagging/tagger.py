@@ -58,6 +58,13 @@ def _song_framing_supported(frontend: torch.nn.Module) -> bool:
     return isinstance(c, MelConfig) and MelStream.supports(c) and not (c.compression == "db" and c.top_db is not None)
 
 
+def shown_name(checkpoint_or_name: str | os.PathLike, path: Path) -> str:
+    """What messages and results records call a model: the name given (``musicnn-mtt``,
+    a run folder), or the path of a checkpoint file given."""
+    given = str(checkpoint_or_name)
+    return given if not Path(given).expanduser().is_file() else str(path)
+
+
 class Tagger:
     """A model loaded once and ready to tag any number of songs.
 
@@ -96,8 +103,7 @@ class Tagger:
         self.batch_size = int(batch_size)
         self.block_seconds = float(block_seconds)
         self.path = resolve_model(checkpoint_or_name, cache_dir=cache_dir)
-        given = str(checkpoint_or_name)
-        self.name = given if not Path(given).expanduser().is_file() else str(self.path)
+        self.name = shown_name(checkpoint_or_name, self.path)
         model, meta = load_checkpoint(self.path, map_location="cpu")
         self.model = model.to(self.device).eval()
         self.meta = meta

@@ -493,7 +493,7 @@ class Trainer:
         if not (self.info.is_main and self.state.history):
             return
         try:
-            plot_training_curves(self.run.metrics, self.run.curves)
+            plot_training_curves(self.run.metrics, self.run.curves, best_epoch=self.state.best_epoch)
         except Exception as exc:  # a plot must never fail a finished run
             log.warning("could not plot training curves: %s", exc)
 
