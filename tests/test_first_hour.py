@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import synth_tone, write_audio
+from dataset_fixtures import http_server  # noqa: F401 (a fixture)
 
 from audiocnn.cli.main import run
 
@@ -335,3 +336,34 @@ def test_info_counts_each_label_in_each_split(tmp_path, capsys):
     import json
 
     assert json.loads(capsys.readouterr().out)["label_counts"]["low"] == {"train": 2, "valid": 1, "test": 1}
+
+
+# --------------------------------------------------------------------------- 8. GTZAN's live home
+
+
+def test_gtzan_downloads_from_hugging_face_through_its_redirect_with_the_same_md5(
+    http_server,  # noqa: F811
+    data_dir,
+    monkeypatch,
+):
+    from dataclasses import replace
+
+    from dataset_fixtures import digest, gtzan_fixture
+
+    from audiocnn.datasets import get_dataset
+    from audiocnn.datasets.prepare import prepare_dataset
+
+    (remote,) = get_dataset("gtzan").remotes
+    assert remote.url == "https://huggingface.co/datasets/marsyas/gtzan/resolve/main/data/genres.tar.gz"
+    assert (remote.checksum, remote.algorithm) == ("5b3d6dddb579ab49814ab86dba69e7c7", "md5")  # the original's
+    fx = gtzan_fixture("au")
+    data = fx.files["genres.tar.gz"]
+    resolve = "/datasets/marsyas/gtzan/resolve/main/data/genres.tar.gz"
+    http_server.add(resolve, b"", mode="redirect-to:/cdn/genres.tar.gz")  # as the Hub answers
+    http_server.add("/cdn/genres.tar.gz", data, mode="drop-once")  # and a connection lost half way
+    fixture = replace(remote, url=http_server.base_url + resolve, checksum=digest(data, "md5"))
+    monkeypatch.setattr(type(get_dataset("gtzan")), "remotes", (fixture,))
+    manifest = prepare_dataset("gtzan", data_dir, jobs=1, progress=False)
+    assert len(manifest.clips) > 0
+    served = [(r["path"], r["status"]) for r in http_server.requests]
+    assert served[:2] == [(resolve, 302), ("/cdn/genres.tar.gz", 200)] and served[-1] == ("/cdn/genres.tar.gz", 206)
