@@ -367,3 +367,13 @@ def test_gtzan_downloads_from_hugging_face_through_its_redirect_with_the_same_md
     assert len(manifest.clips) > 0
     served = [(r["path"], r["status"]) for r in http_server.requests]
     assert served[:2] == [(resolve, 302), ("/cdn/genres.tar.gz", 200)] and served[-1] == ("/cdn/genres.tar.gz", 206)
+
+
+# --------------------------------------------------------------------------- 7. the install
+
+
+def test_readme_offers_the_torch_choice_before_the_first_command():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    before = readme.split("```")[0]
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in before
+    assert "6.2 GB" in before and "1.7 GB" in before  # what each choice costs on disk
