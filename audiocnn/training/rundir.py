@@ -36,6 +36,7 @@ from audiocnn.constants import BEST_CHECKPOINT_NAME
 from audiocnn.errors import AudiocnnError, UsageError
 from audiocnn.fileio import FileWriteError, acquire_lock, atomic_write_bytes, release_lock
 from audiocnn.models.checkpoint import read_metadata
+from audiocnn.training.config import TrainConfig, save_config
 from audiocnn.training.state import is_training_state
 
 log = logging.getLogger("audiocnn.train")
@@ -97,6 +98,12 @@ class RunDir:
 
     def eval_dir(self, split: str) -> Path:
         return self.path / f"eval-{split}"
+
+    def begin(self, config: TrainConfig) -> None:
+        """Mark the folder as a run's (refusing one audiocnn did not write, see
+        :func:`check_run_owner`) and write the resolved config: what a run does first."""
+        mark_run_folder(self.path)
+        save_config(config, self.config)
 
     def holds_run(self) -> bool:
         return holds_run(self.path)
