@@ -61,6 +61,7 @@ CORE = {
     "audiocnn.constants",
     "audiocnn.devices",
     "audiocnn.configio",
+    "audiocnn.splits",
 }
 
 

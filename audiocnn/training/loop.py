@@ -81,9 +81,14 @@ class RunState:
     stopped_early: bool = False
 
     def record(self, row: dict[str, Any], value: float, higher: bool) -> bool:
-        """Add an epoch's row; True when its monitored ``value`` is the best so far."""
+        """Add an epoch's row; True when its monitored ``value`` is the best so far, or ties
+        the best with a lower validation loss (with a few validation clips, accuracy reaches
+        its ceiling early and stays there while the loss still falls: the later epoch is
+        the better model)."""
+        best_row = next((r for r in self.history if r["epoch"] == self.best_epoch), None)
         self.history.append(row)
-        improved = is_better(value, self.best_metric, higher) or self.best_epoch is None
+        tie = best_row is not None and value == self.best_metric and row["valid_loss"] < best_row["valid_loss"]
+        improved = is_better(value, self.best_metric, higher) or self.best_epoch is None or tie
         if improved:
             self.best_metric = None if isinstance(value, float) and math.isnan(value) else value
             self.best_epoch = row["epoch"]
@@ -143,6 +148,8 @@ class Trainer:
         self.progress = progress
         self.manifest: Manifest = read_manifest(data_dir / config.dataset)
         self.task = S.check_dataset(config, self.manifest)
+        if info.is_main:
+            S.warn_small_splits(self.manifest)
         self.labels = list(self.manifest.labels)
         self.monitor, self.higher = S.monitor_of(config, self.task)
         S.seed_everything(config.seed)  # identical initial weights on every rank

@@ -21,6 +21,7 @@ from audiocnn.models.checkpoint import load_weights, model_from_checkpoint, read
 from audiocnn.models.registry import create_model
 from audiocnn.pretrained import resolve_model
 from audiocnn.progress import human_size
+from audiocnn.splits import small_split_notes
 from audiocnn.training import distributed as D
 from audiocnn.training.config import TrainConfig
 from audiocnn.training.embeddings import HeadOnly
@@ -55,6 +56,16 @@ def check_dataset(config: TrainConfig, manifest: Manifest) -> str:
                 hint=f"see `audiocnn info {config.dataset}`",
             )
     return task
+
+
+#: what to do about a split too small to trust (train's words; prepare's name the flag)
+SMALL_SPLIT_REMEDY = "use a larger split (prepare the dataset with another split scheme) or cross-validation"
+
+
+def warn_small_splits(manifest: Manifest) -> None:
+    """A warning per validation or test split too small to trust (:mod:`audiocnn.splits`)."""
+    for note in small_split_notes(manifest.clips, manifest.labels):
+        log.warning("%s: %s; %s", manifest.name, note, SMALL_SPLIT_REMEDY)
 
 
 def _family_has_scheme(family: str, scheme: str) -> bool:
