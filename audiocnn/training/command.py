@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from audiocnn.configio import read_yaml
-from audiocnn.errors import CheckpointError, UsageError
+from audiocnn.errors import UsageError
 from audiocnn.training import distributed as D
 from audiocnn.training.config import config_from_mapping, load_config
 from audiocnn.training.loop import TrainResult, train
@@ -30,9 +30,15 @@ def train_command(
     restart: bool = False,
 ) -> TrainResult:
     """Pick the run folder and the config (a resumed run's own resolved config wins,
-    ``overrides`` still apply), hold the folder's lock, and train."""
+    ``overrides`` still apply), hold the folder's lock, and train.
+
+    Errors here and in training name these arguments (``arguments``); a way out is written
+    as the arguments of the call to make next, quoted (`` `run_dir='R' resume=True` ``).
+    """
     if restart and not run_dir:
-        raise UsageError("--restart needs the --run-dir to start over", hint="pass --run-dir DIR")
+        raise UsageError(
+            "restart=True needs the `run_dir` to start over", hint="pass `run_dir`", arguments=("restart", "run_dir")
+        )
     path = Path(config_path)
     is_main = os.environ.get("RANK", "0") == "0"
     run = choose_run_dir(path.stem, run_dir, resume=resume, world_size=D.env_world_size())
@@ -43,16 +49,4 @@ def train_command(
         config = load_config(path, overrides)
     with run_lock(run.path) if is_main else contextlib.nullcontext():  # one process of a torchrun job guards the folder
         check_run_folder(run, resume=resume, restart=restart, is_main=is_main)
-        try:
-            return train(config, run.path, data_dir=data_dir, device=device, resume=resume, progress=True)
-        except CheckpointError as exc:
-            raise _named_config(exc, path, resume) from None
-
-
-def _named_config(exc: CheckpointError, config_path: Path, resume: bool) -> CheckpointError:
-    """The same error, its way out naming the real config file."""
-    if resume and "`audiocnn train CONFIG " in (exc.hint or ""):
-        return type(exc)(
-            exc.message, hint=exc.hint.replace("`audiocnn train CONFIG ", f"`audiocnn train {config_path} ")
-        )
-    return exc
+        return train(config, run.path, data_dir=data_dir, device=device, resume=resume, progress=True)

@@ -271,7 +271,11 @@ class TrainConfig:
         """Check values that a type alone cannot; raises ConfigError naming the key."""
         _check_finite(self)
         if not self.dataset:
-            raise ConfigError("config key 'dataset' is required", hint="add `--set dataset=NAME`")
+            raise ConfigError(
+                "config key 'dataset' is required",
+                hint="give it in the config or as an override: `overrides=dataset=NAME`",
+                arguments=("overrides",),
+            )
         if not self.model and not self.init:
             raise ConfigError(
                 "config key 'model' is required (or 'init' to start from a checkpoint)", hint="see `audiocnn models`"

@@ -43,7 +43,8 @@ def check_dataset(config: TrainConfig, manifest: Manifest) -> str:
         raise DatasetError(
             f"dataset {config.dataset!r} is prepared with split scheme {manifest.split_scheme!r}, "
             f"the config asks for {config.split_scheme!r}",
-            hint=f"prepare it again with that split scheme, or `--set split_scheme={manifest.split_scheme}`",
+            hint=f"prepare it again with that split scheme, or `overrides=split_scheme={manifest.split_scheme}`",
+            arguments=("overrides",),
         )
     task = config.task or manifest.task
     if manifest.task == MULTI_LABEL and task == SINGLE_LABEL:
@@ -118,7 +119,8 @@ def build_model(config: TrainConfig, labels: Sequence[str], task: str, data_dir:
     if config.model and config.model != meta["model"]:
         raise ConfigError(
             f"init={config.init!r} is a {meta['model']!r} checkpoint but the config asks for model {config.model!r}",
-            hint=f"set `--set model={meta['model']}` or leave model empty",
+            hint=f"set `overrides=model={meta['model']}` or leave model empty",
+            arguments=("overrides",),
         )
     model = model_from_checkpoint(path, meta, config.model_kwargs)
     try:
