@@ -62,7 +62,8 @@ def import_cmd(
     if package != "musicnn":
         raise UsageError(f"unknown package {package!r}; pretrained models can be imported from: musicnn")
     common.log(f"importing musicnn models into {pretrained_dir(common.state.data_dir)}")
-    paths = import_musicnn(source, common.state.data_dir, list(names) if names else None)
+    with common.flags(source="--from"):
+        paths = import_musicnn(source, common.state.data_dir, list(names) if names else None)
     if fmt is common.TableOrJson.json:
         common.print_json([{"name": p.stem, "path": str(p)} for p in paths])
         return
