@@ -12,10 +12,12 @@ class AudiocnnError(Exception):
 
     exit_code: int = 1
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, arguments: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        #: the function arguments the message names (see :class:`UsageError`)
+        self.arguments = tuple(arguments)
 
     def __str__(self) -> str:
         if self.hint:
@@ -36,14 +38,11 @@ class UsageError(AudiocnnError):
     ``arguments`` lists the ones it names, each written either ``name=value`` (Python's
     keyword form) or as the bare name that opens the message (``"top_k must be >= 1"``).
     A front-end shows them in its own terms: the CLI as flags (``--top-k``), see
-    :func:`audiocnn.cli.common.flags`.
+    :func:`audiocnn.cli.common.flags`. Any other :class:`AudiocnnError` may name its
+    arguments the same way (a config override, a run folder to resume).
     """
 
     exit_code = 2
-
-    def __init__(self, message: str, *, hint: str | None = None, arguments: tuple[str, ...] = ()) -> None:
-        super().__init__(message, hint=hint)
-        self.arguments = tuple(arguments)
 
 
 class AudioDecodeError(AudiocnnError):

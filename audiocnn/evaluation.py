@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from audiocnn.configio import read_yaml
 from audiocnn.constants import SINGLE_LABEL, SPLITS
 from audiocnn.datasets.info import prepared_dataset_dir
 from audiocnn.datasets.manifest import read_manifest
@@ -37,7 +38,6 @@ from audiocnn.pretrained import is_pretrained_name, resolve_model
 from audiocnn.progress import progress_bar
 from audiocnn.tagging import Tagger, TagOptions
 from audiocnn.training import plots as P
-from audiocnn.training.config import read_yaml
 from audiocnn.training.metrics import compute_metrics, to_multi_hot
 from audiocnn.training.rundir import BEST_NAME, CONFIG_NAME, METRICS_NAME
 

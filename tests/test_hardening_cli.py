@@ -224,6 +224,14 @@ def test_numeric_config_values_are_checked(tmp_path, capsys, override, expect):
     assert line == f"error: {tmp_path / 'exp.yaml'}: {expect}"
 
 
+def test_overrides_are_key_value_pairs_named_as_set(tmp_path, capsys):
+    """The library names its argument (``overrides``); the CLI says --set, in train and features alike."""
+    line = _train_error(tmp_path, capsys, BASE, "lr")
+    assert line == f"error: {tmp_path / 'exp.yaml'}: --set expects key=value, got 'lr'"
+    assert run(["--data-dir", str(tmp_path), "features", "tones", "--set", "n_mels"]) == 2
+    assert _one_line_error(capsys.readouterr().err) == "error: --set expects key=value, got 'n_mels'"
+
+
 # -- 6. tag's summary and table -----------------------------------------------------------------
 
 

@@ -374,3 +374,25 @@ def test_cli_errors_are_one_line(data, tmp_path, capsys):
     assert cli(data, "evaluate", str(tmp_path / "nothing-here")) == 1
     assert "no such run folder or checkpoint" in capsys.readouterr().err
     assert cli(data, "evaluate", str(tmp_path), "--format", "yaml") == 2
+
+
+def test_ties_of_the_monitored_metric_go_to_the_lower_validation_loss(data, tmp_path, capsys):
+    """With 4 validation clips accuracy reaches 1.0 early and ties while the loss still
+    falls: best.safetensors is the tied epoch with the lowest validation loss, and train
+    says the split is too small to trust."""
+    cfg = write_config(tmp_path / "tie.yaml", dataset="tones", model="test-tiny-mel", epochs=6)
+    run_dir = tmp_path / "run"
+    assert cli(data, "train", str(cfg), "--run-dir", str(run_dir), "--device", "cpu") == 0
+    history = rows(run_dir / "metrics.csv")
+    top = max(float(r["accuracy"]) for r in history)
+    tied = [r for r in history if float(r["accuracy"]) == top]
+    expect = int(min(tied, key=lambda r: float(r["valid_loss"]))["epoch"])
+    assert expect != int(tied[0]["epoch"])  # the first epoch at the top is not the best
+    assert read_metadata(run_dir / "best.safetensors")["epoch"] == expect
+    err = capsys.readouterr().err
+    assert f"best accuracy {top:.4f} at epoch {expect};" in err
+    assert (
+        "tones: the valid split has 4 clips, 1 to 2 per class (low 1, mid 1, high 2): too few to trust its scores "
+        "or to choose the best epoch by them (fewer than 5 clips of a class: one clip moves its recall by more "
+        "than 20 points); use a larger split (prepare the dataset with another split scheme) or cross-validation"
+    ) in err

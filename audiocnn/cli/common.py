@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from audiocnn.constants import DEFAULT_DATA_DIR, default_data_dir
-from audiocnn.errors import UsageError
+from audiocnn.errors import AudiocnnError, UsageError
 from audiocnn.fileio import FileWriteError, ensure_writable_dir
 
 
@@ -113,8 +113,9 @@ def flag_of(argument: str, names: dict[str, str]) -> str:
 
 def in_flags(text: str, arguments: tuple[str, ...], names: dict[str, str]) -> str:
     """``text`` (a library message) with each of ``arguments`` as its flag: ``name=value``
-    becomes ``--flag value`` (``name=True``: ``--flag``), and the bare name opening the
-    text becomes ``--flag`` (the two ways :class:`UsageError` names an argument)."""
+    becomes ``--flag value`` (``name=True``: ``--flag``), the bare name opening the text
+    or quoted alone (`` `name` ``) becomes ``--flag`` (the ways :class:`UsageError` names
+    an argument)."""
     for arg in arguments:
         flag = flag_of(arg, names)
 
@@ -122,7 +123,8 @@ def in_flags(text: str, arguments: tuple[str, ...], names: dict[str, str]) -> st
             value = m.group(1) if m.group(1) is not None else m.group(2)
             return flag if value == "True" else f"{flag} {value}"
 
-        text = re.sub(rf"\b{re.escape(arg)}=(?:'([^']*)'|(\S+?))(?=[\s,;)]|:\s|:$|$)", keyword, text)
+        text = re.sub(rf"\b{re.escape(arg)}=(?:'([^']*)'|(\S+?))(?=[\s,;)`]|:\s|:$|$)", keyword, text)
+        text = text.replace(f"`{arg}`", flag)
         if re.match(rf"{re.escape(arg)}\b(?!=)", text):
             text = flag + text[len(arg) :]
     return text
@@ -130,12 +132,13 @@ def in_flags(text: str, arguments: tuple[str, ...], names: dict[str, str]) -> st
 
 @contextlib.contextmanager
 def flags(**names: str) -> Iterator[None]:
-    """Inside, a library :class:`UsageError` speaks CLI: the arguments it names are shown as
-    flags (:func:`in_flags`); ``names`` maps the arguments whose flag is not ``--`` and
-    their name with dashes (``taggram_dir="--taggram"``)."""
+    """Inside, a library error (:class:`UsageError`, or any :class:`AudiocnnError` that
+    names ``arguments``) speaks CLI: the arguments it names are shown as flags
+    (:func:`in_flags`); ``names`` maps the arguments whose flag is not ``--`` and their
+    name with dashes (``taggram_dir="--taggram"``)."""
     try:
         yield
-    except UsageError as exc:
+    except AudiocnnError as exc:
         if not exc.arguments:
             raise
         hint = in_flags(exc.hint, exc.arguments, names) if exc.hint else None

@@ -18,6 +18,7 @@ from audiocnn.constants import TASKS
 from audiocnn.datasets import dataset_info, datasets_overview, verify_dataset
 from audiocnn.datasets.info import excluded_summary
 from audiocnn.datasets.manifest import readable_label
+from audiocnn.splits import small_split_notes
 
 #: ``prepare --features``: which feature stores to extract after preparing
 Features = Enum("Features", [(k, k) for k in pipeline.FEATURE_CHOICES], type=str)
@@ -146,10 +147,17 @@ def prepare(
             variant=variant,
             download_missing=download_missing,
         )
+    _warn_small_splits(manifest)
     if fmt is common.TableOrJson.json:
         common.print_json(manifest.info())
         return
     _print_info(manifest.info(), short=True)
+
+
+def _warn_small_splits(manifest) -> None:
+    """Say when a validation or test split is too small to trust, and what to do."""
+    for note in small_split_notes(manifest.clips, manifest.labels):
+        common.log(f"warning: {manifest.name}: {note}; use a larger split (--split-scheme) or cross-validation")
 
 
 @app.command("verify")

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from audiocnn import pipeline
+from audiocnn import configio, pipeline
 from audiocnn.cli import common
 from audiocnn.cli.app import app
 from audiocnn.errors import ConfigError, UsageError
@@ -36,21 +36,12 @@ def resolve_dataset_dir(dataset: str) -> Path:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values parsed as YAML scalars (``null``, ``true``, ``8000``) by
-    the one ``--set`` value parser (aliases bounded, see ``training.config.parse_value``)."""
-    from audiocnn.training.config import parse_value  # deferred: the training package imports torch
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UsageError(f"--set expects key=value, got {item!r}")
-        try:
-            out[key] = parse_value(raw, f"--set {key}")
-        except ConfigError as exc:
-            raise UsageError(exc.message, hint=exc.hint) from None
-    return out
+    """``--set key=value`` items by the one override parser (:func:`audiocnn.configio.parse_overrides`:
+    values are YAML scalars, aliases bounded); a bad one is a usage error."""
+    try:
+        return dict(configio.parse_overrides(items))
+    except ConfigError as exc:
+        raise UsageError(exc.message, hint=exc.hint, arguments=exc.arguments) from None
 
 
 @app.command("features")
@@ -84,7 +75,9 @@ def features(
     """
     from audiocnn.features.store import extraction_summary  # deferred: torch, only once there is work to do
 
-    configs = pipeline.frontend_configs(kind.value, sample_rate, parse_overrides(overrides or []))
+    with common.flags(overrides="--set"):
+        options = parse_overrides(overrides or [])
+    configs = pipeline.frontend_configs(kind.value, sample_rate, options)
     stores = pipeline.extract(
         resolve_dataset_dir(dataset),
         configs,

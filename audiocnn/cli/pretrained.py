@@ -70,7 +70,8 @@ def import_cmd(
         raise UsageError(f"unknown package {package!r}; pretrained models can be imported from: musicnn")
     common.log(f"importing musicnn models into {pretrained_dir()}")
     wanted = list(names) if names else list(MUSICNN_MODELS)
-    paths = import_musicnn(source, wanted)
+    with common.flags(source="--from"):
+        paths = import_musicnn(source, wanted)
     if fmt is common.TableOrJson.json:
         common.print_json([{"name": n, "path": str(p)} for n, p in zip(wanted, paths)])
         return

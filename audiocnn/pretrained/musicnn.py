@@ -108,7 +108,8 @@ class PackageSource:
         if not self.root.exists():
             raise CheckpointError(
                 f"{self.root}: no such file or folder",
-                hint="--from takes the musicnn package folder or its downloaded .whl/.tar.gz",
+                hint="`source` takes the musicnn package folder or its downloaded .whl/.tar.gz",
+                arguments=("source",),
             )
         if self.root.is_dir():
             pkg = _package_dir_in(self.root)

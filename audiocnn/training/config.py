@@ -1,4 +1,4 @@
-"""Experiment configuration: dataclasses are the schema, YAML gives values, ``--set`` overrides.
+"""Experiment configuration: the schema (dataclasses) and its checks.
 
 A config file is a YAML mapping whose keys are the fields of :class:`TrainConfig`
 (nested mappings for :class:`ScheduleConfig`, :class:`EarlyStoppingConfig` and
@@ -6,28 +6,26 @@ A config file is a YAML mapping whose keys are the fields of :class:`TrainConfig
 use dotted names (``schedule.patience=5``, ``model_kwargs.n_mels=128``); values are parsed
 as YAML scalars, so ``lr=1e-4``, ``amp=bf16``, ``init=null`` and ``freeze_backbone=true``
 all mean what they look like. Unknown keys are an error that lists the valid ones, so a
-typo never silently trains with the default. YAML aliases are allowed as long as the
-document expands to at most 100,000 values (:data:`MAX_YAML_VALUES`; a "billion laughs"
-file is refused before anything copies it), and a key given twice is an error.
+typo never silently trains with the default. Reading (strict YAML with bounded aliases,
+the one ``key=value`` parser, binding to the schema) is :mod:`audiocnn.configio`'s job,
+which says why it is ours rather than a library's.
 
 The resolved config (every field, defaults filled in) is written to ``<run_dir>/config.yaml``
-and is what ``--resume`` and ``evaluate`` read back.
+and is what resuming and ``evaluate`` read back.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import yaml
 
+from audiocnn import configio
 from audiocnn.constants import TASKS
 from audiocnn.errors import ConfigError
 from audiocnn.fileio import atomic_write_bytes
@@ -64,6 +62,11 @@ class ScheduleConfig:
     sgd_epochs: int = 20
     sgd_lrs: list[float] = field(default_factory=lambda: [1e-3, 1e-4, 1e-5])
 
+    @classmethod
+    def from_scalar(cls, value: Any) -> dict[str, Any]:
+        """``schedule: plateau`` (or ``schedule=plateau``) sets the schedule's name."""
+        return {"name": value}
+
 
 @dataclass
 class EarlyStoppingConfig:
@@ -74,6 +77,17 @@ class EarlyStoppingConfig:
     enabled: bool = False
     patience: int = 10
     min_delta: float = 0.0
+
+    @classmethod
+    def from_scalar(cls, value: Any) -> dict[str, Any]:
+        """``early_stopping: 10`` turns early stopping on with that patience; ``false`` (or
+        ``null``, ``off``, ``no``) turns it off, ``true`` on."""
+        off = isinstance(value, str) and value.lower() in ("false", "off", "no", "null")
+        if value is None or value is False or off:
+            return {"enabled": False}
+        if value is True or (isinstance(value, str) and value.lower() in ("true", "on", "yes")):
+            return {"enabled": True}
+        return {"enabled": True, "patience": value}
 
 
 @dataclass
@@ -257,7 +271,11 @@ class TrainConfig:
         """Check values that a type alone cannot; raises ConfigError naming the key."""
         _check_finite(self)
         if not self.dataset:
-            raise ConfigError("config key 'dataset' is required", hint="add `--set dataset=NAME`")
+            raise ConfigError(
+                "config key 'dataset' is required",
+                hint="give it in the config or as an override: `overrides=dataset=NAME`",
+                arguments=("overrides",),
+            )
         if not self.model and not self.init:
             raise ConfigError(
                 "config key 'model' is required (or 'init' to start from a checkpoint)", hint="see `audiocnn models`"
@@ -356,356 +374,27 @@ def _choice(key: str, value: Any, valid: tuple[str, ...]) -> None:
         raise ConfigError(f"config key {key!r} must be one of {', '.join(valid)}, got {value!r}")
 
 
-# -- schema helpers --------------------------------------------------------------------
-
-# Scalar shorthand for nested sections: `--set schedule=plateau` sets schedule.name,
-# `--set early_stopping=10` turns early stopping on with that patience, `=false` turns it off.
-_SHORTHAND = {"schedule": "name", "early_stopping": "patience"}
+# -- reading and writing ------------------------------------------------------------------
 
 
-def valid_keys(cls: type = TrainConfig, prefix: str = "") -> list[str]:
-    """Every addressable key, dotted for nested sections (what the error messages list)."""
-    keys = []
-    for f in dataclasses.fields(cls):
-        name = prefix + f.name
-        tp = _field_type(cls, f.name)
-        if dataclasses.is_dataclass(tp):
-            keys.append(name)
-            keys.extend(valid_keys(tp, name + "."))
-        else:
-            keys.append(name)
-    return keys
-
-
-def _field_type(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
-
-
-def _unknown_key(key: str, cls: type, prefix: str) -> ConfigError:
-    valid = valid_keys(cls, prefix)
-    close = difflib.get_close_matches(prefix + key, valid, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return ConfigError(f"unknown config key {prefix + key!r}; {hint}valid keys: {', '.join(valid)}")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check/convert a YAML value to the field type; YAML reads `1e-4` as a string, so
-    numbers given as strings are accepted where a number is expected."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~", "")):
-            return None
-        return _coerce(value, args[0], key)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-            return value.lower() in ("true", "yes", "on", "1")
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                f = float(value)
-            except ValueError:
-                pass
-            else:
-                if f.is_integer():
-                    return int(f)
-        raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"config key {key!r} must be a string, got {value!r}")
-    if origin is list:
-        (item_tp,) = typing.get_args(tp) or (Any,)
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
-        return {str(k): v for k, v in value.items()}
-    return value
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"config section {prefix.rstrip('.') or '<top>'!r} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        if key not in hints:
-            raise _unknown_key(str(key), cls, prefix)
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, _expand_shorthand(key, value, prefix), prefix + key + ".")
-        else:
-            kwargs[key] = _coerce(value, tp, prefix + key)
-    return cls(**kwargs)
-
-
-def _expand_shorthand(key: str, value: Any, prefix: str) -> dict[str, Any]:
-    if isinstance(value, dict):
-        return value
-    if prefix == "" and key == "early_stopping":
-        if (
-            value is None
-            or value is False
-            or (isinstance(value, str) and value.lower() in ("false", "off", "no", "null"))
-        ):
-            return {"enabled": False}
-        if value is True or (isinstance(value, str) and value.lower() in ("true", "on", "yes")):
-            return {"enabled": True}
-        return {"enabled": True, "patience": value}
-    if prefix == "" and key in _SHORTHAND:
-        return {_SHORTHAND[key]: value}
-    raise ConfigError(f"config key {prefix + key!r} must be a mapping, got {value!r}")
-
-
-def parse_value(text: str, where: str | None = None) -> Any:
-    """A `--set` value as a YAML scalar (or flow list/mapping), bounded like a config file
-    (see :func:`load_yaml_text`); ``where`` names it in errors (e.g. ``--set lr``)."""
-    if not text.strip():
-        return None
-    where = where or f"value {text[:40] + ('...' if len(text) > 40 else '')!r}"
-    try:
-        value = yaml.load(text, Loader=_StrictLoader)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot parse value {text!r} as YAML ({_yaml_problem(exc)})") from None
-    except RecursionError:
-        raise ConfigError(f"{where}: nested too deeply") from None
-    check_yaml_size(value, where)
-    return value
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key=value`` strings to a raw config mapping (before validation)."""
-    out = _deep_copy(data)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}", hint="e.g. `--set lr=1e-3`")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        if not key:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        value = parse_value(text, f"--set {key}")
-        parts = key.split(".")
-        _check_path(parts)
-        node = out
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if not isinstance(child, dict):
-                # `schedule: plateau` shorthand already in the file: expand before descending
-                child = (
-                    _expand_shorthand(part, child, "") if (i == 0 and part in _SHORTHAND and child is not None) else {}
-                )
-                node[part] = child
-            node = child
-        node[parts[-1]] = value
-    return out
-
-
-def _check_path(parts: list[str]) -> None:
-    cls: Any = TrainConfig
-    prefix = ""
-    for i, part in enumerate(parts):
-        hints = typing.get_type_hints(cls)
-        if part not in hints:
-            raise _unknown_key(part, cls, prefix)
-        tp = hints[part]
-        if dataclasses.is_dataclass(tp):
-            cls, prefix = tp, prefix + part + "."
-            continue
-        if i < len(parts) - 1:
-            if typing.get_origin(tp) is dict:  # model_kwargs.<anything>
-                return
-            raise ConfigError(f"config key {prefix + part!r} has no sub-keys (got {'.'.join(parts)!r})")
-
-
-def check_keys(data: Any, where: str, cls: type = TrainConfig, prefix: str = "") -> None:
-    """Unknown keys of a raw config mapping, section by section, without copying or
-    expanding any value (so a typo is reported before anything is built from the file)."""
-    if not isinstance(data, dict):
-        return
-    hints = typing.get_type_hints(cls)
-    for key, value in data.items():
-        if key not in hints:
-            exc = _unknown_key(str(key), cls, prefix)
-            raise ConfigError(f"{where}: {exc.message}") from None
-        if dataclasses.is_dataclass(hints[key]):
-            check_keys(value, where, hints[key], prefix + f"{key}.")
-
-
-def _deep_copy(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _deep_copy(v) for k, v in d.items()}
-    if isinstance(d, list):
-        return [_deep_copy(v) for v in d]
-    return d
+def check_keys(data: Any, where: str) -> None:
+    """Unknown keys of a raw config mapping (see :func:`audiocnn.configio.check_keys`)."""
+    configio.check_keys(data, where, TrainConfig)
 
 
 def config_from_mapping(data: dict[str, Any] | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Build and validate a config from a raw mapping plus ``--set`` overrides."""
-    raw = apply_overrides(data or {}, list(overrides or []))
-    return _build(TrainConfig, raw).validate()
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key given twice in one mapping: plain YAML keeps the
-    last one silently, so ``lr: 0.1`` ... ``lr: 0.001`` would train with whichever came last."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _value in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                first = seen.get(key)
-            except TypeError:  # unhashable key: let SafeLoader report it
-                continue
-            if first is not None:
-                raise _DuplicateKey(key, first, key_node.start_mark.line + 1)
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
-
-
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: Any, first: int, line: int) -> None:
-        super().__init__(f"duplicate key {key!r}")
-        self.key, self.first, self.line = key, first, line
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    if isinstance(exc, _DuplicateKey):
-        return f"duplicate key {exc.key!r}"
-    return getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
-
-
-def _yaml_error(where: str, exc: yaml.YAMLError) -> ConfigError:
-    """One line with the file, line and column of a YAML error."""
-    if isinstance(exc, _DuplicateKey):
-        return ConfigError(
-            f"{where}:{exc.line}: duplicate key {exc.key!r} (first given on line {exc.first})", hint="keep one of them"
-        )
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-    return ConfigError(f"{where}{at}: not valid YAML ({_yaml_problem(exc)})")
-
-
-#: most values (mapping keys, items, scalars) one YAML document or ``--set`` value may
-#: hold once its aliases are expanded: a config has about a hundred; nine levels of nine
-#: aliases ("billion laughs") would expand to 387 million and take the machine's memory
-MAX_YAML_VALUES = 100_000
-#: deepest nesting of lists and mappings in a config
-MAX_YAML_DEPTH = 64
-
-
-def check_yaml_size(data: Any, where: str) -> None:
-    """Refuse a parsed YAML value whose aliases would expand beyond :data:`MAX_YAML_VALUES`
-    values, nest deeper than :data:`MAX_YAML_DEPTH`, or that contains itself (``&a [*a]``).
-
-    The parser shares an aliased value rather than copying it, so parsing is cheap; this
-    walk counts the expanded size with each shared value counted once per use but visited
-    once, so it stops early and never copies anything.
-    """
-    sizes: dict[int, int] = {}
-    active: set[int] = set()
-
-    def size(obj: Any, depth: int) -> int:
-        if not isinstance(obj, (dict, list)):
-            return 1
-        if id(obj) in sizes:
-            return sizes[id(obj)]
-        if id(obj) in active:
-            raise ConfigError(f"{where}: a YAML alias refers to a value that contains it", hint="write the value out")
-        if depth > MAX_YAML_DEPTH:
-            raise ConfigError(f"{where}: lists and mappings nested more than {MAX_YAML_DEPTH} levels deep")
-        active.add(id(obj))
-        n = 1
-        for item in [*obj.keys(), *obj.values()] if isinstance(obj, dict) else obj:
-            n += size(item, depth + 1)
-            if n > MAX_YAML_VALUES:
-                raise ConfigError(
-                    f"{where}: YAML aliases expand to more than {MAX_YAML_VALUES:,} values",
-                    hint="write the values out; a config needs no aliases",
-                )
-        active.discard(id(obj))
-        sizes[id(obj)] = n
-        return n
-
-    size(data, 0)
-
-
-def load_yaml_text(text: str, where: str = "<string>", check: Any = None) -> Any:
-    """Parse YAML with duplicate keys rejected and aliases bounded (:func:`check_yaml_size`);
-    ConfigError says where it is wrong. ``check(data, where)`` runs before the size check
-    (e.g. :func:`check_keys`, so an unknown key is the error a user sees first)."""
-    try:
-        data = yaml.load(text, Loader=_StrictLoader)
-    except yaml.YAMLError as exc:
-        raise _yaml_error(where, exc) from None
-    except RecursionError:
-        raise ConfigError(f"{where}: lists and mappings nested too deeply") from None
-    if check is not None:
-        check(data, where)
-    check_yaml_size(data, where)
-    return data
-
-
-def read_yaml(path: str | os.PathLike, check: Any = None) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file", hint="see the files in configs/")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
-            hint="save the file as UTF-8",
-        ) from None
-    data = load_yaml_text(text, str(path), check)
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a YAML mapping of keys to values")
-    return data
+    """Build and validate a config from a raw mapping plus ``key=value`` overrides."""
+    raw = configio.apply_overrides(data or {}, list(overrides or []), TrainConfig)
+    return configio.build(TrainConfig, raw).validate()
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
     """Read ``path`` (YAML), apply ``overrides`` and validate."""
-    data = read_yaml(path, check_keys)
+    data = configio.read_yaml(path, check_keys)
     try:
         return config_from_mapping(data, overrides)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc.message}", hint=exc.hint) from None
+        raise ConfigError(f"{path}: {exc.message}", hint=exc.hint, arguments=exc.arguments) from None
 
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> Path:

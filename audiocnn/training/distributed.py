@@ -12,10 +12,12 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -105,3 +107,11 @@ def all_reduce_mean_(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor.div_(info.world_size)
     return tensor
+
+
+def main_first(info: DistInfo, work: Callable[[bool], T]) -> T:
+    """``work(True)`` on rank 0 (it may compute and write, e.g. extract a store), the other
+    ranks wait for it, then run ``work(False)`` (reading what rank 0 wrote)."""
+    result = work(True) if info.is_main else None
+    barrier(info)
+    return result if info.is_main else work(False)  # type: ignore[return-value]

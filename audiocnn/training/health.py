@@ -28,6 +28,7 @@ def check_loss(loss: float, *, epoch: int, step: int, run_dir: Path, last_good_e
     raise TrainingError(
         f"training diverged: the loss is {loss} at epoch {epoch}, step {step}",
         hint=_next_step(run_dir, last_good_epoch, has_state),
+        arguments=NEXT_STEP_ARGUMENTS,
     )
 
 
@@ -40,16 +41,23 @@ def check_weights(
     raise TrainingError(
         f"training diverged: weights became NaN or infinite during epoch {epoch}",
         hint=_next_step(run_dir, last_good_epoch, has_state),
+        arguments=NEXT_STEP_ARGUMENTS,
     )
+
+
+#: the arguments of the train call a hint of :func:`_next_step` names
+NEXT_STEP_ARGUMENTS = ("run_dir", "resume", "overrides")
 
 
 def _next_step(run_dir: Path, last_good_epoch: int, has_state: bool) -> str:
     if has_state and last_good_epoch > 0:
         return (
             f"{run_dir} keeps the state after epoch {last_good_epoch}; continue from it with a lower "
-            f"learning rate: `audiocnn train CONFIG --run-dir {run_dir} --resume --set lr=...`"
+            f"learning rate: `run_dir='{run_dir}' resume=True overrides=lr=...`"
         )
-    return "nothing was saved yet; train again with a lower learning rate (`--set lr=...`) or `--set grad_clip=1`"
+    return (
+        "nothing was saved yet; train again with a lower learning rate (`overrides=lr=...`) or `overrides=grad_clip=1`"
+    )
 
 
 def overfitting_note(history: Sequence[dict[str, Any]], epochs: int = OVERFIT_EPOCHS) -> str | None:

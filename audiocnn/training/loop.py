@@ -4,7 +4,9 @@ validate, keep the best, step the schedule, save the state. Single process or DD
 Each part lives in its own module: ``setup`` (dataset, task, model, loss), ``loaders``
 (crops and chunks), ``engine`` (steps and predictions), ``state`` (what ``last.pt`` holds,
 one registry of recoverables), ``callbacks`` (best checkpoint, metrics CSV, TensorBoard,
-log line), ``rundir`` (the run folder's layout, lock and policy).
+log line), ``rundata`` (the store and loaders of a run), ``rundir`` (the run folder's
+layout and marker). Which folder and config a command trains, resume or restart, is
+:mod:`audiocnn.training.command`'s decision, not the Trainer's.
 
 Reproducibility: the data order and crops of an epoch depend only on ``(seed, epoch)``,
 and the global RNGs are touched only by the model (dropout) and saved in ``last.pt``; so
@@ -14,7 +16,6 @@ was never interrupted.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -29,20 +30,16 @@ from torch import nn
 from audiocnn.constants import MULTI_LABEL
 from audiocnn.datasets.manifest import Manifest, read_manifest
 from audiocnn.devices import resolve_device
-from audiocnn.errors import CheckpointError, ConfigError, DatasetError, UsageError
-from audiocnn.features.frontends import MelConfig, WaveformConfig
-from audiocnn.features.store import FeatureStore, StoreDataset
-from audiocnn.models.base import samples_for_frames
+from audiocnn.errors import ConfigError
+from audiocnn.features.frontends import MelConfig
 from audiocnn.models.checkpoint import load_weights
 from audiocnn.progress import StepBar
 from audiocnn.training import distributed as D
 from audiocnn.training import health as H
 from audiocnn.training import setup as S
-from audiocnn.training.augment import BatchAugment, WorkerAugment
+from audiocnn.training.augment import BatchAugment
 from audiocnn.training.callbacks import BestCheckpoint, EpochEnd, EpochLog, MetricsCSV, TensorBoard
-from audiocnn.training.config import TrainConfig, config_from_mapping, load_config, read_yaml, save_config
-from audiocnn.training.data import open_dataset_store
-from audiocnn.training.embeddings import EmbeddingDataset, cached_embeddings
+from audiocnn.training.config import TrainConfig
 from audiocnn.training.engine import (
     Guard,
     Step,
@@ -52,17 +49,10 @@ from audiocnn.training.engine import (
     refresh_batchnorm,
     train_one_epoch,
 )
-from audiocnn.training.loaders import TrainData, loaders_for, make_loaders, usable_workers
 from audiocnn.training.metrics import best_f1_thresholds, compute_metrics
 from audiocnn.training.plots import plot_training_curves
-from audiocnn.training.rundir import (
-    RunDir,
-    check_run_folder,
-    check_run_owner,
-    choose_run_dir,
-    mark_run_folder,
-    run_lock,
-)
+from audiocnn.training.rundata import RunData, run_data
+from audiocnn.training.rundir import RunDir
 from audiocnn.training.schedule import EarlyStopping, LRSchedule, build_optimizer, is_better, set_lr
 from audiocnn.training.state import Recoverables, load_state, rng_state, save_state, set_rng_state
 
@@ -91,9 +81,14 @@ class RunState:
     stopped_early: bool = False
 
     def record(self, row: dict[str, Any], value: float, higher: bool) -> bool:
-        """Add an epoch's row; True when its monitored ``value`` is the best so far."""
+        """Add an epoch's row; True when its monitored ``value`` is the best so far, or ties
+        the best with a lower validation loss (with a few validation clips, accuracy reaches
+        its ceiling early and stays there while the loss still falls: the later epoch is
+        the better model)."""
+        best_row = next((r for r in self.history if r["epoch"] == self.best_epoch), None)
         self.history.append(row)
-        improved = is_better(value, self.best_metric, higher) or self.best_epoch is None
+        tie = best_row is not None and value == self.best_metric and row["valid_loss"] < best_row["valid_loss"]
+        improved = is_better(value, self.best_metric, higher) or self.best_epoch is None or tie
         if improved:
             self.best_metric = None if isinstance(value, float) and math.isnan(value) else value
             self.best_epoch = row["epoch"]
@@ -133,45 +128,6 @@ def train(
         D.shutdown(info)
 
 
-def train_command(
-    config_path: str | os.PathLike,
-    overrides: list[str],
-    *,
-    run_dir: str | os.PathLike | None,
-    data_dir: str | os.PathLike,
-    device: str = "auto",
-    resume: bool = False,
-    restart: bool = False,
-) -> TrainResult:
-    """``audiocnn train``: pick the run folder and the config (a resumed run's own resolved
-    config wins, ``overrides`` still apply), hold the folder's lock, and train."""
-    if restart and not run_dir:
-        raise UsageError("--restart needs the --run-dir to start over", hint="pass --run-dir DIR")
-    path = Path(config_path)
-    is_main = os.environ.get("RANK", "0") == "0"
-    run = choose_run_dir(path.stem, run_dir, resume=resume, world_size=D.env_world_size())
-    if resume and run.config.is_file():
-        check_run_owner(run.path)  # a config.yaml of the user's is not a run's config
-        config = config_from_mapping(read_yaml(run.config), overrides)
-    else:
-        config = load_config(path, overrides)
-    with run_lock(run.path) if is_main else contextlib.nullcontext():  # one process of a torchrun job guards the folder
-        check_run_folder(run, resume=resume, restart=restart, is_main=is_main)
-        try:
-            return train(config, run.path, data_dir=data_dir, device=device, resume=resume, progress=True)
-        except CheckpointError as exc:
-            raise _named_config(exc, path, resume) from None
-
-
-def _named_config(exc: CheckpointError, config_path: Path, resume: bool) -> CheckpointError:
-    """The same error, its way out naming the real config file."""
-    if resume and "`audiocnn train CONFIG " in (exc.hint or ""):
-        return type(exc)(
-            exc.message, hint=exc.hint.replace("`audiocnn train CONFIG ", f"`audiocnn train {config_path} ")
-        )
-    return exc
-
-
 # -- the trainer ------------------------------------------------------------------------------
 
 
@@ -192,6 +148,8 @@ class Trainer:
         self.progress = progress
         self.manifest: Manifest = read_manifest(data_dir / config.dataset)
         self.task = S.check_dataset(config, self.manifest)
+        if info.is_main:
+            S.warn_small_splits(self.manifest)
         self.labels = list(self.manifest.labels)
         self.monitor, self.higher = S.monitor_of(config, self.task)
         S.seed_everything(config.seed)  # identical initial weights on every rank
@@ -203,10 +161,11 @@ class Trainer:
                 " (new head for these labels)" if init_info["head_reset"] else "",
             )
         self.wave_frontend = _check_augment(config, self.raw)
-        self.data = self._data()
+        self.data = run_data(
+            RunData(config, self.raw, self.labels, data_dir, device, info, progress, self.wave_frontend)
+        )
         if info.is_main:
-            mark_run_folder(run.path)  # refuses a folder audiocnn did not write
-            save_config(config, run.config)
+            run.begin(config)  # refuses a folder audiocnn did not write
         self.model, self.core, self.params = S.place_model(self.raw, config, device, info)
         self.augment = None
         if config.augment.on_device or self.wave_frontend:
@@ -222,79 +181,6 @@ class Trainer:
         self._optimisation()
         self.state = RunState()
         self.recoverables = self._recoverables()
-
-    def _data(self) -> TrainData:
-        """The store of exactly this model's front-end config (extracted by rank 0) and its loaders."""
-        dataset_dir = self.data_dir / self.config.dataset
-        store = (
-            open_dataset_store(dataset_dir, self.raw.frontend_config, progress=self.progress)
-            if self.info.is_main
-            else None
-        )
-        D.barrier(self.info)
-        if store is None:  # the other ranks open what rank 0 finished
-            store = open_dataset_store(dataset_dir, self.raw.frontend_config, progress=False)
-        if list(store.labels) != self.labels:
-            raise DatasetError(
-                f"feature store of {self.config.dataset!r} has other labels than its manifest; "
-                "prepare the dataset again"
-            )
-        crop = int(self.config.crop_frames or self.raw.input_frames)
-        S.check_sizes(self.config, store, crop, self.raw)
-        if S.uses_embedding_cache(self.config):
-            return self._embedding_data(store, crop)
-        if self.config.augment.waveform or self.config.augment.in_workers:
-            return self._augmented_data(store, crop)
-        return make_loaders(store, self.config, crop, self.info, cuda=self.device.type == "cuda")
-
-    def _augmented_data(self, store: FeatureStore, crop: int) -> TrainData:
-        """Waveform training crops for waveform augmentation (a mel model then computes its
-        front-end on the device, see :class:`BatchAugment`), the usual validation chunks."""
-        c, train_store, train_crop = self.config, store, crop
-        if self.wave_frontend:
-            wave = WaveformConfig(sample_rate=self.raw.sample_rate)
-            dataset_dir = self.data_dir / c.dataset
-            train_store = open_dataset_store(dataset_dir, wave, progress=self.progress) if self.info.is_main else None
-            D.barrier(self.info)
-            if train_store is None:
-                train_store = open_dataset_store(dataset_dir, wave, progress=False)
-            train_crop = samples_for_frames(self.raw.frontend_config, crop)
-        train_set: Any = StoreDataset(train_store, "train", mode="train", crop_frames=train_crop, seed=c.seed)
-        valid_set = StoreDataset(store, "valid", mode="eval", crop_frames=crop, eval_chunks=c.eval_chunks, seed=c.seed)
-        if len(train_set) == 0 or len(valid_set) == 0:
-            raise DatasetError(f"feature store of {c.dataset!r} has no usable clips in train or valid")
-        if c.augment.in_workers:
-            train_set = WorkerAugment(train_set, c.augment, self.raw.sample_rate)
-        workers = usable_workers(c.workers, self.info.world_size)
-        return loaders_for(train_set, valid_set, c, self.info, cuda=self.device.type == "cuda", workers=workers)
-
-    def _embedding_data(self, store: FeatureStore, crop: int) -> TrainData:
-        """Loaders over the frozen backbone's cached embeddings (computed by rank 0 where missing)."""
-        c = self.config
-        if store.num_clips("train") == 0 or store.num_clips("valid") == 0:
-            raise DatasetError(f"feature store of {c.dataset!r} has no usable clips in train or valid")
-        amp = amp_dtype_for(c.amp, self.device)
-        self.raw.to(self.device)
-        options = {
-            "crop": crop,
-            "chunks": {"train": c.embedding_chunks, "valid": c.eval_chunks},
-            "device": self.device,
-            "autocast": make_autocast(self.device, amp),
-            "precision": str(amp),
-        }
-        root = self.data_dir / c.dataset / "embeddings"
-        t = time.perf_counter()
-        emb = cached_embeddings(self.raw, store, root, progress=self.progress, **options) if self.info.is_main else None
-        D.barrier(self.info)
-        if emb is None:
-            emb = cached_embeddings(self.raw, store, root, compute=False, **options)
-        if self.info.is_main:
-            log.info(
-                "embedding cache: %.1f s; each epoch trains the head on cached embeddings", time.perf_counter() - t
-            )
-        train_set = EmbeddingDataset(emb["train"], store.targets("train"), mode="train", seed=c.seed)
-        valid_set = EmbeddingDataset(emb["valid"], store.targets("valid"), mode="eval", seed=c.seed)
-        return loaders_for(train_set, valid_set, c, self.info, cuda=self.device.type == "cuda", workers=0)
 
     def _optimisation(self) -> None:
         c = self.config

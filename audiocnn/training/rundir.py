@@ -36,6 +36,7 @@ from audiocnn.constants import BEST_CHECKPOINT_NAME
 from audiocnn.errors import AudiocnnError, UsageError
 from audiocnn.fileio import FileWriteError, acquire_lock, atomic_write_bytes, release_lock
 from audiocnn.models.checkpoint import read_metadata
+from audiocnn.training.config import TrainConfig, save_config
 from audiocnn.training.state import is_training_state
 
 log = logging.getLogger("audiocnn.train")
@@ -98,6 +99,12 @@ class RunDir:
     def eval_dir(self, split: str) -> Path:
         return self.path / f"eval-{split}"
 
+    def begin(self, config: TrainConfig) -> None:
+        """Mark the folder as a run's (refusing one audiocnn did not write, see
+        :func:`check_run_owner`) and write the resolved config: what a run does first."""
+        mark_run_folder(self.path)
+        save_config(config, self.config)
+
     def holds_run(self) -> bool:
         return holds_run(self.path)
 
@@ -141,10 +148,16 @@ def choose_run_dir(config_name: str, run_dir: str | os.PathLike | None, *, resum
     if resume:
         found = latest_run_dir(config_name)
         if found is None:
-            raise UsageError(f"--resume: no earlier run of {config_name!r} under runs/", hint="pass --run-dir DIR")
+            raise UsageError(
+                f"resume=True: no earlier run of {config_name!r} under runs/",
+                hint="pass `run_dir`",
+                arguments=("resume", "run_dir"),
+            )
         return RunDir(found)
     if world_size > 1:
-        raise UsageError("with torchrun every process must agree on the run folder", hint="pass --run-dir DIR")
+        raise UsageError(
+            "with torchrun every process must agree on the run folder", hint="pass `run_dir`", arguments=("run_dir",)
+        )
     return RunDir(unique_path(default_run_dir(config_name)))
 
 
@@ -153,14 +166,19 @@ def check_run_folder(run: RunDir, *, resume: bool, restart: bool, is_main: bool)
     to resume it or to start it over (``restart`` clears what training wrote; evaluations
     and notes stay)."""
     if resume and restart:
-        raise UsageError("--resume and --restart contradict each other", hint="pass one of them")
+        raise UsageError(
+            "resume=True and restart=True contradict each other",
+            hint="pass one of them",
+            arguments=("resume", "restart"),
+        )
     check_run_owner(run.path)
     if restart and is_main:
         clear_run(run.path)
     elif not resume and not restart and run.holds_run():
         raise UsageError(
             f"{run.path} already holds a run",
-            hint="add --resume to continue it, --restart to start it over, or choose another --run-dir",
+            hint="add resume=True to continue it, restart=True to start it over, or choose another `run_dir`",
+            arguments=("resume", "restart", "run_dir"),
         )
 
 
@@ -189,7 +207,8 @@ def check_run_owner(run_dir: str | os.PathLike) -> None:
         raise UsageError(
             f"{run_dir} is not an audiocnn run folder (no {RUN_MARKER_NAME}) and not empty ({shown}); "
             "audiocnn writes into, restarts and deletes from no other folder",
-            hint="pass a new or empty --run-dir",
+            hint="pass a new or empty `run_dir`",
+            arguments=("run_dir",),
         )
 
 
@@ -214,7 +233,8 @@ def _busy(run_dir: Path):
         who = f" (PID {pid})" if pid else ""
         return RunFolderBusy(
             f"{run_dir}: another `audiocnn train`{who} is using this run folder right now",
-            hint="wait for it to finish, or pass another --run-dir",
+            hint="wait for it to finish, or pass another `run_dir`",
+            arguments=("run_dir",),
         )
 
     return make

@@ -21,6 +21,7 @@ from audiocnn.models.checkpoint import load_weights, model_from_checkpoint, read
 from audiocnn.models.registry import create_model
 from audiocnn.pretrained import resolve_model
 from audiocnn.progress import human_size
+from audiocnn.splits import small_split_notes
 from audiocnn.training import distributed as D
 from audiocnn.training.config import TrainConfig
 from audiocnn.training.embeddings import HeadOnly
@@ -42,7 +43,8 @@ def check_dataset(config: TrainConfig, manifest: Manifest) -> str:
         raise DatasetError(
             f"dataset {config.dataset!r} is prepared with split scheme {manifest.split_scheme!r}, "
             f"the config asks for {config.split_scheme!r}",
-            hint=f"prepare it again with that split scheme, or `--set split_scheme={manifest.split_scheme}`",
+            hint=f"prepare it again with that split scheme, or `overrides=split_scheme={manifest.split_scheme}`",
+            arguments=("overrides",),
         )
     task = config.task or manifest.task
     if manifest.task == MULTI_LABEL and task == SINGLE_LABEL:
@@ -55,6 +57,16 @@ def check_dataset(config: TrainConfig, manifest: Manifest) -> str:
                 hint=f"see `audiocnn info {config.dataset}`",
             )
     return task
+
+
+#: what to do about a split too small to trust (train's words; prepare's name the flag)
+SMALL_SPLIT_REMEDY = "use a larger split (prepare the dataset with another split scheme) or cross-validation"
+
+
+def warn_small_splits(manifest: Manifest) -> None:
+    """A warning per validation or test split too small to trust (:mod:`audiocnn.splits`)."""
+    for note in small_split_notes(manifest.clips, manifest.labels):
+        log.warning("%s: %s; %s", manifest.name, note, SMALL_SPLIT_REMEDY)
 
 
 def _family_has_scheme(family: str, scheme: str) -> bool:
@@ -107,7 +119,8 @@ def build_model(config: TrainConfig, labels: Sequence[str], task: str):
     if config.model and config.model != meta["model"]:
         raise ConfigError(
             f"init={config.init!r} is a {meta['model']!r} checkpoint but the config asks for model {config.model!r}",
-            hint=f"set `--set model={meta['model']}` or leave model empty",
+            hint=f"set `overrides=model={meta['model']}` or leave model empty",
+            arguments=("overrides",),
         )
     model = model_from_checkpoint(path, meta, config.model_kwargs)
     try:

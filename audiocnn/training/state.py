@@ -119,9 +119,20 @@ def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     except FileWriteError as exc:
         raise CheckpointError(
             f"{exc.message} (training state after epoch {state.get('epoch', '?')})",
-            hint=f"free some disk space, then continue with `audiocnn train CONFIG --run-dir {path.parent} --resume`",
+            hint=f"free some disk space, then continue with `run_dir='{path.parent}' resume=True`",
+            arguments=("run_dir", "resume"),
         ) from None
     return path
+
+
+#: the arguments :func:`_restart`'s way out names
+RESTART_ARGUMENTS = ("run_dir", "restart")
+
+
+def _restart(path: Path) -> str:
+    """The way out of a run folder whose training state cannot be resumed (in the
+    arguments of the train call to make, see :func:`audiocnn.training.command.train_command`)."""
+    return f"start the run folder over with `run_dir='{path.parent}' restart=True`, or train into a fresh `run_dir`"
 
 
 class UnsafeStateError(CheckpointError):
@@ -163,9 +174,8 @@ def _refuse_if_unsafe(path: Path, exc: Exception) -> None:
         raise UnsafeStateError(
             f"{path}: refused: this training state would run code when loaded (it calls "
             f"{', '.join(sorted(names)[:3])}); audiocnn never writes such a file, so it was not loaded",
-            hint="someone changed this run folder, do not resume it: "
-            f"start the run folder over with `audiocnn train CONFIG --run-dir {path.parent} --restart`, "
-            "or train into a fresh --run-dir",
+            hint=f"someone changed this run folder, do not resume it: {_restart(path)}",
+            arguments=RESTART_ARGUMENTS,
         )
 
 
@@ -186,7 +196,8 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file() and not prev.is_file():
         raise CheckpointError(
             f"{path}: no such file; nothing to resume",
-            hint="start the run without --resume, or pass the --run-dir of an earlier run",
+            hint="start the run without `resume`, or pass the `run_dir` of an earlier run",
+            arguments=("resume", "run_dir"),
         )
     try:
         if not path.is_file():
@@ -196,18 +207,17 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
         raise  # never replaced by last.prev.pt: the folder has been tampered with
     except CheckpointError as exc:
         first = exc
-    restart = (
-        f"start the run folder over with `audiocnn train CONFIG --run-dir {path.parent} --restart`, "
-        "or train into a fresh --run-dir"
-    )
+    restart = _restart(path)
     if not prev.is_file():
-        raise CheckpointError(f"{first.message}; there is no {prev.name} to fall back on", hint=restart)
+        raise CheckpointError(
+            f"{first.message}; there is no {prev.name} to fall back on", hint=restart, arguments=RESTART_ARGUMENTS
+        )
     try:
         state = _read_state(prev)
     except UnsafeStateError:
         raise
     except CheckpointError as exc:
-        raise CheckpointError(f"{first.message}; {exc.message}", hint=restart) from None
+        raise CheckpointError(f"{first.message}; {exc.message}", hint=restart, arguments=RESTART_ARGUMENTS) from None
     log.warning("%s; resuming from the previous state %s (after epoch %s)", first.message, prev, state.get("epoch"))
     return state
 
