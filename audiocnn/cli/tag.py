@@ -129,6 +129,15 @@ EmbeddingsDir = Annotated[
         "--embeddings", show_default=False, help="Write penultimate features per window (.npy) per file here."
     ),
 ]
+AttentionDir = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--attention",
+        show_default=False,
+        help="Self-attention models (cnnsa): write per window which time steps the tag decision attended to "
+        "(.npy, windows x steps) and a PNG of it under the taggram, per file, here.",
+    ),
+]
 Device = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps.")]
 BatchSize = Annotated[
     Optional[int],
@@ -209,6 +218,7 @@ def tag(
     aggregate: AggregateOpt = Aggregate.mean,
     taggram_dir: TaggramDir = None,
     embeddings_dir: EmbeddingsDir = None,
+    attention_dir: AttentionDir = None,
     device: Device = "auto",
     batch_size: BatchSize = None,
     framing: FramingOpt = Framing.auto,
@@ -228,7 +238,7 @@ def tag(
         )
     if chunks is not None and hop is not None:
         raise UsageError(f"--chunks {chunks} cannot be combined with --hop: chunks are spread evenly over each file")
-    for opt, folder in (("--taggram", taggram_dir), ("--embeddings", embeddings_dir)):
+    for opt, folder in (("--taggram", taggram_dir), ("--embeddings", embeddings_dir), ("--attention", attention_dir)):
         if folder is not None:  # before the model loads: fail in a second, not after it
             common.writable_dir(opt, folder)
     started = time.perf_counter()
@@ -259,6 +269,7 @@ def tag(
         top_k=table_k if writer is None and output is None else top_k,
         taggram_dir=taggram_dir,
         embeddings_dir=embeddings_dir,
+        attention_dir=attention_dir,
         on_result=None if output is not None else show,
         report=_progress,
         started=started,

@@ -22,6 +22,7 @@ from audiocnn.constants import DEFAULT_MODEL, Aggregate, Framing
 from audiocnn.errors import AudiocnnError, UsageError
 from audiocnn.fileio import ensure_writable_dir
 from audiocnn.progress import StepBar
+from audiocnn.tagging.attention import AttentionTap, attention_tap, check_attention_run, write_attention
 from audiocnn.tagging.library import (
     LIBRARY_SUFFIXES,
     LibraryFile,
@@ -131,6 +132,7 @@ def tag_command(
     top_k: int | None = None,
     taggram_dir: str | os.PathLike | None = None,
     embeddings_dir: str | os.PathLike | None = None,
+    attention_dir: str | os.PathLike | None = None,
     on_result: Callable[[TagOutcome], None] | None = None,
     report: Callable[[str], None] = log.info,
     started: float | None = None,
@@ -155,10 +157,11 @@ def tag_command(
     torch's threads (1: decode here, one file after the other, one batch at a time).
     ``show_progress``: a progress bar on stderr (files/s, audio hours/s, time left)
     instead of one line per file. ``backend``: ``torch``, or ``onnxruntime`` to run the
-    network in ONNX Runtime (:mod:`audiocnn.tagging.onnx_backend`).
+    network in ONNX Runtime (:mod:`audiocnn.tagging.onnx_backend`). ``attention_dir``: see
+    :mod:`audiocnn.tagging.attention`.
     """
     t0 = time.perf_counter() if started is None else started
-    _check_run_options(output, jobs, force)
+    _check_run_options(output, jobs, force, attention=(backend, attention_dir))
     if backend == "onnxruntime" and embeddings_dir is not None:
         raise UsageError("embeddings (--embeddings) need the torch backend: leave out --backend onnxruntime")
     for what, folder in (("taggram_dir", taggram_dir), ("embeddings_dir", embeddings_dir)):
@@ -189,16 +192,21 @@ def tag_command(
     total = len(files) + len(failures)
     skipped = 0 if output is None else _tag_library(run, files, LibraryFile(output, tagger.labels), force)
     if output is None:
-        _tag_each(run, files)
+        _tag_each(run, files, attention_dir)
     summary = TagSummary(total, failures, time.perf_counter() - t0, skipped)
     report(str(summary))
     return summary
 
 
-def _check_run_options(output: str | os.PathLike | None, jobs: int, force: bool) -> None:
-    """The library-run options, checked before the model loads."""
+def _check_run_options(
+    output: str | os.PathLike | None, jobs: int, force: bool, attention: tuple[str, Any] = ("torch", None)
+) -> None:
+    """The library-run options (and ``attention``: the backend and the attention folder,
+    which needs a plain run), checked before the model loads."""
     if int(jobs) < 1:
         raise UsageError(f"jobs (--jobs) must be >= 1, got {jobs}")
+    if attention[1] is not None:
+        check_attention_run(attention[0], jobs, output, attention[1])
     if output is None:
         if force:
             raise UsageError("force (--force) re-tags files already in a results file: it needs output (--output)")
@@ -225,9 +233,11 @@ class _Run:
     failures: list[str]
     stems: set[str] = field(default_factory=set)
     library: bool = False  # a library run: songs share batches even with jobs=1
+    attention: tuple[AttentionTap, str | os.PathLike] | None = None  # --attention: (recorder, folder)
 
     def results(self, files: Sequence[str | os.PathLike]) -> Iterator[tuple[int, Path, TagResult | AudiocnnError]]:
-        want = {"return_taggram": self.taggram_dir is not None, "return_embeddings": self.embeddings_dir is not None}
+        taggram = self.taggram_dir is not None or self.attention is not None
+        want = {"return_taggram": taggram, "return_embeddings": self.embeddings_dir is not None}
         if self.jobs == 1 and not self.library:  # the plain path: one file after the other, as always
             for i, (path, res) in enumerate(self.tagger.tag_files(files, **want, **self.options)):
                 yield i, path, res
@@ -235,17 +245,25 @@ class _Run:
         yield from tag_stream(self.tagger, files, jobs=self.jobs, **want, **self.options)
 
     def done(self, path: Path, res: TagResult | AudiocnnError) -> None:
-        """Report one file; write its taggram / embeddings and hand it to ``on_result``."""
+        """Report one file; write its taggram / embeddings / attention and hand it to ``on_result``."""
+        # the attention rows recorded while this file was scored (dropped when it failed)
+        attention = (self.attention[0].take(), self.attention[1]) if self.attention is not None else None
         if isinstance(res, AudiocnnError):
             self.failures.append(str(res))
             self.report(f"error: {res}")
             return
-        outcome = TagOutcome(path, res, _write_files(res, path, self.stems, self.taggram_dir, self.embeddings_dir))
+        files = _write_files(res, path, self.stems, self.taggram_dir, self.embeddings_dir, attention)
+        outcome = TagOutcome(path, res, files)
         if self.on_result is not None:
             self.on_result(outcome)
 
 
-def _tag_each(run: _Run, files: list[Path]) -> None:
+def _tag_each(run: _Run, files: list[Path], attention_dir: str | os.PathLike | None = None) -> None:
+    if attention_dir is not None:  # record the attention of every forward pass, per file
+        with attention_tap(run.tagger.model) as tap:
+            run.attention = (tap, attention_dir)
+            _tag_each(run, files)
+        return
     for n, (_, path, res) in enumerate(run.results(files), 1):
         run.done(path, res)
         if not isinstance(res, AudiocnnError):
@@ -293,14 +311,18 @@ def _write_files(
     stems: set[str],
     taggram_dir: str | os.PathLike | None,
     embeddings_dir: str | os.PathLike | None,
+    attention: tuple[Any, str | os.PathLike] | None = None,
 ) -> dict[str, Path]:
-    """The per-window files asked for, under a stem unique among ``stems``."""
+    """The per-window files asked for, under a stem unique among ``stems``
+    (``attention``: the file's attention rows and their folder)."""
     files: dict[str, Path] = {}
-    if taggram_dir is None and embeddings_dir is None:
+    if taggram_dir is None and embeddings_dir is None and attention is None:
         return files
     stem = output_stem(path, stems)
     if taggram_dir is not None:
         files["taggram"] = write_taggram(result, taggram_dir, stem)[0]
     if embeddings_dir is not None:
         files["embeddings"] = write_embeddings(result, embeddings_dir, stem)
+    if attention is not None:
+        files["attention"] = write_attention(result, attention[0], attention[1], stem)[0]
     return files

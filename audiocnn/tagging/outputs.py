@@ -60,11 +60,19 @@ def _taggram_png(result: TagResult) -> bytes:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure  # deferred: as above
 
+    height = min(max(3.0, 0.18 * result.taggram.shape[1] + 1.5), 30.0)
+    fig = Figure(figsize=(10, height))
+    draw_taggram(fig, fig.add_subplot(1, 1, 1), result)
+    fig.tight_layout()
+    bio = io.BytesIO()
+    fig.savefig(bio, format="png", dpi=100)
+    return bio.getvalue()
+
+
+def draw_taggram(fig, ax, result: TagResult) -> None:
+    """The taggram (labels over time, scores as colour) on a matplotlib axis of ``fig``."""
     tg = result.taggram
     n_labels = tg.shape[1]
-    height = min(max(3.0, 0.18 * n_labels + 1.5), 30.0)
-    fig = Figure(figsize=(10, height))
-    ax = fig.add_subplot(1, 1, 1)
     end = float(result.window_starts[-1]) + result.window_seconds if len(tg) else 0.0
     im = ax.imshow(
         tg.T,
@@ -82,10 +90,6 @@ def _taggram_png(result: TagResult) -> bytes:
     ax.set_xlabel("time (s)")
     ax.set_title(f"{Path(result.path).name} - {result.model} ({result.activation} scores)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
-    fig.tight_layout()
-    bio = io.BytesIO()
-    fig.savefig(bio, format="png", dpi=100)
-    return bio.getvalue()
 
 
 def write_embeddings(result: TagResult, out_dir: str | os.PathLike, stem: str) -> Path:

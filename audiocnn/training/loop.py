@@ -15,6 +15,7 @@ was never interrupted.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -54,7 +55,7 @@ from audiocnn.training.engine import (
 )
 from audiocnn.training.loaders import TrainData, loaders_for, make_loaders, usable_workers
 from audiocnn.training.metrics import best_f1_thresholds, compute_metrics
-from audiocnn.training.plots import plot_training_curves
+from audiocnn.training.plots import plot_training_curves, write_harmonic_filters
 from audiocnn.training.rundir import RunDir, check_run_folder, choose_run_dir, run_lock
 from audiocnn.training.schedule import EarlyStopping, LRSchedule, build_optimizer, is_better, set_lr
 from audiocnn.training.state import Recoverables, load_state, rng_state, save_state, set_rng_state
@@ -489,6 +490,14 @@ class Trainer:
             plot_training_curves(self.run.metrics, self.run.curves)
         except Exception as exc:  # a plot must never fail a finished run
             log.warning("could not plot training curves: %s", exc)
+        if hasattr(self.raw, "filter_summary"):  # harmonic-cnn: its filters as initialised and as learned
+            try:
+                best = copy.deepcopy(self.raw)  # the best weights: what the run hands on
+                load_best(best, self.run.best, self.device)
+                summaries = {"initial": best.filter_summary(learned=False), "learned": best.filter_summary()}
+                write_harmonic_filters(summaries, self.run.filters_png, self.run.filters_csv)
+            except Exception as exc:
+                log.warning("could not plot the harmonic filters: %s", exc)
 
 
 def _check_augment(config: TrainConfig, model: nn.Module) -> bool:
