@@ -93,6 +93,7 @@ def _attention_png(result: TagResult, weights: np.ndarray) -> bytes:
     bottom.set_ylabel("attention", fontsize=8)
     bottom.set_xlabel("time (s)")
     bottom.set_title(f"attention of the tag decision over each window's {steps} time steps", fontsize=8)
+    fig.colorbar(top.images[0], ax=bottom, fraction=0.03, pad=0.01).ax.set_visible(False)  # align with the taggram
     fig.tight_layout()
     bio = io.BytesIO()
     fig.savefig(bio, format="png", dpi=100)
