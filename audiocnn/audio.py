@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,20 +81,73 @@ def find_audio_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(found)
 
 
-def _open(path: Path) -> sf.SoundFile:
-    if not path.exists():
-        raise AudioDecodeError(f"{path}: no such file")
-    if path.is_dir():
-        raise AudioDecodeError(f"{path}: is a directory, expected an audio file")
-    if path.stat().st_size == 0:
+# The first bytes each header format libsndfile names starts with (RIFF/RF64 WAVs, AU in
+# either byte order, FLAC optionally behind an ID3 tag, Ogg pages, AIFF's FORM chunk).
+# libsndfile trusts the extension of a file with no header it knows: 1 MiB of zeros named
+# ``.au`` opens as headerless 8 kHz mu-law ("RAW"), so such a file is refused instead.
+_MAGIC = {
+    "WAV": (b"RIFF", b"RIFX"),
+    "WAVEX": (b"RIFF",),
+    "RF64": (b"RF64",),
+    "AU": (b".snd", b"dns."),
+    "FLAC": (b"fLaC", b"ID3"),
+    "OGG": (b"OggS",),
+    "AIFF": (b"FORM",),
+}
+_HEAD_BYTES = 4096
+
+
+def soundfile_name(path: str | os.PathLike) -> str | bytes:
+    """What libsndfile is given: the path's bytes on POSIX, so that a file name that is
+    not valid UTF-8 (held as surrogate escapes, see :func:`os.fsencode`) still opens."""
+    return os.fsencode(path) if os.name == "posix" else str(path)
+
+
+def not_regular_problem(mode: int) -> str | None:
+    """What is wrong with a path whose ``st_mode`` is ``mode`` for reading audio from it
+    (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a directory, expected an audio file"
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket"
+    return f"not a regular file ({kind}), expected an audio file"
+
+
+def _open(path: Path) -> tuple[sf.SoundFile, bytes]:
+    """The open file and its first bytes (to check its header against what libsndfile says)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise AudioDecodeError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise AudioDecodeError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    problem = not_regular_problem(st.st_mode)
+    if problem is not None:  # a FIFO would block the open, /dev/zero never end
+        raise AudioDecodeError(f"{path}: {problem}")
+    if st.st_size == 0:
         raise AudioDecodeError(f"{path}: empty file (0 bytes)")
     try:
-        return sf.SoundFile(str(path))
+        f = sf.SoundFile(soundfile_name(path))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         reason = getattr(exc, "error_string", "") or str(exc).split(":")[-1].strip()
         if not reason or "not a regular file" in reason:
             reason = "format not recognised"
         raise AudioDecodeError(f"{path}: not a readable audio file ({reason})") from None
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_HEAD_BYTES)
+    except OSError as exc:
+        f.close()
+        raise AudioDecodeError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    magic = _MAGIC.get(f.format)
+    if f.format == "RAW" or (magic is not None and not head.startswith(magic)):
+        f.close()
+        raise AudioDecodeError(
+            f"{path}: not a readable audio file (no {f.format if magic else 'audio'} header: "
+            f"its first bytes are {head[:4]!r}, which start no audio format audiocnn reads)"
+        )
+    return f, head
 
 
 _SAMPLE_BYTES = {
@@ -109,15 +163,10 @@ _SAMPLE_BYTES = {
 }
 
 
-def _declared_frames(path: Path, f: sf.SoundFile) -> int | None:
+def _declared_frames(head: bytes, f: sf.SoundFile) -> int | None:
     """Frames the WAV/AU header promises; libsndfile quietly shortens truncated files."""
     width = _SAMPLE_BYTES.get(f.subtype)
     if width is None or f.format not in ("WAV", "AU"):
-        return None
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4096)
-    except OSError:
         return None
     if f.format == "AU" and head[:4] == b".snd" and len(head) >= 12:
         size = int.from_bytes(head[8:12], "big")
@@ -134,8 +183,8 @@ def _declared_frames(path: Path, f: sf.SoundFile) -> int | None:
     return None
 
 
-def _check_header(path: Path, f: sf.SoundFile) -> None:
-    declared = _declared_frames(path, f)
+def _check_header(path: Path, f: sf.SoundFile, head: bytes) -> None:
+    declared = _declared_frames(head, f)
     if declared is not None and declared > f.frames:
         raise AudioDecodeError(f"{path}: truncated: the header promises {declared} frames, the file holds {f.frames}")
 
@@ -143,10 +192,11 @@ def _check_header(path: Path, f: sf.SoundFile) -> None:
 def audio_info(path: str | os.PathLike) -> AudioInfo:
     """Sample rate, channels, frames of a file; raises AudioDecodeError like load_audio."""
     p = Path(path)
-    with _open(p) as f:
+    f, head = _open(p)
+    with f:
         if f.frames <= 0 or f.samplerate <= 0:
             raise AudioDecodeError(f"{p}: contains no audio samples")
-        _check_header(p, f)
+        _check_header(p, f, head)
         return AudioInfo(str(p), int(f.samplerate), int(f.channels), int(f.frames), f.format)
 
 
@@ -224,12 +274,13 @@ def load_audio(
         raise AudioDecodeError(f"{p}: offset must be >= 0, got {offset}")
     if duration is not None and duration <= 0:
         raise AudioDecodeError(f"{p}: duration must be > 0, got {duration}")
-    with _open(p) as f:
+    f, head = _open(p)
+    with f:
         native = int(f.samplerate)
         total = int(f.frames)
         if total <= 0 or native <= 0:
             raise AudioDecodeError(f"{p}: contains no audio samples")
-        _check_header(p, f)
+        _check_header(p, f, head)
         start = int(offset * native)
         if start >= total:
             raise AudioDecodeError(f"{p}: offset {offset:.3f}s is past the end of the file ({total / native:.3f}s)")
@@ -271,11 +322,12 @@ def iter_audio_blocks(
     one streaming soxr resampler, so their concatenation equals resampling the whole file.
     """
     p = Path(path)
-    with _open(p) as f:
+    f, head = _open(p)
+    with f:
         native = int(f.samplerate)
         if f.frames <= 0 or native <= 0:
             raise AudioDecodeError(f"{p}: contains no audio samples")
-        _check_header(p, f)
+        _check_header(p, f, head)
         block = max(1, int(block_seconds * native))
         if _is_mpeg(f):
             block = max(_MPEG_FRAME, block - block % _MPEG_FRAME)

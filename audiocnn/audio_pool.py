@@ -14,29 +14,23 @@ works; they take at most ``2 N`` files ahead and put blocks into a queue of at m
 size, however many and however long the files are. Blocks of the files in flight arrive
 interleaved; each file's own blocks arrive in order.
 
-Workers are started with ``spawn`` (safe whatever threads the parent runs; this module
-imports neither torch nor the model, so they start in a fraction of a second). They do not
-re-run the parent's main script, so a script may call this without an
-``if __name__ == "__main__"`` guard. They leave when their parent dies, even by SIGKILL.
+The workers are :mod:`audiocnn.workers` processes started with ``spawn`` (safe whatever
+threads the parent runs; this module imports neither torch nor the model, so they start
+in a fraction of a second); they leave when their parent dies, even by SIGKILL.
 """
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing as mp
+import functools
 import os
-import queue
-import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from audiocnn import workers
 from audiocnn.audio import iter_audio_blocks
 from audiocnn.errors import AudiocnnError, AudioDecodeError, UsageError
 
 Message = tuple[str, int, Any]
-
-#: How often a worker or the consumer wakes from a wait to check the other side is alive.
-_POLL_S = 0.5
 
 
 class DecodeWorkerError(AudiocnnError):
@@ -60,43 +54,8 @@ def _decode_one(index: int, path: str, sample_rate: int, block_seconds: float) -
     yield ("end", index, None)
 
 
-def _parent_alive() -> bool:
-    parent = mp.parent_process()
-    return parent is None or parent.is_alive()
-
-
-def _put(q: Any, item: Any) -> bool:
-    """Put ``item`` on a bounded queue, giving up (False) once the parent is gone."""
-    while True:
-        try:
-            q.put(item, timeout=_POLL_S)
-            return True
-        except queue.Full:
-            if not _parent_alive():
-                return False
-
-
-def _worker(tasks: Any, out: Any, sample_rate: int, block_seconds: float) -> None:
-    """Decode the files ``tasks`` hands out until it says ``None`` or the parent dies."""
-    while True:
-        try:
-            task = tasks.get(timeout=_POLL_S)
-        except queue.Empty:
-            if not _parent_alive():
-                return _orphaned(out)
-            continue
-        if task is None:
-            return
-        index, path = task
-        for message in _decode_one(index, path, sample_rate, block_seconds):
-            if not _put(out, message):
-                return _orphaned(out)
-
-
-def _orphaned(out: Any) -> None:
-    """The parent is gone: exit without waiting to flush blocks nobody will read (the
-    queue's feeder thread would wait on the full pipe for ever)."""
-    out.cancel_join_thread()
+def _decode_task(sample_rate: int, block_seconds: float, task: tuple[int, str]) -> Iterator[Message]:
+    return _decode_one(task[0], task[1], sample_rate, block_seconds)
 
 
 def _local(paths: Sequence[str | os.PathLike], sample_rate: int, block_seconds: float) -> Iterator[Message]:
@@ -104,84 +63,21 @@ def _local(paths: Sequence[str | os.PathLike], sample_rate: int, block_seconds: 
         yield from _decode_one(i, str(path), sample_rate, block_seconds)
 
 
-@contextlib.contextmanager
-def _main_hidden() -> Iterator[None]:
-    """While workers start, hide the parent's ``__main__`` from spawn, which would import
-    it again in each worker: they need only this module."""
-    main = sys.modules.get("__main__")
-    if main is None:
-        yield
-        return
-    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
-    main.__dict__.pop("__file__", None)
-    main.__spec__ = None
-    try:
-        yield
-    finally:
-        main.__dict__.pop("__spec__", None)
-        main.__dict__.update(saved)
-
-
 def _pooled(
     paths: Sequence[str | os.PathLike], sample_rate: int, block_seconds: float, jobs: int, queue_blocks: int
 ) -> Iterator[Message]:
-    ctx = mp.get_context("spawn")
-    tasks = ctx.Queue()
-    out = ctx.Queue(maxsize=max(1, queue_blocks))
-    procs = [
-        ctx.Process(target=_worker, args=(tasks, out, sample_rate, block_seconds), daemon=True) for _ in range(jobs)
-    ]
-    with _main_hidden():
-        for p in procs:
-            p.start()
-    todo = iter(enumerate(paths))
-    pending = 0
-
-    def submit() -> None:
-        nonlocal pending
-        task = next(todo, None)
-        if task is not None:
-            tasks.put((task[0], str(task[1])))
-            pending += 1
-
-    finished = False
+    work = functools.partial(_decode_task, sample_rate, block_seconds)
+    tasks = ((i, str(p)) for i, p in enumerate(paths))
+    events = workers.run(work, tasks, jobs=jobs, start="spawn", ahead=2 * jobs, queue_size=queue_blocks)
     try:
-        for _ in range(2 * jobs):
-            submit()
-        while pending:
-            try:
-                message = out.get(timeout=_POLL_S)
-            except queue.Empty:
-                dead = [p for p in procs if not p.is_alive()]
-                if dead:
-                    raise DecodeWorkerError(
-                        f"a decoding worker (pid {dead[0].pid}) died with exit code {dead[0].exitcode}",
-                        hint="run again with fewer --jobs; files finished so far are kept",
-                    ) from None
-                continue
-            if message[0] != "block":
-                pending -= 1
-                submit()
-            yield message
-        finished = True
-    finally:
-        _stop(procs, tasks, out, graceful=finished)
-
-
-def _stop(procs: list, tasks: Any, out: Any, *, graceful: bool) -> None:
-    """Let idle workers leave (or end them when the consumer stopped early)."""
-    if graceful:
-        for _ in procs:
-            tasks.put(None)
-    for p in procs:
-        if graceful:
-            p.join(timeout=5)
-        if p.is_alive():
-            p.terminate()
-            p.join(timeout=5)
-    for q in (tasks, out):
-        q.cancel_join_thread()
-        q.close()
+        for kind, _i, message in events:
+            if kind == "item":
+                yield message
+    except workers.WorkerDied as exc:
+        raise DecodeWorkerError(
+            f"a decoding worker (pid {exc.pid}) died with exit code {exc.exitcode}",
+            hint="run again with fewer jobs; files finished so far are kept",
+        ) from None
 
 
 def decoded_blocks(
@@ -195,7 +91,7 @@ def decoded_blocks(
     """The messages of the module docstring for ``paths``, decoded with ``jobs`` processes."""
     jobs = int(jobs)
     if jobs < 1:
-        raise UsageError(f"jobs (--jobs) must be >= 1, got {jobs}")
+        raise UsageError(f"jobs must be >= 1, got {jobs}", arguments=("jobs",))
     if jobs == 1:
         return _local(paths, sample_rate, block_seconds)
     return _pooled(paths, sample_rate, block_seconds, jobs, 2 * jobs if queue_blocks is None else queue_blocks)

@@ -34,6 +34,10 @@ BEST_CHECKPOINT_NAME = "best.safetensors"  # what a run folder's best weights ar
 
 DATA_DIR_ENV = "AUDIOCNN_DATA_DIR"
 DEFAULT_DATA_DIR = "data"  # datasets and pretrained models live here unless told otherwise
+PRETRAINED_DIR_NAME = "pretrained"  # data dir sub-folder of imported pretrained checkpoints
+ONNX_DIR_NAME = "onnx"  # data dir sub-folder of ONNX exports
+#: data dir sub-folders that are not datasets: no prepared dataset may take these names
+RESERVED_DATA_DIR_NAMES = (PRETRAINED_DIR_NAME, ONNX_DIR_NAME)
 
 
 def default_data_dir() -> Path:

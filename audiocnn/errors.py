@@ -30,9 +30,20 @@ class NotAvailableError(AudiocnnError):
 
 
 class UsageError(AudiocnnError):
-    """Bad command-line value or bad option combination."""
+    """A bad argument value or combination of arguments.
+
+    The message speaks of the function's arguments, never of a front-end's words for them:
+    ``arguments`` lists the ones it names, each written either ``name=value`` (Python's
+    keyword form) or as the bare name that opens the message (``"top_k must be >= 1"``).
+    A front-end shows them in its own terms: the CLI as flags (``--top-k``), see
+    :func:`audiocnn.cli.common.flags`.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None, arguments: tuple[str, ...] = ()) -> None:
+        super().__init__(message, hint=hint)
+        self.arguments = tuple(arguments)
 
 
 class AudioDecodeError(AudiocnnError):

@@ -31,7 +31,7 @@ from audiocnn.fileio import atomic_write_bytes, ensure_writable_dir
 from audiocnn.models.checkpoint import DEFAULT_THRESHOLD, thresholds_of
 from audiocnn.pretrained import is_pretrained_name, resolve_model
 from audiocnn.progress import progress_bar
-from audiocnn.tagging import Tagger
+from audiocnn.tagging import Tagger, TagOptions
 from audiocnn.training import plots as P
 from audiocnn.training.config import read_yaml
 from audiocnn.training.metrics import compute_metrics, to_multi_hot
@@ -69,9 +69,9 @@ def resolve_target(
 
 
 def _dataset_name(dataset: str | None, meta: dict[str, Any], run_cfg: dict[str, Any] | None, target: Any) -> str:
-    """The prepared dataset to evaluate on: ``--dataset``, else the one the model was
+    """The prepared dataset to evaluate on: ``dataset``, else the one the model was
     trained on. A pretrained model's ``dataset`` is a description ("MagnaTagATune"), not
-    a prepared folder, so it needs ``--dataset``; the hint names the matching one."""
+    a prepared folder, so it needs ``dataset``; the hint names the matching one."""
     if dataset:
         return dataset
     if not meta.get("pretrained"):
@@ -79,10 +79,12 @@ def _dataset_name(dataset: str | None, meta: dict[str, Any], run_cfg: dict[str, 
         if name:
             return name
         raise UsageError(
-            f"{target}: the checkpoint does not say which dataset it was trained on", hint="pass --dataset NAME"
+            f"{target}: the checkpoint does not say which dataset it was trained on",
+            hint="pass dataset='NAME'",
+            arguments=("dataset",),
         )
     trained_on = meta.get("dataset") or "another dataset"
-    hint = "pass --dataset NAME of a dataset prepared with `audiocnn prepare` (see `audiocnn datasets`)"
+    hint = "pass dataset='NAME' for a dataset prepared with `audiocnn prepare` (see `audiocnn datasets`)"
     match = _registered_dataset(trained_on)
     if match:
         hint = f"e.g. `audiocnn prepare {match}`, then `audiocnn evaluate {target} --dataset {match}`"
@@ -90,6 +92,7 @@ def _dataset_name(dataset: str | None, meta: dict[str, Any], run_cfg: dict[str, 
         f"{target}: a pretrained model (trained on {trained_on} outside audiocnn) names no prepared "
         "dataset to evaluate on",
         hint=hint,
+        arguments=("dataset",),
     )
 
 
@@ -126,43 +129,40 @@ def _label_map(model_labels: list[str], data_labels: list[str], task: str, datas
 
 def evaluate(
     target: str | os.PathLike,
+    options: TagOptions | None = None,
     *,
     data_dir: str | os.PathLike,
     split: str = "test",
     dataset: str | None = None,
-    eval_chunks: int | None = None,
     device: str = "auto",
     batch_size: int | None = None,
     workers: int = 0,
     out_dir: str | os.PathLike | None = None,
     plots: bool = True,
     progress: bool = True,
-    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run folder or checkpoint on ``split``; returns the metrics dict (also
     written as ``metrics.json`` in the output folder, whose path is under ``"out_dir"``).
 
-    Each clip is scored by :class:`audiocnn.tagging.Tagger` from its audio file, exactly
-    as ``audiocnn tag`` scores it (same decoding, windows and aggregation; with
-    ``eval_chunks=N``, as ``audiocnn tag --chunks N``), so the per-clip scores written to
+    Each clip is scored by :class:`audiocnn.tagging.Tagger` from its audio file with
+    ``options`` (a :class:`TagOptions`; default: those of ``audiocnn tag``), exactly as
+    ``audiocnn tag`` scores it (same decoding, windows and aggregation; with
+    ``chunks=N``, as ``audiocnn tag --chunks N``), so the per-clip scores written to
     ``scores.csv`` are the numbers ``tag`` prints. ``workers`` is accepted for API
     compatibility; decoding happens in this process.
 
     Multi-label decisions (precision, recall, F1) use the per-tag thresholds the
     checkpoint carries (picked on the validation split by ``train``), 0.5 for a checkpoint
-    without them, or ``threshold`` for every tag when given.
+    without them, or the options' ``threshold`` for every tag when given.
     """
 
     del workers
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise UsageError(f"--threshold must be in [0, 1], got {threshold}")
+    options = TagOptions() if options is None else options
     if split not in SPLITS:
-        raise UsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if eval_chunks is not None and eval_chunks < 1:
-        raise UsageError(f"--eval-chunks must be >= 1, got {eval_chunks}")
+        raise UsageError(f"split must be one of {', '.join(SPLITS)}, got {split!r}", arguments=("split",))
     ckpt, run_dir, run_cfg = resolve_target(target, data_dir)
     if out_dir is not None:  # before the model loads and every clip is scored
-        ensure_writable_dir(out_dir, "--out")
+        ensure_writable_dir(out_dir)
     tagger = Tagger(ckpt, device=device, batch_size=batch_size, data_dir=data_dir)
     meta = tagger.meta
     name = _dataset_name(dataset, meta, run_cfg, target)
@@ -172,10 +172,10 @@ def evaluate(
         raise DatasetError(f"dataset {name!r} has no clips in its {split!r} split", hint=f"see `audiocnn info {name}`")
     task = meta["task"]
     labels, columns = _label_map(list(meta["labels"]), list(manifest.labels), task, name)
-    clips, scores = score_clips(tagger, manifest, split, eval_chunks=eval_chunks, progress=progress)
+    clips, scores = score_clips(tagger, manifest, split, options, progress=progress)
     targets = _targets(manifest, clips, labels, task)
     scores = scores[:, columns]
-    cut, source = _decision_thresholds(meta, ckpt, threshold, len(tagger.labels))
+    cut, source = _decision_thresholds(meta, ckpt, options.threshold, len(tagger.labels))
     metrics = compute_metrics(targets, scores, task, labels, None if cut is None else [cut[c] for c in columns])
     metrics.update(
         {
@@ -185,11 +185,12 @@ def evaluate(
             "checkpoint": str(ckpt),
             "model": meta["model"],
             "task": task,
-            "framing": "windows" if eval_chunks is None else "chunks",
-            "eval_chunks": eval_chunks,
+            "framing": "windows" if options.chunks is None else "chunks",
+            "eval_chunks": options.chunks,
             "n_failed": manifest.split_counts().get(split, 0) - len(clips),
         }
     )
+    _name_unscored(metrics, manifest, split, clips, name)
     if metrics["excluded_labels"]:
         log.warning(
             "%d label(s) left out of the macro averages: %s",
@@ -201,6 +202,30 @@ def evaluate(
     _write_scores(out / "scores.csv", clips, scores, labels)
     _write_outputs(out, metrics, targets, scores, labels, task, run_dir / METRICS_NAME if run_dir else None, plots)
     return metrics
+
+
+def _name_unscored(metrics: dict[str, Any], manifest, split: str, clips: list, dataset: str) -> None:
+    """Clips of the split that could not be scored (each already logged with its cause):
+    listed in the metrics and one warning, and a label that only they had says so rather
+    than being "absent from the split"."""
+    scored = {c.id for c in clips}
+    lost = [c for c in manifest.split(split) if c.id not in scored]
+    if not lost:
+        return
+    metrics["unscored_clips"] = [c.id for c in lost]
+    for e in metrics["excluded_labels"]:
+        theirs = [c.id for c in lost if e["label"] in c.labels]
+        if theirs and e["reason"] == "absent from the split":
+            e["reason"] = f"its {len(theirs)} clip(s) in the split could not be scored: {', '.join(theirs[:5])}"
+    log.warning(
+        "%d of %d %s clip(s) could not be scored and are left out of these metrics: %s (check the files with "
+        "`audiocnn verify %s`)",
+        len(lost),
+        len(lost) + len(clips),
+        split,
+        ", ".join(c.id for c in lost[:10]) + (", ..." if len(lost) > 10 else ""),
+        dataset,
+    )
 
 
 def _decision_thresholds(
@@ -216,17 +241,18 @@ def _decision_thresholds(
 
 
 def score_clips(
-    tagger, manifest, split: str, *, eval_chunks: int | None = None, progress: bool = False
+    tagger, manifest, split: str, options: TagOptions, *, progress: bool = False
 ) -> tuple[list, np.ndarray]:
     """``(clips scored, scores (n, model labels))`` of a split, each clip tagged from its
-    audio file; a clip that no longer decodes is logged and left out."""
+    audio file with ``options``; a clip that no longer decodes is logged and left out."""
 
     clips, rows = [], []
     todo = manifest.split(split)
+    tagger.plan(options)  # a bad option fails before the first clip
     with progress_bar(f"evaluating {split}", len(todo), enabled=progress) as advance:
         for clip in todo:
             try:
-                rows.append(tagger.tag_file(manifest.audio_path(clip), chunks=eval_chunks).scores)
+                rows.append(tagger.tag_file(manifest.audio_path(clip), options).scores)
                 clips.append(clip)
             except (AudioDecodeError, OSError) as exc:
                 log.warning("skipping %s: %s", clip.id, exc)

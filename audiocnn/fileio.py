@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -92,6 +93,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = 
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def json_text(obj: object) -> str:
+    """``obj`` as one line of strict JSON, UTF-8 text as it is.
+
+    Never a bare ``NaN`` or ``Infinity`` (not JSON: a ValueError instead). A file name
+    that is not valid UTF-8 is held by Python as surrogate escapes (byte ``0xff`` as
+    ``\\udcff``, see :func:`os.fsdecode`); they are written as the JSON escape ``\\udcff``,
+    so the text stays valid UTF-8 and ``os.fsencode(json.loads(text)[...])`` gives back the
+    name's exact bytes.
+    """
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def atomic_write_npy(path: str | os.PathLike, array: np.ndarray, *, durable: bool = True) -> None:

@@ -3,6 +3,7 @@
 ``progress_bar`` counts items or bytes and yields ``advance(n)``; ``StepBar`` is the
 training loop's bar, restarted per phase (epoch, validation) with a free-text field for
 the running loss. Disabled bars cost nothing, so library code can always ask for one.
+``human_size`` writes a byte count the way bars and log lines show it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,15 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
+
+
+def human_size(n: float) -> str:
+    """``n`` bytes as people read them: ``512 B``, ``1.5 KiB`` ... ``2.0 TiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _progress(*columns: Any, transient: bool = True):

@@ -226,10 +226,9 @@ def backends_rows(model: str, data_dir: str, song: Path, repeat: int) -> list[tu
     import torch
 
     from audiocnn.tagging import Tagger
-    from audiocnn.tagging.onnx_backend import OnnxTagger
 
     torch_tagger = Tagger(model, data_dir=data_dir)
-    ort_tagger = OnnxTagger(model, data_dir=data_dir)
+    ort_tagger = Tagger(model, data_dir=data_dir, backend="onnxruntime")
     m = torch_tagger.model
     window = np.random.default_rng(0).standard_normal((1, *m.feature_shape())).astype(np.float32)
 
@@ -238,7 +237,7 @@ def backends_rows(model: str, data_dir: str, song: Path, repeat: int) -> list[tu
             m.predict_proba(m(torch.from_numpy(window), from_features=True))
 
     def ort_window() -> None:
-        ort_tagger.session.run(None, {ort_tagger.input_name: window})
+        ort_tagger.backend.session.run(None, {ort_tagger.backend.input_name: window})
 
     return [
         (
@@ -262,19 +261,18 @@ def streams_rows(model: str, data_dir: str, windows: int = 200) -> list[tuple[st
     import torch
 
     from audiocnn.tagging import Tagger
-    from audiocnn.tagging.onnx_backend import OnnxTagger
 
     threads = torch.get_num_threads()
     rows = []
-    for name, kind in (("torch", Tagger), ("onnxruntime", OnnxTagger)):
-        tagger = kind(model, data_dir=data_dir)
+    for name in ("torch", "onnxruntime"):
+        tagger = Tagger(model, data_dir=data_dir, backend=name)
         window = np.random.default_rng(0).standard_normal(tagger.model.feature_shape()).astype(np.float32)
 
         def one(_: int, t: Tagger = tagger, w: np.ndarray = window) -> None:
-            t._run([w], True, False, False)
+            t.score([w], True, False, False)
 
         serial = _median_s(lambda: [one(i) for i in range(windows)], 1) / windows
-        with tagger.threads_per_stream(threads), ThreadPoolExecutor(threads) as pool:
+        with tagger.backend.threads_per_stream(threads), ThreadPoolExecutor(threads) as pool:
             at_once = _median_s(lambda: list(pool.map(one, range(windows))), 1) / windows
         rows.append((name, threads, serial, at_once))
     return rows

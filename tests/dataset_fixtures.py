@@ -10,8 +10,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
+import resource
+import signal
+import subprocess
+import sys
 import tarfile
 import threading
+import time
 import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -40,6 +46,29 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     code = run(list(args))
     cap = capsys.readouterr()
     return code, cap.out, cap.err
+
+
+def run_limited(
+    script: str, *args: str, memory_mb: int = 1024, file_mb: int = 16, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """``python -c script args...`` with its address space and the size of any file it
+    writes capped (a write past ``file_mb`` fails with EFBIG, as on a full disk), and a
+    timeout: a hostile input that regresses fails its test instead of eating the machine."""
+
+    def limits() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_mb << 20, file_mb << 20))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=limits,  # noqa: PLW1509 (no threads to deadlock in the child before exec)
+        env=env,
+    )
 
 
 # ----------------------------------------------------------------------------- audio
@@ -548,6 +577,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         data, mode = entry
+        if mode == "redirect-loop":
+            srv.record(path, rng, 302, 0)
+            self.send_response(302)
+            self.send_header("Location", path)  # to itself, for ever
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         n_requests = sum(1 for r in srv.requests if r["path"] == path)
         start = 0
         stop = len(data)  # exclusive
@@ -575,6 +611,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if mode == "corrupt-once" and n_requests == 0:
             body = bytes(len(body))  # a whole answer of the wrong bytes, as a bad cache serves
+        if mode == "stall":
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            srv.record(path, rng, status, len(body) // 2)
+            time.sleep(srv.stall_seconds)  # then the connection closes: a server that hangs
+            self.close_connection = True
+            return
         if mode == "drop-once" and n_requests == 0:
             cut = len(body) // 2
             self.wfile.write(body[:cut])
@@ -588,12 +631,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FixtureServer:
-    """Serves registered byte strings; modes: normal, drop-once, corrupt-once, ignore-range.
+    """Serves registered byte strings; modes: normal, drop-once, corrupt-once, ignore-range,
+    stall (half the body, then silence for ``stall_seconds``), redirect-loop.
     Range requests may name an end (``bytes=a-b``), as :mod:`audiocnn.datasets.remotezip` asks."""
 
     def __init__(self) -> None:
         self.routes: dict[str, tuple[bytes, str]] = {}
         self.requests: list[dict] = []
+        self.stall_seconds = 3.0
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
@@ -678,6 +723,7 @@ __all__ = [
     "pickle_protocol0_strings",
     "patch_mtg_pins",
     "patch_remotes",
+    "run_limited",
     "split_bytes",
     "tar_gz",
     "write_files",

@@ -21,6 +21,7 @@ from learning_data import SOURCES, shuffle_labels, write_folder
 from train_helpers import prepare_folder
 
 from audiocnn.evaluation import evaluate
+from audiocnn.tagging import TagOptions
 from audiocnn.training.config import config_from_mapping
 from audiocnn.training.loop import train
 
@@ -138,4 +139,6 @@ def run_check(
     run_dir = runs_dir / f"{model}-{dataset}-{seed}"
     train(config, run_dir, data_dir=data_dir, device=device, progress=False)
     # F1 at 0.5, the statistic the bars are calibrated on (not the thresholds picked on valid)
-    return evaluate(run_dir, data_dir=data_dir, split="test", device=device, plots=False, progress=False, threshold=0.5)
+    return evaluate(
+        run_dir, TagOptions(threshold=0.5), data_dir=data_dir, split="test", device=device, plots=False, progress=False
+    )

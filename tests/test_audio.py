@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import librosa
@@ -214,3 +215,42 @@ def test_find_audio_files_counts_linked_files_but_does_not_enter_linked_folders(
     (root / "linked").symlink_to(elsewhere, target_is_directory=True)  # a linked folder: not entered
     (root / "rock" / "broken.wav").symlink_to(tmp_path / "gone.wav")  # leads nowhere: skipped
     assert [p.relative_to(root).as_posix() for p in find_audio_files(root)] == ["rock/alias.wav", "rock/own.wav"]
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("zeros.au", bytes(1 << 20)),  # libsndfile: headerless 8 kHz mu-law, "a 131 s song"
+        ("random.snd", np.random.default_rng(0).bytes(1 << 20)),
+        ("notes.au", b"not audio, just text\n" * 150),  # was "the header promises 3150 frames"
+    ],
+)
+def test_not_audio_named_like_audio_is_refused(tmp_path: Path, name: str, data: bytes) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    for read in (audio_info, lambda p: load_audio(p, 16000), lambda p: next(iter_audio_blocks(p, 16000))):
+        with pytest.raises(AudioDecodeError, match=r"not a readable audio file \(no audio header") as err:
+            read(path)
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_real_au_header_is_still_read(audio_dir: Path) -> None:
+    assert (audio_dir / "mono22k.au").read_bytes()[:4] == b".snd"
+    assert audio_info(audio_dir / "mono22k.au").frames == 3 * 22050
+
+
+def test_fifo_and_device_are_not_regular_files(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    for path, kind in ((fifo, "a FIFO"), (Path("/dev/zero"), "a device")):
+        with pytest.raises(AudioDecodeError, match=f"not a regular file \\({kind}\\)"):
+            load_audio(path, 16000)
+
+
+def test_a_file_name_that_is_not_utf8_decodes(tmp_path: Path) -> None:
+    """POSIX names are bytes; Python holds the undecodable ones as surrogate escapes."""
+    good = write_audio(tmp_path / "good.wav", synth_tone(1.0, 16000), 16000)
+    bad = os.fsdecode(os.fsencode(tmp_path) + b"/bad\xff\xfe.wav")
+    os.rename(good, os.fsencode(bad))
+    assert audio_info(bad).frames == 16000
+    assert load_audio(bad, 8000).shape == (8000,)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import synth_tone, write_audio
 from tag_fixtures import SR, make_checkpoint
+from train_helpers import last_line, run_limited
 
 from audiocnn.cli.main import run
 from audiocnn.errors import CheckpointError
@@ -125,3 +126,44 @@ def test_pretrained_import_carries_the_digest(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(path)
     assert str(err.value) == f"{path} is corrupt: tensor checksum mismatch; delete it to import it again"
+
+
+def _rewrite_metadata(path: Path, **changes) -> Path:
+    """The same tensors with metadata keys changed (None: removed), as a hand edit would."""
+    from safetensors.torch import save
+
+    meta, state = read_metadata(path), load_weights(path)
+    meta.update(changes)
+    path.write_bytes(save(state, metadata={"audiocnn": json.dumps({k: v for k, v in meta.items() if v is not None})}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, expect",
+    [
+        ({"num_classes": 5}, "weights do not fit the metadata: model 'test-probe-mel' with num_classes=5 and "),
+        ({"frontend": None}, "checkpoint metadata lacks 'frontend' (the file is damaged or was not written by "),
+        ({"num_classes": "4"}, "checkpoint metadata 'num_classes' must be a whole number >= 1, got '4' ("),
+        ({"labels": ["rock"]}, "checkpoint metadata has 1 labels for 4 outputs ("),
+        ({"frontend": {"kind": "mel", "n_mels": 10**9}}, "checkpoint metadata 'frontend': n_mels must be a whole "),
+    ],
+)
+def test_metadata_is_checked_against_the_weights(ckpt, song, capsys, change, expect):
+    _rewrite_metadata(ckpt, **change)
+    code, _out, err = _tag(capsys, str(song), "--model", str(ckpt), "--device", "cpu")
+    assert code == 1 and last_line(err).startswith(f"error: {ckpt}: {expect}"), err
+
+
+def test_metadata_asking_for_a_huge_model_allocates_nothing(tmp_path, song):
+    """timbral_filters: 1e9 (the old code built the model first: 1 TB): one line from the
+    tensor shapes in the file's header, within 2 GB (tag, evaluate and export all load
+    through load_checkpoint)."""
+    ckpt = make_checkpoint(tmp_path / "musicnn.safetensors", "musicnn", labels=LABELS)
+    kwargs = read_metadata(ckpt)["model_kwargs"]
+    huge = _rewrite_metadata(ckpt, model_kwargs={**kwargs, "timbral_filters": 10**9})
+    [(code, err)] = run_limited(["tag", str(song), "--model", str(huge), "--device", "cpu"], timeout=60)
+    assert code == 1 and last_line(err).startswith(
+        f"error: {huge}: weights do not fit the metadata: model 'musicnn' with num_classes=4 and model_kwargs "
+    ), err
+    assert "'timbral_filters': 1000000000" in err
+    assert "has bn_pool.bias of shape [4000000690], the file holds [1506]" in err

@@ -3,8 +3,12 @@ in each dataset's real layout, served by a local HTTP server or given with --sou
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
+import shlex
+import shutil
 from collections import Counter
 
 import pytest
@@ -31,7 +35,8 @@ from audiocnn.datasets import (
 )
 from audiocnn.datasets.gtzan import fault_filtered_split
 from audiocnn.datasets.mtat import derive_top_tags, split_of_path
-from audiocnn.datasets.registry import DatasetSpec, read_resource_lines
+from audiocnn.datasets.registry import read_resource_lines
+from audiocnn.datasets.spec import DatasetSpec
 from audiocnn.datasets.splits import stratified_split
 from audiocnn.errors import DownloadError, UsageError
 
@@ -266,6 +271,27 @@ def test_folder_subfolders(tmp_path, data_dir, capsys):
     assert code == 0 and "fma-medium" in out and "mine" in out
 
 
+def test_folder_with_a_file_name_that_is_not_utf8(tmp_path, data_dir, capsys):
+    """POSIX names are bytes: the clip is probed, kept in the manifest losslessly (JSON
+    escapes \\udcff) and verified; the manifest writer leaves no temp file."""
+    src = tmp_path / "music"
+    folder_fixture(src)
+    good = next((src / "calm").iterdir())
+    bad = os.fsencode(src / "calm") + b"/bad\xff\xfe.wav"
+    shutil.copyfile(good, bad)
+    code, _, err = run_cli(
+        capsys, "--data-dir", str(data_dir), "prepare", "folder", "--source", str(src), "--name", "mine", "-j", "1"
+    )
+    assert code == 0 and "Traceback" not in err, err
+    text = (data_dir / "mine" / "manifest.jsonl").read_bytes().decode("utf-8")  # valid UTF-8 throughout
+    assert "bad\\udcff\\udcfe.wav" in text
+    m = read_manifest(data_dir / "mine")
+    clip = next(c for c in m.clips if "bad" in c.path)
+    assert os.fsencode(m.audio_path(clip)) == bad and not m.excluded
+    assert sorted(p.name for p in (data_dir / "mine").iterdir()) == [".state", "manifest.jsonl"]
+    assert verify_dataset(data_dir, "mine").ok
+
+
 def test_folder_labels_csv_multilabel_with_split(tmp_path, data_dir):
     src = tmp_path / "music"
     made = folder_fixture(src)
@@ -294,6 +320,88 @@ def test_folder_labels_csv_multilabel_with_split(tmp_path, data_dir):
             task="single-label",
             progress=False,
         )
+
+
+def test_mtat_source_folder_missing_a_part_is_named_and_nothing_is_downloaded(
+    http_server, data_dir, monkeypatch, capsys, tmp_path
+):
+    fx = mtat_fixture()
+    urls = {name: http_server.add(f"/upstream/{name}", data) for name, data in fx.files.items()}
+    patch_remotes(monkeypatch, "mtat", fx.files, urls=urls)  # "upstream" is the local server
+    src = write_files(tmp_path / "mtat-files", {k: v for k, v in fx.files.items() if k != "mp3.zip.002"})
+    args = ("--data-dir", str(data_dir), "prepare", "mtat", "--source", str(src), "-j", "1")
+    code, _out, err = run_cli(capsys, *args)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err
+    assert f"--source {src}: mp3.zip.002 is not there" in lines[0] and "nothing was downloaded" in lines[0]
+    assert f"--download-missing to fetch it from {urls['mp3.zip.002']} (1.0 GB)" in lines[0]
+    assert http_server.requests == []
+    code, out, err = run_cli(capsys, *args, "--download-missing", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["splits"] == fx.expected["counts"]["standard"]
+    assert [r["path"] for r in http_server.requests] == ["/upstream/mp3.zip.002"]
+
+
+def _same_size_other_audio(path) -> bytes:
+    """Another recording of exactly the same size and frame count as the WAV at ``path``."""
+    import soundfile as sf
+
+    y, sr = sf.read(path, dtype="int16")
+    buf = io.BytesIO()
+    sf.write(buf, y[::-1].copy(), sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def test_verify_full_catches_a_clip_replaced_by_one_of_the_same_size_and_length(tmp_path, data_dir, capsys):
+    src = tmp_path / "music"
+    folder_fixture(src)
+    code, _out, err = run_cli(
+        capsys, "--data-dir", str(data_dir), "prepare", "folder", "--source", str(src), "--name", "m", "-j", "1"
+    )
+    assert code == 0, err
+    clip = src / "calm" / "take0.wav"
+    other = _same_size_other_audio(clip)
+    assert len(other) == clip.stat().st_size and other != clip.read_bytes()
+    clip.write_bytes(other)
+    code, _out, _err = run_cli(capsys, "--data-dir", str(data_dir), "verify", "m", "-j", "1")
+    assert code == 0  # the quick check: size and header only, as --help says
+    code, out, _err = run_cli(
+        capsys, "--data-dir", str(data_dir), "verify", "m", "--full", "-j", "1", "--format", "json"
+    )
+    report = json.loads(out)
+    assert code == 1 and [c["path"] for c in report["corrupt"]] == ["calm/take0.wav"]
+    assert "sha256 differs" in report["corrupt"][0]["reason"]
+
+
+@pytest.mark.parametrize("name", ["pretrained", "onnx", "ONNX"])
+def test_a_dataset_cannot_take_a_reserved_folder_of_the_data_dir(tmp_path, data_dir, capsys, name):
+    src = tmp_path / "music"
+    folder_fixture(src)
+    code, _out, err = run_cli(
+        capsys, "--data-dir", str(data_dir), "prepare", "folder", "--source", str(src), "--name", name
+    )
+    assert code == 2 and f"--name {name}: the data dir keeps its {name.lower()}/ folder" in err
+    assert not (data_dir / name).exists() and not (data_dir / name.lower()).exists()
+
+
+def test_verify_of_a_moved_folder_dataset_suggests_a_command_that_works(tmp_path, data_dir, capsys):
+    src = tmp_path / "music"
+    folder_fixture(src)
+    prepare = ("--data-dir", str(data_dir), "prepare", "folder", "--source", str(src), "--name", "m", "-j", "1")
+    code, _out, err = run_cli(capsys, *prepare, "--seed", "3")
+    assert code == 0, err
+    moved = tmp_path / "moved music"
+    src.rename(moved)
+    code, _out, err = run_cli(capsys, "--data-dir", str(data_dir), "verify", "m", "-j", "1")
+    assert code == 1
+    hint = err.strip().splitlines()[-1]
+    suggested = "audiocnn prepare folder --source NEW_PLACE --name m --seed 3 --force"
+    assert f"the audio folder {src} is gone; if it moved, run `{suggested}`" in hint
+    argv = shlex.split(suggested.replace("NEW_PLACE", shlex.quote(str(moved))))[1:]
+    code, _out, err = run_cli(capsys, "--data-dir", str(data_dir), *argv, "-j", "1")
+    assert code == 0, err
+    code, _out, err = run_cli(capsys, "--data-dir", str(data_dir), "verify", "m", "-j", "1")
+    assert code == 0, err
 
 
 # ----------------------------------------------------------------------------- registry, splits

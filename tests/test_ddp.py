@@ -80,6 +80,7 @@ def test_two_process_gloo_training_matches_layout_and_gathers_every_clip_once(tm
     # the gathered validation metrics of the last epoch equal a single-process pass over
     # the valid split with the same weights (duplicated or lost clips would change them)
     from audiocnn.evaluation import evaluate
+    from audiocnn.tagging import TagOptions
     from audiocnn.training.callbacks import metrics_rows
 
     state = torch.load(ddp / "last.pt", weights_only=False)
@@ -92,9 +93,9 @@ def test_two_process_gloo_training_matches_layout_and_gathers_every_clip_once(tm
     )
     res = evaluate(
         ck,
+        TagOptions(chunks=3),
         data_dir=data,
         split="valid",
-        eval_chunks=3,
         device="cpu",
         plots=False,
         progress=False,

@@ -16,6 +16,7 @@ from audiocnn.datasets.manifest import read_manifest
 from audiocnn.errors import CheckpointError
 from audiocnn.evaluation import evaluate
 from audiocnn.models.checkpoint import read_metadata, thresholds_of
+from audiocnn.tagging import TagOptions
 from audiocnn.training.metrics import best_f1_thresholds, compute_metrics, decision_metrics
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -91,8 +92,17 @@ def trained(tmp_path_factory):
     return train_both_tasks(tmp_path_factory.mktemp("decide"))
 
 
-def _eval(data, run_dir, split, out, **kw):
-    return evaluate(run_dir, data_dir=data, split=split, device="cpu", plots=False, progress=False, out_dir=out, **kw)
+def _eval(data, run_dir, split, out, **options):
+    return evaluate(
+        run_dir,
+        TagOptions(**options),
+        data_dir=data,
+        split=split,
+        device="cpu",
+        plots=False,
+        progress=False,
+        out_dir=out,
+    )
 
 
 def _scores(path):
@@ -109,7 +119,7 @@ def test_thresholds_are_picked_on_valid_and_round_trip_the_checkpoint(trained, t
     stored = thresholds_of(meta)
     assert stored is not None and len(stored) == len(meta["labels"]) == len(manifest.labels)
     # the validation scores the run saw are what evaluate computes with the run's chunks
-    _eval(data, run_dir, "valid", tmp_path / "valid", eval_chunks=3)
+    _eval(data, run_dir, "valid", tmp_path / "valid", chunks=3)
     paths, scores = _scores(tmp_path / "valid" / "scores.csv")
     clips = {c.path: c for c in manifest.split("valid")}
     y = np.array([[lab in clips[p].labels for lab in manifest.labels] for p in paths], dtype=int)

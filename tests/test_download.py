@@ -6,21 +6,20 @@ import hashlib
 import io
 import logging
 import os
+import re
+import socket
 import tarfile
+import time
 import zipfile
 
 import pytest
 from dataset_fixtures import http_server, split_bytes, tar_gz, zip_bytes  # noqa: F401 (fixture)
 
-from audiocnn.datasets.download import (
-    MultiPartFile,
-    download_file,
-    extract_archive,
-    extract_once,
-    file_digest,
-    verify_file,
-)
-from audiocnn.errors import ChecksumError, DownloadError, UnsafeArchiveError
+from audiocnn.datasets.archives import extract_archive, extract_once
+from audiocnn.datasets.checksums import file_digest, verify_file
+from audiocnn.datasets.http import download_file
+from audiocnn.datasets.parts import MultiPartFile
+from audiocnn.errors import ChecksumError, DownloadError, UnsafeArchiveError, UsageError
 
 DATA = bytes(range(256)) * 4096  # 1 MiB, not compressible to nothing
 MD5 = hashlib.md5(DATA).hexdigest()
@@ -242,3 +241,52 @@ def test_extract_once_marker_redoes_only_unfinished_work(tmp_path):
     (state / "extract-a.done").unlink()
     assert extract_once([archive], dest, state, key="extract-a") is True
     assert (dest / "d" / "x.txt").read_bytes() == b"x"
+
+
+# ----------------------------------------------------------------------------- failing fast, or visibly
+def test_a_host_name_that_does_not_resolve_is_not_retried(tmp_path, monkeypatch):
+    calls = []
+
+    def no_dns(host, *args, **kwargs):
+        calls.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(DownloadError, match="the host name mirror.invalid cannot be resolved") as err:
+        _dl("http://mirror.invalid/genres.tar.gz", tmp_path / "g.tar.gz", retries=5)
+    assert calls == ["mirror.invalid"] and "online" in str(err.value)
+
+
+def test_a_redirect_loop_is_one_plain_line(http_server, tmp_path):
+    url = http_server.add("/loop.bin", b"", mode="redirect-loop")
+    with pytest.raises(DownloadError, match="redirects in a loop or too many times") as err:
+        _dl(url, tmp_path / "loop.bin", retries=3)
+    assert "\n" not in str(err.value) and url in str(err.value)
+    assert len(http_server.requests) <= 11  # urllib's own redirect limit, then no retries
+
+
+def test_a_stalled_server_is_reported_and_gives_up_after_the_set_timeout(http_server, tmp_path, monkeypatch, caplog):
+    from audiocnn.datasets import http
+
+    monkeypatch.setattr(http, "STALL_REPORT", 0.2)
+    monkeypatch.setenv("AUDIOCNN_DOWNLOAD_TIMEOUT", "0.5")
+    monkeypatch.setenv("AUDIOCNN_DOWNLOAD_RETRIES", "1")
+    url = http_server.add("/slow.bin", DATA, mode="stall")
+    start = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="audiocnn.datasets"), pytest.raises(DownloadError) as err:
+        download_file(url, tmp_path / "slow.bin", progress=False, backoff=0.0)
+    took = time.monotonic() - start
+    assert took < 6, took  # two 0.5-s timeouts (~1.2 s), not the server's 3-s silences (or 60 s each)
+    assert "after 2 attempts (TimeoutError" in str(err.value) and "AUDIOCNN_DOWNLOAD_TIMEOUT" in str(err.value)
+    stalls = [r.getMessage() for r in caplog.records if "no data for" in r.getMessage()]
+    assert len(stalls) >= 2 and url in stalls[0]  # at least one line in each attempt's silence
+    assert re.search(r"no data for 0\.\d s \(giving up on this attempt after 0\.5 s", stalls[0]), stalls[0]
+    assert any("retry 1/1" in r.getMessage() for r in caplog.records)
+    assert 0 < (tmp_path / "slow.bin.part").stat().st_size < len(DATA)  # kept to resume from
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "0"])
+def test_a_bad_download_setting_is_one_line(monkeypatch, tmp_path, value):
+    monkeypatch.setenv("AUDIOCNN_DOWNLOAD_TIMEOUT", value)
+    with pytest.raises(UsageError, match=f"AUDIOCNN_DOWNLOAD_TIMEOUT={value!r}: expected a number of seconds above 0"):
+        download_file("http://127.0.0.1:9/x.bin", tmp_path / "x.bin", progress=False)

@@ -24,8 +24,8 @@ torch.set_num_threads(1)
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install audiocnn[onnx])")
 onnx = pytest.importorskip("onnx")
 
+from audiocnn.tagging import Tagger  # noqa: E402
 from audiocnn.tagging import export as export_mod  # noqa: E402
-from audiocnn.tagging.onnx_backend import make_tagger  # noqa: E402
 from audiocnn.tagging.stream import tag_stream  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "chorale.flac"
@@ -140,24 +140,24 @@ def test_backend_onnxruntime_library_jobs_run_one_thread_sessions(tmp_path, data
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        tagger = make_tagger("onnxruntime", ckpt, data_dir=data_dir)
-        whole = tagger.session
+        tagger = Tagger(ckpt, data_dir=data_dir, backend="onnxruntime")
+        whole = tagger.backend.session
         seen = []
-        run_batch = tagger._run
+        run_batch = tagger.score
 
         def probe(*args):
-            seen.append(tagger.session.get_session_options().intra_op_num_threads)
+            seen.append(tagger.backend.session.get_session_options().intra_op_num_threads)
             return run_batch(*args)
 
-        tagger._run = probe
+        tagger.score = probe
         got = {i: res for i, _, res in tag_stream(tagger, songs, jobs=2)}
-        assert seen and set(seen) == {1} and tagger.session is whole
+        assert seen and set(seen) == {1} and tagger.backend.session is whole
         assert whole.get_session_options().intra_op_num_threads == 2
     finally:
         torch.set_num_threads(before)
     # no reference cycle keeps the sessions' thread pools alive past this test: later tests
     # fork (DataLoader workers), and a fork beside live threads can hang the child
-    del tagger._run
-    torch_tagger = make_tagger("torch", ckpt, data_dir=data_dir)
+    del tagger.score
+    torch_tagger = Tagger(ckpt, data_dir=data_dir)
     for i, song in enumerate(songs):
         assert np.abs(got[i].scores - torch_tagger.tag_file(song).scores).max() < 1e-5

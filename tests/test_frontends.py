@@ -140,6 +140,42 @@ def test_config_validation() -> None:
 
 
 @pytest.mark.parametrize(
+    "options, expect",
+    [
+        ({"n_mels": 100000}, "n_mels must be a whole number in [1, 257] (n_fft=512 gives 257 frequency bins)"),
+        ({"n_mels": 1e9, "n_fft": 16384}, "n_mels must be a whole number in [1, 1024], got 1000000000.0"),
+        ({"n_fft": 1 << 20}, "n_fft must be a whole number in [2, 16384]"),
+        ({"hop_length": 0}, "hop_length must be a whole number in [1, 16384]"),
+        ({"win_length": 1024}, "win_length must be a whole number in [1, 512] (at most n_fft)"),
+        ({"sample_rate": 10_000_000}, "sample_rate must be a whole number in [1000, 384000]"),
+        ({"n_mels": True}, "n_mels must be a whole number in [1, 257]"),
+        ({"kind": "waveform", "sample_rate": 1}, "sample_rate must be a whole number in [1000, 384000], got 1"),
+    ],
+)
+def test_sizes_are_bounded(options, expect) -> None:
+    """Sizes a feature cannot mean (1 Hz) or a machine cannot hold (10 MHz, 100,000 bands)."""
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"kind": "mel", **options})
+    assert str(info.value).startswith(expect)
+    assert MelConfig(n_fft=16384, n_mels=1024, sample_rate=384000).n_mels == 1024  # the bounds themselves
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["--set", "n_mels=100000"], "n_mels must be a whole number in [1, 257] (n_fft=512 gives 257 frequency bins)"),
+        (["--sample-rate", "10000000"], "sample_rate must be a whole number in [1000, 384000]"),
+        (["--kind", "waveform", "--sample-rate", "1"], "sample_rate must be a whole number in [1000, 384000]"),
+    ],
+)
+def test_features_refuses_sizes_before_any_work(tmp_path, capsys, args, expect) -> None:
+    from audiocnn.cli.main import run
+
+    assert run(["--data-dir", str(tmp_path), "features", "not-prepared", *args]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {expect}, got ")
+
+
+@pytest.mark.parametrize(
     "sr,n_fft,n_mels,fmin,fmax,htk,norm",
     [
         (16000, 512, 96, 0.0, None, False, "slaney"),

@@ -4,6 +4,7 @@ takes the pretrained names `tag` takes. Every hint names a command that exists."
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import torch
 from conftest import synth_tone, write_audio
 from tag_fixtures import SR, make_checkpoint
-from train_helpers import TinyMel, make_dataset, write_config
+from train_helpers import TinyMel, last_line, make_dataset, run_limited, write_config
 
 from audiocnn.cli.main import run
 from audiocnn.models.checkpoint import model_metadata, save_checkpoint
@@ -150,6 +151,59 @@ def test_duplicate_yaml_key_is_an_error(tmp_path, capsys):
     assert f"{tmp_path / 'exp.yaml'}:5: duplicate key 'lr' (first given on line 3)" in line
 
 
+def _laughs(indent: str = "  ") -> str:
+    """Nine levels of nine aliases ("billion laughs"): 9**9 values once expanded."""
+    lines = [f"{indent}a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"{indent}a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    return "\n".join(lines) + "\n"
+
+
+#: the same as one flow value for --set (six levels of ten: 10**6 values)
+FLOW_LAUGHS = (
+    "[&a [1,1,1,1,1,1,1,1,1,1],"
+    + ",".join(f"&{b} [" + ",".join([f"*{a}"] * 10) + "]" for a, b in zip("abcde", "bcdef"))
+    + ","
+    + ",".join(["*f"] * 9)
+    + "]"
+)
+
+
+def test_yaml_alias_bombs_are_refused_at_once(tmp_path):
+    """Aliases expanding past 100,000 values are refused before anything copies them;
+    under an unknown key, the unknown key is the error. 2 GB, 60 s for all four."""
+    bombs = {name: tmp_path / f"{name}.yaml" for name in ("nothere", "model_kwargs")}
+    for name, cfg in bombs.items():
+        cfg.write_text(BASE + f"{name}:\n" + _laughs())
+    train = ["--data-dir", str(tmp_path), "train"]
+    results = run_limited(
+        *([*train, str(cfg), "--run-dir", str(tmp_path / "run")] for cfg in bombs.values()),
+        [*train, str(bombs["nothere"]), "--run-dir", str(tmp_path / "run"), "--set", f"model_kwargs.x={FLOW_LAUGHS}"],
+        ["--data-dir", str(tmp_path), "features", "tones", "--set", f"n_mels={FLOW_LAUGHS}"],
+        timeout=60,
+    )
+    (c1, e1), (c2, e2), (c3, e3), (c4, e4) = results
+    assert c1 == 1 and last_line(e1).startswith(f"error: {bombs['nothere']}: unknown config key 'nothere'; ")
+    many = "YAML aliases expand to more than 100,000 values (write the values out; a config needs no aliases)"
+    assert c2 == 1 and last_line(e2) == f"error: {bombs['model_kwargs']}: {many}"
+    assert c3 == 1 and last_line(e3).startswith(f"error: {bombs['nothere']}: unknown config key 'nothere'; ")
+    assert c4 == 2 and last_line(e4) == f"error: --set n_mels: {many}"
+    assert not (tmp_path / "run").exists()
+
+
+def test_self_referring_or_deep_yaml_is_one_line(tmp_path, capsys):
+    cfg = tmp_path / "exp.yaml"
+    line = _train_error(tmp_path, capsys, BASE + "model_kwargs:\n  a: &x [1, *x]\n")
+    assert line == f"error: {cfg}: a YAML alias refers to a value that contains it (write the value out)"
+    line = _train_error(tmp_path, capsys, BASE + "model_kwargs: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert line == f"error: {cfg}: lists and mappings nested too deeply"
+    line = _train_error(tmp_path, capsys, BASE, "model_kwargs.a=" + "[" * 70 + "]" * 70)
+    assert line == f"error: {cfg}: --set model_kwargs.a: lists and mappings nested more than 64 levels deep"
+    cfg.write_text(BASE + "model_kwargs: {a: &x [1, 2], b: *x}\n")  # a small alias is fine
+    from audiocnn.training.config import load_config
+
+    assert load_config(cfg).model_kwargs == {"a": [1, 2], "b": [1, 2]}
+
+
 @pytest.mark.parametrize(
     "override, expect",
     [
@@ -251,6 +305,30 @@ def test_evaluate_accepts_pretrained_names(pretrained, capsys):
     assert '"n_clips": 4' in out.out and "musicnn-mtt.safetensors" in out.out
 
 
+def test_evaluate_names_the_clips_it_could_not_score(tmp_path, capsys):
+    """Deleted test clips: each named, one summary line, and the label only they had is
+    not reported as "absent from the split"."""
+    data = tmp_path / "data"
+    data.mkdir()
+    make_dataset(data, "tones", "single-label")  # test-012 and test-015 are the test split's "low" clips
+    labels = ["high", "low", "mid"]
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", "test-probe-mel", labels=labels, task="single-label")
+    for clip in ("test-012", "test-015"):
+        (tmp_path / "tones-audio" / f"{clip}.wav").unlink()
+    capsys.readouterr()
+    out_dir = tmp_path / "eval"
+    args = ["evaluate", str(ckpt), "--dataset", "tones", "--out", str(out_dir), "--no-plots"]
+    assert run(["--data-dir", str(data), *args]) == 0
+    cap = capsys.readouterr()
+    assert (
+        "2 of 4 test clip(s) could not be scored and are left out of these metrics: test-012, test-015 "
+        "(check the files with `audiocnn verify tones`)" in cap.err
+    )
+    assert "not scored: low (its 2 clip(s) in the split could not be scored: test-012, test-015)" in cap.out
+    assert "absent from the split" not in cap.out + cap.err
+    assert json.loads((out_dir / "metrics.json").read_text())["unscored_clips"] == ["test-012", "test-015"]
+
+
 def test_evaluate_unknown_target_hint_is_real(tmp_path, capsys):
     assert run(["--data-dir", str(tmp_path), "evaluate", "not-a-model"]) == 1
     line = _one_line_error(capsys.readouterr().err)
@@ -278,3 +356,10 @@ def test_train_hints_are_real(tmp_path, capsys):
     (rd / "last.prev.pt").unlink(missing_ok=True)
     assert run(["--data-dir", str(data), "train", str(cfg), "--run-dir", str(rd), "--device", "cpu", "--resume"]) == 1
     assert_hints_are_real(_one_line_error(capsys.readouterr().err), capsys)
+
+
+def test_evaluate_eval_chunks_is_bounded_before_anything_loads(tmp_path, capsys):
+    """`--eval-chunks 1000000` ran for minutes: each chunk is one window through the network."""
+    assert run(["--data-dir", str(tmp_path), "evaluate", "not-a-model", "--eval-chunks", "1000000"]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "--eval-chunks must be between 1 and 256, got 1000000" in line

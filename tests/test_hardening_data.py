@@ -7,21 +7,31 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
 import pytest
-from dataset_fixtures import audio_bytes, http_server, no_slow_retries, run_cli  # noqa: F401 (http_server is a fixture)
+from dataset_fixtures import (  # noqa: F401 (http_server is a fixture)
+    audio_bytes,
+    http_server,
+    no_slow_retries,
+    run_cli,
+    run_limited,
+)
 
-from audiocnn.datasets.download import CorruptArchiveError, extract_archive
+from audiocnn.datasets.archive_checks import CorruptArchiveError
+from audiocnn.datasets.archives import extract_archive
 from audiocnn.datasets.lock import _try_flock, lock_path
-from audiocnn.errors import UnsafeArchiveError
+from audiocnn.errors import DatasetError, UnsafeArchiveError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -552,3 +562,171 @@ def test_same_name_from_another_source_needs_force(tmp_path, capsys):
     assert code == 0 and "nothing to do" in err
     assert run_cli(capsys, *base, "--source", str(b), "--force")[0] == 0
     assert read_manifest(tmp_path / "data" / "m").labels == ["x", "y"]
+
+
+# ----------------------------------------------------------------------------- sizes, bombs, clashes
+BOMB = 64 << 20  # decompresses to 64 MiB of zeros from about 64 KiB
+
+
+def _zeros_zip(path: Path, name: str, size: int) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for _kind, n, value in GOOD:
+            zf.writestr(n, value)
+        with zf.open(name, "w", force_zip64=True) as out:
+            block = bytes(1 << 20)
+            for _ in range(size >> 20):
+                out.write(block)
+    return path
+
+
+def _zeros_tar_gz(path: Path, name: str, size: int) -> Path:
+    with tarfile.open(path, "w:gz", compresslevel=1) as tf:
+        for _kind, n, value in GOOD:
+            info = tarfile.TarInfo(n)
+            info.size = len(value)
+            tf.addfile(info, io.BytesIO(value))
+        info = tarfile.TarInfo(name)
+        info.size = size
+        tf.addfile(info, io.BytesIO(bytes(size)))
+    return path
+
+
+EXTRACT = """
+import sys
+from pathlib import Path
+from audiocnn.datasets.archives import extract_archive
+from audiocnn.errors import AudiocnnError
+dest = Path(sys.argv[2])
+try:
+    extract_archive(sys.argv[1], dest)
+except AudiocnnError as exc:
+    print("error:", exc)
+print("left:", sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["zip", "tar.gz"])
+def test_an_archive_bomb_is_refused_before_a_byte_is_written(tmp_path, fmt):
+    """64 MiB of zeros in a GTZAN-layout archive of ~64 KiB: refused for its ratio (no
+    dataset bound involved), nothing written. Run with files capped at 16 MiB, so a
+    regression fails here instead of filling the disk."""
+    name = "genres/blues/blues.00099.au"
+    make = _zeros_zip if fmt == "zip" else _zeros_tar_gz
+    archive = make(tmp_path / f"genres.{fmt}", name, BOMB)
+    assert archive.stat().st_size < BOMB // 200
+    dest = tmp_path / "raw"
+    proc = run_limited(EXTRACT, str(archive), str(dest), file_mb=16, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    error, left = proc.stdout.splitlines()
+    assert error.startswith("error:") and str(archive) in error and repr(name) in error
+    assert re.search(r"KiB to 64\.\d MiB, more than 50:1, which no audio compresses to", error), error
+    assert "archive bomb" in error
+    assert left == "left: []"
+
+
+def test_prepare_refuses_a_gtzan_zip_bomb_in_one_line(tmp_path):
+    """The reported case through the CLI: a 'clip' of zeros far beyond any GTZAN clip is
+    refused for GTZAN's sizes (before its ratio is looked at)."""
+    archive = _zeros_zip(tmp_path / "genres.zip", "genres/blues/blues.00099.au", BOMB)
+    data = tmp_path / "data"
+    proc = run_limited(
+        "from audiocnn.cli.main import main; main()",
+        "--data-dir",
+        str(data),
+        "prepare",
+        "gtzan",
+        "--source",
+        str(archive),
+        "-j",
+        "1",
+        memory_mb=8192,  # torch is imported on the way; what it maps is address space, not memory
+        file_mb=16,
+        timeout=120,
+    )
+    line = _one_error_line(proc.stderr)
+    assert proc.returncode == 1 and "member 'genres/blues/blues.00099.au' is 64.0 MiB" in line
+    assert "more than the 16.0 MiB of the largest file this dataset has" in line
+    assert [p for p in (data / "gtzan").rglob("*") if p.is_file() and p.suffix == ".au"] == []
+
+
+def test_a_member_larger_than_any_file_of_the_dataset_is_refused(tmp_path, capsys, monkeypatch):
+    from audiocnn.datasets.gtzan import GTZAN
+
+    monkeypatch.setattr(GTZAN, "max_member_size", 1 << 20)  # the real bound is 16 MiB, for 1.3 MB clips
+    big = os.urandom(2 << 20)  # incompressible: no ratio to catch it, only the dataset's sizes
+    archive = make_archive(tmp_path / "src", "zip", [*GOOD, ("file", "genres/rock/rock.00007.au", big)])
+    data = tmp_path / "data"
+    code, _out, err = run_cli(
+        capsys, "--data-dir", str(data), "prepare", "gtzan", "--source", str(archive), "--skip-checksum", "-j", "1"
+    )
+    line = _one_error_line(err)
+    assert code == 1 and "'genres/rock/rock.00007.au' is 2.0 MiB" in line and "largest file" in line
+    assert [p for p in (data / "gtzan").rglob("*.au")] == []
+
+
+def test_too_little_free_space_is_refused_before_extracting(tmp_path, monkeypatch):
+    archive = make_archive(tmp_path / "src", "tar.gz", GOOD)
+    dest = tmp_path / "raw"
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=20 << 10))  # a 20 KiB disk
+    with pytest.raises(DatasetError, match=r"needs \d+\.\d KiB, only 20\.0 KiB is free") as err:
+        extract_archive(archive, dest)
+    assert str(dest) in str(err.value) and "--data-dir" in str(err.value)
+    assert list(dest.rglob("*")) == []
+
+
+@pytest.mark.parametrize("fmt", ["zip", "tar"])
+def test_a_disk_that_fills_during_extraction_leaves_no_partial_file(tmp_path, fmt):
+    """Files capped at 1 MiB (EFBIG, as ENOSPC on a full disk) and a 2 MiB member: one line,
+    and the member's partial file is gone; the members written before it are whole."""
+    members = [*GOOD, ("file", "genres/rock/rock.00007.au", os.urandom(2 << 20))]
+    archive = make_archive(tmp_path / "src", fmt, members)
+    dest = tmp_path / "raw"
+    proc = run_limited(EXTRACT, str(archive), str(dest), file_mb=1, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    error, left = proc.stdout.splitlines()
+    assert error.startswith("error:") and "rock.00007.au: cannot write" in error and "free space" in error
+    assert left == "left: " + repr(sorted(m[1] for m in GOOD))
+
+
+def test_a_zip_member_longer_than_it_declares_leaves_no_file(tmp_path):
+    archive = make_archive(tmp_path / "src", "zip", [("file", "genres/rock/rock.00000.au", os.urandom(4096))])
+    data = bytearray(archive.read_bytes())
+    central = data.find(b"PK\x01\x02")
+    struct.pack_into("<I", data, central + 24, 1000)  # directory: 1000 bytes, not 4096
+    struct.pack_into("<I", data, 22, 1000)  # local header too
+    archive.write_bytes(bytes(data))
+    dest = tmp_path / "raw"
+    with pytest.raises(CorruptArchiveError, match="rock.00000.au"):
+        extract_archive(archive, dest)
+    assert [p for p in dest.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("fmt", ["tar", "zip"])
+def test_two_members_of_one_name_are_refused(tmp_path, fmt):
+    twice = "genres/rock/rock.00000.au"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate it writes
+        archive = make_archive(tmp_path / "src", fmt, [*GOOD, ("file", twice, b"other bytes")])
+    dest = tmp_path / "raw"
+    with pytest.raises(UnsafeArchiveError, match="is in the archive twice") as err:
+        extract_archive(archive, dest)
+    assert repr(twice) in str(err.value) and list(dest.rglob("*")) == []
+
+
+@pytest.mark.parametrize("fmt", ["tar", "zip"])
+def test_a_file_where_a_member_needs_a_folder_is_named_as_such(tmp_path, fmt):
+    members = [("file", "genres/rock", b"a file"), ("file", "genres/rock/rock.00000.au", AU)]
+    archive = make_archive(tmp_path / "src", fmt, members)
+    dest = tmp_path / "raw"
+    with pytest.raises(UnsafeArchiveError, match="need a file and a folder at one path") as err:
+        extract_archive(archive, dest)
+    assert "'genres/rock'" in str(err.value) and "free space" not in str(err.value)
+    assert list(dest.rglob("*")) == []
+    # and a file left on disk where the archive needs a folder
+    good = make_archive(tmp_path / "good", fmt, GOOD)
+    (dest / "genres").mkdir(parents=True)
+    (dest / "genres" / "rock").write_bytes(b"left by hand")
+    with pytest.raises(DatasetError, match="needs a folder at .*rock, but a file is there") as err:
+        extract_archive(good, dest)
+    assert "free space" not in str(err.value) and f"delete {dest / 'genres' / 'rock'}" in str(err.value)

@@ -448,7 +448,7 @@ def test_feature_store_write_failure_is_one_line_and_leaves_no_temp_files(data_d
 
 def test_chunk_temp_file_is_removed_when_the_disk_fills(data_dir, monkeypatch):
     from audiocnn.features.frontends import WaveformConfig
-    from audiocnn.features.store import extract as store_mod
+    from audiocnn.features.store import chunks as store_mod
     from audiocnn.training.data import open_dataset_store
 
     ds = _slow_dataset(data_dir, 3)
@@ -513,6 +513,113 @@ def test_empty_last_pt_without_a_good_previous_state(data, tmp_path, capsys, pre
     assert "already holds a run" in line and "--restart" in line
     assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu", "--restart", "--set", "epochs=2") == 0
     assert [r["epoch"] for r in _rows(rd / "metrics.csv")] == ["1", "2"] and _epoch(rd / "last.pt") == 2
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: what a crafted ``last.pt`` could do instead."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _rewrite_state(path: Path, **changes) -> None:
+    state = torch.load(path, weights_only=False)  # our own file, written by the test's run
+    state.update(changes)
+    path.unlink()  # not through a hard link to last.prev.pt
+    torch.save(state, path)
+
+
+def test_a_state_that_would_run_code_is_refused_and_never_replaced(data, tmp_path, capsys):
+    """A crafted last.pt (or last.prev.pt behind a broken last.pt) is one line naming the
+    file; nothing in it runs, nothing is resumed, nothing in the folder changes."""
+    cfg = write_config(tmp_path / "c.yaml", dataset="tones", model="test-tiny-mel", epochs=2)
+    rd, marker = tmp_path / "run", tmp_path / "marker"
+    assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu") == 0
+    good = torch.load(rd / "last.pt", weights_only=False)
+    _rewrite_state(rd / "last.pt", history=[*good["history"], _Payload(marker)])
+    for broken in ("last.pt", "last.prev.pt"):
+        if broken == "last.prev.pt":  # the crafted state as the fallback of an empty last.pt
+            (rd / "last.prev.pt").unlink()
+            os.replace(rd / "last.pt", rd / "last.prev.pt")
+            (rd / "last.pt").write_bytes(b"")
+        before = {p.name: p.read_bytes() for p in rd.iterdir() if p.name != "config.yaml"}
+        capsys.readouterr()
+        assert (
+            cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu", "--resume", "--set", "epochs=3") == 1
+        )
+        line = _one_line_error(capsys.readouterr().err)
+        assert line.startswith(f"error: {rd / broken}: refused: this training state would run code when loaded ("), line
+        assert f"`audiocnn train {cfg} --run-dir {rd} --restart`" in line
+        assert not marker.exists()
+        assert {p.name: p.read_bytes() for p in rd.iterdir() if p.name != "config.yaml"} == before
+
+
+def test_a_state_from_before_numpy_rng_tensors_resumes_exactly(data, tmp_path):
+    """last.pt files written before the numpy RNG state became a tensor still resume."""
+    import numpy as np
+
+    from audiocnn.training.state import rng_state, set_rng_state
+
+    np.random.seed(7)
+    saved = rng_state()
+    expect = np.random.random(4)
+    set_rng_state(saved)
+    assert np.array_equal(np.random.random(4), expect)
+
+    cfg = write_config(tmp_path / "c.yaml", dataset="tones", model="test-tiny-mel", epochs=2)
+    full, rd = tmp_path / "full", tmp_path / "run"
+    assert cli(data, "train", str(cfg), "--run-dir", str(full), "--device", "cpu", "--set", "epochs=3") == 0
+    assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu") == 0
+    state = torch.load(rd / "last.pt", weights_only=True)
+    for r in state["rng"]:
+        name, key, *rest = r["numpy"]
+        r["numpy"] = (name, key.numpy().astype(np.uint32), *rest)  # as the old code saved it
+    _rewrite_state(rd / "last.pt", rng=state["rng"])
+    assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu", "--resume", "--set", "epochs=3") == 0
+    assert _rows(rd / "metrics.csv") == _rows(full / "metrics.csv")
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_folder_audiocnn_did_not_write_is_never_written_or_cleared(data, tmp_path, capsys):
+    """A user's folder with a config.yaml, metrics.csv... is refused, --restart too; in a
+    run folder, --restart removes what training wrote and nothing of the user's."""
+    cfg = write_config(tmp_path / "c.yaml", dataset="tones", model="test-tiny-mel", epochs=1)
+    mine = tmp_path / "myproj"
+    (mine / "tensorboard").mkdir(parents=True)
+    for name in ("config.yaml", "metrics.csv", "best.safetensors", "curves.png", "tensorboard/notes.txt"):
+        (mine / name).write_text(f"the user's {name}\n")
+    before = _tree(mine)
+    for extra in ([], ["--restart"], ["--resume"]):
+        capsys.readouterr()
+        assert cli(data, "train", str(cfg), "--run-dir", str(mine), "--device", "cpu", *extra) == 2
+        assert _one_line_error(capsys.readouterr().err) == (
+            f"error: {mine} is not an audiocnn run folder (no audiocnn-run.json) and not empty (best.safetensors, "
+            "config.yaml, curves.png, ...); audiocnn writes into, restarts and deletes from no other folder "
+            "(pass a new or empty --run-dir)"
+        )
+        assert _tree(mine) == before
+
+    rd = tmp_path / "run"
+    assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu") == 0
+    assert json.loads((rd / "audiocnn-run.json").read_text())["audiocnn"] == "run folder"
+    (rd / "tensorboard").mkdir(exist_ok=True)
+    (rd / "tensorboard" / "events.out.tfevents.1.host.1.0").write_bytes(b"")  # what SummaryWriter writes
+    (rd / "tensorboard" / "notes.txt").write_text("the user's notes\n")
+    (rd / "notes.txt").write_text("the user's notes\n")
+    assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu", "--restart") == 0
+    assert sorted(p.name for p in (rd / "tensorboard").iterdir()) == ["notes.txt"] and (rd / "notes.txt").is_file()
+
+    (rd / "audiocnn-run.json").unlink()  # a run folder written before the marker is still one
+    assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu") == 2
+    assert "already holds a run" in _one_line_error(capsys.readouterr().err)
+    assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu", "--resume", "--set", "epochs=2") == 0
+    assert (rd / "audiocnn-run.json").is_file() and _epoch(rd / "last.pt") == 2
 
 
 def test_restart_and_resume_together_is_a_usage_error(data, tmp_path, capsys):

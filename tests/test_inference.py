@@ -16,7 +16,7 @@ from audiocnn.devices import resolve_device
 from audiocnn.errors import AudioDecodeError, CheckpointError, DeviceError, ModelError, UsageError
 from audiocnn.features.frontends import MelConfig
 from audiocnn.pretrained import resolve_model
-from audiocnn.tagging import Tagger, expand_audio_paths, tag_command
+from audiocnn.tagging import Tagger, TagOptions, expand_audio_paths, tag_command
 
 torch.set_num_threads(1)
 
@@ -61,7 +61,7 @@ def song(tmp_path_factory) -> Path:
 def test_windows_hop_and_aggregates_follow_the_audio(ckpts, steps):
     path, levels = steps
     t = Tagger(ckpts["wave"], device="cpu", batch_size=4)
-    r = t.tag_file(path, hop=0.5, return_taggram=True)
+    r = t.tag_file(path, hop=0.5, taggram=True)
     # 1 s windows every 0.5 s over 4 s: starts 0, 0.5, ..., 3.0 -> 7 windows, each two levels
     assert r.framing == "window" and r.num_windows == 7 and r.taggram.shape == (7, 2)
     expect_mean = (levels[:-1] + levels[1:]) / 2
@@ -75,13 +75,41 @@ def test_windows_hop_and_aggregates_follow_the_audio(ckpts, steps):
     assert r.activation == "sigmoid" and r.duration == pytest.approx(4.0)
     # default hop = window: no overlap; a hop larger than the window skips audio
     assert t.tag_file(path).num_windows == 4
-    gap = t.tag_file(path, window=0.5, hop=1.5, return_taggram=True)
+    gap = t.tag_file(path, window=0.5, hop=1.5, taggram=True, tail="drop")
     np.testing.assert_allclose(gap.taggram[:, 0], _sigmoid(levels[[0, 3, 6]]), atol=1e-6)
+    end = t.tag_file(path, window=0.5, hop=1.5, taggram=True)  # one more window ends at the end
+    np.testing.assert_allclose(end.taggram[:, 0], _sigmoid(levels[[0, 3, 6, 7]]), atol=1e-6)
+
+
+def test_evidence_only_in_the_last_second_is_tagged(ckpts, tmp_path):
+    """Every second counts: after the last full window, one more ends at the end of the
+    audio (overlapping the one before), in window and song framing; tail="drop" scores
+    only full windows, as musicnn does (the tail was ignored: a 4 s clip, one 3 s window)."""
+    y = np.zeros(int(2.5 * SR), np.float32)
+    y[2 * SR :] = 0.5  # silence, then sound in the last half second only
+    clip = write_audio(tmp_path / "tail.wav", y, SR, subtype="FLOAT")
+    t = Tagger(ckpts["wave"], device="cpu")
+    r = t.tag_file(clip, taggram=True)
+    np.testing.assert_allclose(r.window_starts, [0.0, 1.0, 1.5])  # 1 s windows, the last ends at 2.5 s
+    np.testing.assert_allclose(r.taggram[:, 1], _sigmoid([0.0, 0.0, 0.5 * 0.25]), atol=1e-6)  # the "power" tag
+    assert r.scores[1] > 0.51
+    drop = t.tag_file(clip, tail="drop")
+    assert drop.num_windows == 2 and drop.scores[1] == pytest.approx(0.5)  # silence only
+    m = Tagger(ckpts["mel"], device="cpu", block_seconds=0.3)
+    frames = m.model.frontend_config.num_frames(len(y))
+    r, drop = m.tag_file(clip, taggram=True), m.tag_file(clip, taggram=True, tail="drop")
+    unit = m.model.frontend_config.hop_length / SR
+    size = m.model.input_frames
+    assert frames % size and r.framing == "song" and r.num_windows == drop.num_windows + 1
+    assert round(r.window_starts[-1] / unit) + size == frames  # the last patch ends at the last frame
+    assert np.abs(r.taggram[-1] - drop.taggram[-1]).max() > 1e-3
+    with pytest.raises(UsageError, match="tail"):
+        TagOptions(tail="pad")
 
 
 def test_tags_sorted_top_k_and_single_label_softmax(ckpts, song):
     t = Tagger(ckpts["mel1"], device="cpu")
-    r = t.tag_file(song, top_k=2, return_taggram=True)
+    r = t.tag_file(song, top_k=2, taggram=True)
     assert r.task == "single-label" and r.activation == "softmax"
     np.testing.assert_allclose(r.taggram.sum(axis=1), 1.0, atol=1e-5)
     assert len(r.tags) == 2 and r.tags[0][1] >= r.tags[1][1]
@@ -101,11 +129,13 @@ def test_song_framing_equals_whole_song_mel_cut_into_patches(ckpts, song):
             whole = t.model.frontend(y)[0].numpy()  # (n_mels, frames)
         unit = t.model.frontend_config.hop_length / SR
         to_the_end = (whole.shape[1] - t.model.input_frames) / 2 * unit  # last window ends at the last frame
-        for hop in (None, 0.4, to_the_end):
-            r = t.tag_file(song, hop=hop, return_taggram=True, return_embeddings=True)
-            plan = t.plan(None, hop)
+        for hop, tail in [(None, "drop"), (0.4, "drop"), (to_the_end, "drop"), (None, "end"), (0.4, "end")]:
+            r = t.tag_file(song, hop=hop, taggram=True, embeddings=True, tail=tail)
+            plan = t.plan(TagOptions(hop=hop))
             assert r.framing == "song" and plan.size == t.model.input_frames
             starts = range(0, whole.shape[1] - plan.size + 1, plan.hop)
+            if tail == "end":  # one more patch, ending at the last frame
+                starts = [*starts, whole.shape[1] - plan.size]
             patches = np.stack([whole[:, s : s + plan.size] for s in starts])
             assert r.num_windows == len(patches) >= 3
             if hop == to_the_end:
@@ -121,7 +151,7 @@ def test_window_framing_runs_the_front_end_per_window(ckpts, song):
     from audiocnn.audio import load_audio
 
     t = Tagger(ckpts["mel"], device="cpu")
-    r = t.tag_file(song, framing="window", return_embeddings=True)
+    r = t.tag_file(song, framing="window", embeddings=True, tail="drop")
     y = load_audio(song, SR)
     n = t.model.input_length
     wins = np.stack([y[s : s + n] for s in range(0, len(y) - n + 1, n)])
@@ -132,8 +162,8 @@ def test_window_framing_runs_the_front_end_per_window(ckpts, song):
 
 
 def test_results_do_not_depend_on_batch_size(ckpts, song):
-    a = Tagger(ckpts["mel"], device="cpu", batch_size=1).tag_file(song, hop=0.25, return_taggram=True)
-    b = Tagger(ckpts["mel"], device="cpu", batch_size=7).tag_file(song, hop=0.25, return_taggram=True)
+    a = Tagger(ckpts["mel"], device="cpu", batch_size=1).tag_file(song, hop=0.25, taggram=True)
+    b = Tagger(ckpts["mel"], device="cpu", batch_size=7).tag_file(song, hop=0.25, taggram=True)
     assert a.num_windows == b.num_windows > 20
     np.testing.assert_allclose(a.taggram, b.taggram, atol=1e-6)
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
@@ -142,7 +172,7 @@ def test_results_do_not_depend_on_batch_size(ckpts, song):
 def test_short_song_is_padded_to_one_window(ckpts, tmp_path):
     short = write_audio(tmp_path / "short.wav", synth_tone(0.3, SR), SR)
     for key in ("wave", "mel", "fixed"):
-        r = Tagger(ckpts[key], device="cpu").tag_file(short, return_taggram=True)
+        r = Tagger(ckpts[key], device="cpu").tag_file(short, taggram=True)
         assert r.num_windows == 1 and r.padded and r.duration == pytest.approx(0.3)
         assert np.isfinite(r.taggram).all()
     # zero-padding the audio itself gives the same scores as the padded song
@@ -165,7 +195,7 @@ def test_long_song_is_tagged_with_bounded_memory(ckpts, tmp_path):
     t = Tagger(ckpts["mel"], device="cpu", batch_size=8, block_seconds=2.0)
     tracemalloc.start()
     try:
-        r = t.tag_file(path, return_taggram=True)
+        r = t.tag_file(path, taggram=True, tail="drop")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -181,7 +211,7 @@ def test_long_song_is_tagged_with_bounded_memory(ckpts, tmp_path):
 
 def test_custom_window_on_a_fixed_length_model_is_one_clear_error(ckpts, song):
     t = Tagger(ckpts["fixed"], device="cpu")
-    assert t.tag_file(song).num_windows == 14  # native 0.5 s windows work
+    assert t.tag_file(song, tail="drop").num_windows == 14  # native 0.5 s windows work
     with pytest.raises(ModelError, match="cannot take windows"):
         t.tag_file(song, window=1.0)
 
@@ -196,7 +226,7 @@ def test_bad_arguments_are_usage_errors(ckpts, song):
         t.tag_file(song, hop=-1)
     with pytest.raises(UsageError, match="song framing"):
         t.tag_file(song, framing="song")
-    with pytest.raises(UsageError, match="batch-size"):
+    with pytest.raises(UsageError, match="batch_size"):
         Tagger(ckpts["wave"], batch_size=0)
 
 
@@ -281,7 +311,7 @@ def test_tag_command_runs_the_whole_tag_command(ckpts, song, tmp_path):
         model=ckpts["mel"],
         device="cpu",
         top_k=2,
-        taggram_dir=tmp_path / "tg",
+        outputs={"taggram": tmp_path / "tg"},
         on_result=seen.append,
         report=lines.append,
     )

@@ -112,3 +112,21 @@ def test_pickled_lists_are_read_without_unpickling(tmp_path):
     nested.write_bytes(pickle.dumps([ids, "x"], protocol=2))
     with pytest.raises(DatasetError, match="list of strings"):
         read_pickled_strings(nested)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"a.",  # APPEND with nothing on the stack
+        b"]h\x05.",  # GET of a memo key never PUT
+        b"]X\x01\x00\x00\x00ae.",  # APPENDS without a MARK
+        b"q\x00.",  # PUT with nothing on the stack
+        b"l.",  # LIST without a MARK
+    ],
+)
+def test_a_malformed_pickled_list_is_one_dataset_error(tmp_path, data):
+    p = tmp_path / "bad.cP"
+    p.write_bytes(data)
+    with pytest.raises(DatasetError, match=r"bad\.cP: .*(malformed pickle|appending to something)") as err:
+        read_pickled_strings(p)
+    assert "nothing in it was run" in str(err.value) or "appending" in str(err.value)

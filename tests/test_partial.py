@@ -24,7 +24,7 @@ from dataset_fixtures import (  # noqa: F401 (http_server is a fixture)
 
 from audiocnn.cli.main import run
 from audiocnn.datasets import prepare_dataset, read_manifest, remotezip, verify_dataset
-from audiocnn.datasets.download import CorruptArchiveError
+from audiocnn.datasets.archive_checks import CorruptArchiveError
 from audiocnn.datasets.splits import proportional_subset
 from audiocnn.errors import DownloadError
 

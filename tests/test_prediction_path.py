@@ -18,6 +18,7 @@ from train_helpers import train_both_tasks
 from audiocnn.cli.main import run
 from audiocnn.datasets.manifest import read_manifest
 from audiocnn.evaluation import evaluate
+from audiocnn.tagging import TagOptions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,24 +46,24 @@ def _tag_csv(capsys, data: Path, run_dir: Path, files: list[Path], *extra: str) 
 
 
 @pytest.mark.parametrize("task", ["single-label", "multi-label"])
-@pytest.mark.parametrize("chunks", [None, 3])
-def test_evaluate_scores_are_what_tag_prints(trained, capsys, task, chunks, tmp_path):
+@pytest.mark.parametrize(("chunks", "tail"), [(None, "end"), (3, "end"), (None, "drop")])
+def test_evaluate_scores_are_what_tag_prints(trained, capsys, task, chunks, tail, tmp_path):
     data, run_dir, _ = trained[task]
     manifest = read_manifest(data / ("tones" if task == "single-label" else "tags"))
     m = evaluate(
         run_dir,
+        TagOptions(chunks=chunks, tail=tail),
         data_dir=data,
         split="test",
         device="cpu",
         plots=False,
         progress=False,
-        eval_chunks=chunks,
         out_dir=tmp_path / "eval",
     )
     assert m["n_clips"] == len(manifest.split("test")) == 4
     ev, ev_labels = _scores_csv(tmp_path / "eval" / "scores.csv")
     files = [manifest.audio_path(c) for c in manifest.split("test")]
-    extra = ("--chunks", str(chunks)) if chunks else ()
+    extra = (("--chunks", str(chunks)) if chunks else ()) + ("--tail", tail)
     tagged, tag_labels = _tag_csv(capsys, data, run_dir, files, *extra)
     assert tag_labels == ev_labels == list(manifest.labels)
     assert len(tagged) == len(ev) == 4

@@ -28,6 +28,7 @@ from audiocnn.features.store import (
     open_store,
     store_dir,
 )
+from audiocnn.features.store import chunks as chunks_mod
 from audiocnn.features.store import extract as extract_mod
 from audiocnn.features.store import merge as merge_mod
 from audiocnn.training.data import manifest_fingerprint, open_dataset_store
@@ -91,7 +92,7 @@ def make_dataset(
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
     """Decode in ~0.3 s blocks so every clip streams through several blocks."""
-    monkeypatch.setattr(extract_mod, "_BLOCK_SECONDS", 0.3)
+    monkeypatch.setattr(chunks_mod, "_BLOCK_SECONDS", 0.3)
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +177,8 @@ def test_resume_after_worker_crash(tmp_path, audio_files, monkeypatch) -> None:
     assert committed, "a worker should have committed its first chunk before dying"
     # resume in-process, recording which chunks get extracted again
     redone: list[str] = []
-    real = extract_mod._extract_chunk
-    monkeypatch.setattr(extract_mod, "_extract_chunk", lambda t: (redone.append(t["name"]), real(t))[1])
+    real = extract_mod.extract_chunk
+    monkeypatch.setattr(extract_mod, "extract_chunk", lambda t: (redone.append(t["name"]), real(t))[1])
     st = open_dataset_store(ds, config, jobs=1, progress=False, chunk_clips=2)
     all_chunks = {"train-000000", "train-000001", "valid-000000", "test-000000"}
     assert set(redone) == all_chunks - committed
@@ -241,7 +242,7 @@ def test_idempotent_new_store_per_config_and_stale_manifest(tmp_path, audio_file
     again = open_dataset_store(ds, default_frontend("mel"), jobs=1, progress=False)
     assert (again.path / "complete.json").stat().st_mtime_ns == stamp
     monkeypatch.undo()
-    monkeypatch.setattr(extract_mod, "_BLOCK_SECONDS", 0.3)
+    monkeypatch.setattr(chunks_mod, "_BLOCK_SECONDS", 0.3)
     other = open_dataset_store(ds, MelConfig(n_mels=40), jobs=1, progress=False)
     assert other.path != first.path and other.read("train", 0).shape[0] == 40
     assert first.read("train", 0).shape[0] == 96
@@ -303,9 +304,9 @@ def test_store_write_error_aborts_instead_of_blaming_clips(tmp_path, audio_files
     ds = make_dataset(tmp_path / "ds", audio_root=audio_files, clips=CLIPS[:2])
 
     def disk_full(fh, data):
-        raise extract_mod._StoreWriteError(f"{fh.name}: cannot write the feature store (No space left on device)")
+        raise chunks_mod.StoreWriteError(f"{fh.name}: cannot write the feature store (No space left on device)")
 
-    monkeypatch.setattr(extract_mod, "_write", disk_full)
+    monkeypatch.setattr(chunks_mod, "_write", disk_full)
     with pytest.raises(FeatureError, match="No space left"):
         open_dataset_store(ds, WaveformConfig(), jobs=1, progress=False)
     assert not list((store_dir(ds, WaveformConfig()) / "parts").glob("*.json"))

@@ -7,6 +7,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from conftest import synth_tone, write_audio
 from tag_fixtures import SR, make_checkpoint
 
 from audiocnn.cli.main import run
+from audiocnn.tagging import Tagger
 
 torch.set_num_threads(1)
 
@@ -55,7 +58,7 @@ def _tag(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def test_json_one_object_per_file_from_a_folder(capsys, ckpt, music):
-    code, out, err = _tag(capsys, str(music), "--model", str(ckpt), "--format", "json", "--device", "cpu")
+    code, out, err = _tag(capsys, str(music), "--model", str(ckpt), "-f", "json", "--device", "cpu", "--tail", "drop")
     assert code == 0, err
     objs = [json.loads(line) for line in out.splitlines()]
     assert [Path(o["path"]).name for o in objs] == ["a.wav", "b.flac", "c.ogg"]  # sorted paths, recursive
@@ -82,13 +85,13 @@ def test_csv_one_row_per_file_one_column_per_label(capsys, ckpt, music):
 
 def test_table_top_k_and_scores_match_json(capsys, ckpt, music):
     f = str(music / "a.wav")
-    code, out, _ = _tag(capsys, f, "--model", str(ckpt), "--top-k", "2")
+    code, out, _ = _tag(capsys, f, "--model", str(ckpt), "--top-k", "2", "--tail", "drop")
     assert code == 0
     lines = out.strip().splitlines()
     assert "sigmoid scores (multi-label" in lines[0] and "3 windows" in lines[0]
     rows = [re.match(r"\s+(\d+)\s+(\S+)\s+([0-9.]+)$", line) for line in lines[2:-1]]
     assert len(rows) == 2 and all(rows) and lines[-1].lstrip().startswith("predicted: ")
-    _, js, _ = _tag(capsys, f, "--model", str(ckpt), "--format", "json")
+    _, js, _ = _tag(capsys, f, "--model", str(ckpt), "--format", "json", "--tail", "drop")
     best = json.loads(js)["tags"][:2]
     assert [m.group(2) for m in rows] == [t["tag"] for t in best]
     assert [float(m.group(3)) for m in rows] == pytest.approx([t["score"] for t in best], abs=6e-4)
@@ -116,7 +119,7 @@ def test_single_label_table_says_softmax(capsys, ckpt_single, music):
 
 def test_window_hop_aggregate_options(capsys, ckpt, music):
     f = str(music / "a.wav")
-    base = ["--model", str(ckpt), "--format", "json"]
+    base = ["--model", str(ckpt), "--format", "json", "--tail", "drop"]
     _, mean_out, _ = _tag(capsys, f, *base, "--window", "0.5", "--hop", "0.25")
     _, max_out, _ = _tag(capsys, f, *base, "--window", "0.5", "--hop", "0.25", "--aggregate", "max")
     m, x = json.loads(mean_out), json.loads(max_out)
@@ -187,6 +190,62 @@ def test_same_stem_in_two_folders_gets_two_outputs(capsys, ckpt, tmp_path):
     assert sorted(p.name for p in (tmp_path / "tg").glob("*.npy")) == ["song-2.taggram.npy", "song.taggram.npy"]
 
 
+def test_a_later_run_never_writes_over_another_songs_outputs(capsys, ckpt, tmp_path):
+    """Two runs, two songs with one base name: each keeps its own files, which say whose they are."""
+    songs = [write_audio(tmp_path / d / "song.wav", synth_tone(1.2, SR, seed=i), SR) for i, d in enumerate("xy")]
+    tg, emb = tmp_path / "tg", tmp_path / "emb"
+    outputs = ("--taggram", str(tg), "--embeddings", str(emb), "-f", "json")
+    for song in [*songs, songs[0]]:  # the first song again: it finds its own files
+        code, out, _ = _tag(capsys, str(song), "--model", str(ckpt), *outputs)
+        assert code == 0
+        assert json.loads(out)["taggram"] == str(tg / f"song{'' if song == songs[0] else '-2'}.taggram.npy")
+    assert sorted(p.name for p in tg.glob("*.npy")) == ["song-2.taggram.npy", "song.taggram.npy"]
+    assert sorted(p.name for p in emb.glob("*.npy")) == ["song-2.embeddings.npy", "song.embeddings.npy"]
+    for folder in (tg, emb):
+        for stem, song in (("song", songs[0]), ("song-2", songs[1])):
+            assert json.loads((folder / f"{stem}.source.json").read_text()) == {"source": str(song)}
+    a = Tagger(ckpt).tag_file(songs[1], taggram=True)
+    assert np.allclose(np.load(tg / "song-2.taggram.npy"), a.taggram, atol=1e-6)
+
+
+def test_fifo_and_device_are_said_to_be_no_regular_files(capsys, ckpt, music, tmp_path):
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    code, _, err = _tag(capsys, str(fifo), "/dev/zero", str(music / "a.wav"), "--model", str(ckpt))
+    assert code == 1 and "tagged 1 of 3 files" in err
+    assert f"error: {fifo}: not a regular file (a FIFO)" in err
+    assert "error: /dev/zero: not a regular file (a device)" in err
+
+
+_LIMITED = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+sys.path.insert(0, {tests!r})
+import tag_fixtures
+from audiocnn.cli.main import run
+for args in json.loads(sys.argv[1]):
+    print(run(args), flush=True)
+"""
+
+
+def test_sizes_that_would_eat_the_machine_are_refused(ckpt, tmp_path):
+    """Each is one line saying the limit. Run in a process limited to 2 GiB and 60 s, so
+    that a regression fails here instead of taking the machine down."""
+    song = str(write_audio(tmp_path / "three.wav", synth_tone(3.0, SR), SR))
+    cases = {
+        "--window 30000": "at most 10.00 s, 10 times its input of 1.00 s",  # was 24 GB, OOM-killed
+        "--window 1e9": "at most 10.00 s",  # was "Unable to allocate 58.2 TiB"
+        "--chunks 1000000": "must be at most 256",  # ran for minutes
+    }
+    runs = [["tag", song, "-m", str(ckpt), *option.split()] for option in cases]
+    script = _LIMITED.format(tests=str(Path(__file__).resolve().parent))
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(runs)], capture_output=True, text=True, timeout=60)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.stdout.split() == ["2", "2", "2"] and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    for (option, limit), line in zip(cases.items(), errors, strict=True):
+        assert option.split()[0] in line and limit in line, (option, line)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_device_cuda_without_cuda_is_one_line_error(capsys, ckpt, music):
     code, out, err = _tag(capsys, str(music / "a.wav"), "--model", str(ckpt), "--device", "cuda")
@@ -203,6 +262,8 @@ def test_bad_option_values_are_usage_errors(capsys, ckpt, music):
         (["--aggregate", "median"], "--aggregate"),
         (["--top-k", "0"], "--top-k"),
         (["--window", "-1"], "--window"),
+        (["--batch-size", "0"], "--batch-size"),  # from test_inference: the library says batch_size
+        (["--tail", "pad"], "--tail"),
     ):
         code, out, err = _tag(capsys, f, "--model", str(ckpt), *extra)
         assert code == 2 and word in err and out == ""
@@ -264,6 +325,8 @@ def test_musicnn_mtt_reproduces_the_reference_taggram(capsys, musicnn_data_dir):
             "musicnn-mtt",
             "--format",
             "json",
+            "--tail",
+            "drop",  # musicnn scores no tail shorter than a window
         ]
     )
     cap = capsys.readouterr()
@@ -286,7 +349,10 @@ def test_shipped_example_gives_the_first_reference_patches(capsys, musicnn_data_
     example = Path(__file__).resolve().parents[1] / "examples" / "chorale.flac"
     ref = np.load(_reference_dir() / "chorale.MTT_musicnn.npz")
     code = run(
-        ["--data-dir", str(musicnn_data_dir), "tag", str(example), "--format", "json", "--taggram", str(tmp_path)]
+        [
+            *("--data-dir", str(musicnn_data_dir), "tag", str(example), "--format", "json"),
+            *("--taggram", str(tmp_path), "--tail", "drop"),
+        ]
     )
     cap = capsys.readouterr()
     assert code == 0, cap.err

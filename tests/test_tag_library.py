@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import signal
@@ -19,11 +20,15 @@ import torch
 from conftest import synth_tone, write_audio
 from tag_fixtures import SR, ProbeMel, make_checkpoint
 
+import audiocnn.tagging.command as command
 from audiocnn.cli.main import run
+from audiocnn.errors import UsageError
+from audiocnn.fileio import held_lock
 from audiocnn.models.registry import register_model
 from audiocnn.tagging import Tagger
-from audiocnn.tagging.library import LibraryFile
-from audiocnn.tagging.stream import StreamCounters, tag_stream
+from audiocnn.tagging.results import ResultsFile
+from audiocnn.tagging.song import StreamStats
+from audiocnn.tagging.stream import tag_stream
 
 torch.set_num_threads(1)
 
@@ -66,7 +71,8 @@ def _tag(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def _records(path: Path) -> dict[str, dict]:
-    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    header, *recs = [json.loads(line) for line in path.read_text().splitlines()]
+    assert header["audiocnn"] == "tag-results" and header["version"] == 1  # the file says what it is
     by_path = {r["path"]: r for r in recs}
     assert len(by_path) == len(recs), "a file has more than one record"
     return by_path
@@ -137,9 +143,12 @@ def test_csv_results_file(capsys, ckpt, library, tmp_path):
     assert float(rows[0]["mtime"]) == os.stat(rows[0]["path"]).st_mtime
     _, _, err = _tag(capsys, str(library / "album1"), "-m", str(ckpt), "-o", str(out))
     assert "skipping 6 files" in err
-    other = make_checkpoint(tmp_path / "other.safetensors", "test-slow-mel", labels=["a", "b"])
+    # another model with as many labels: the message says what differs, not "13 columns, expected 13"
+    other = make_checkpoint(tmp_path / "other.safetensors", "test-slow-mel", labels=["a", "b", "c", "d"])
+    before = out.read_bytes()
     code, _, err = _tag(capsys, str(library / "album1"), "-m", str(other), "-o", str(out))
-    assert code == 2 and "columns" in err and len(err.strip().splitlines()[-1]) < 300
+    assert code == 2 and "the label names differ" in err and "rock, jazz, piano, ..." in err, err
+    assert len(err.strip().splitlines()[-1]) < 300 and out.read_bytes() == before
 
 
 def test_usage_errors_before_the_model_loads(capsys, ckpt, library, tmp_path):
@@ -214,11 +223,11 @@ def test_parallel_decoding_gives_the_serial_results(capsys, ckpt, library):
     assert sorted(parallel.splitlines(), key=key) == sorted(serial.splitlines(), key=key)
 
 
-def _peak_bytes(tagger: Tagger, files: list[Path], jobs: int) -> tuple[int, StreamCounters]:
-    counters = StreamCounters()
+def _peak_bytes(tagger: Tagger, files: list[Path], jobs: int) -> tuple[int, StreamStats]:
+    counters = StreamStats()
     tracemalloc.start()
     try:
-        for _ in tag_stream(tagger, files, jobs=jobs, counters=counters):
+        for _ in tag_stream(tagger, files, jobs=jobs, stats=counters):
             pass
         return tracemalloc.get_traced_memory()[1], counters
     finally:
@@ -239,7 +248,7 @@ def test_memory_stays_flat_with_the_number_of_files(ckpt, tmp_path, jobs):
     assert many < min(1.5 * few + 200_000, 2_500_000), (few, many)
     long_peak, _ = _peak_bytes(tagger, [long_song], jobs)
     assert long_peak < 2_000_000, long_peak
-    assert LibraryFile(tmp_path / "x.jsonl", LABELS).scan() == ({}, 0, 0)
+    assert ResultsFile(tmp_path / "x.jsonl", LABELS).scan() == ({}, 0, 0)
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
@@ -248,8 +257,8 @@ def test_windows_of_several_songs_share_a_batch(ckpt, tmp_path, jobs):
     gets the scores tag_file gives it alone."""
     files = [write_audio(tmp_path / f"{i}.wav", synth_tone(0.6 + 0.5 * (i % 3), SR, seed=i), SR) for i in range(9)]
     tagger = Tagger(ckpt, batch_size=4)
-    counters = StreamCounters()
-    results = {i: res for i, _, res in tag_stream(tagger, files, jobs=jobs, counters=counters)}
+    counters = StreamStats()
+    results = {i: res for i, _, res in tag_stream(tagger, files, jobs=jobs, stats=counters)}
     assert sorted(results) == list(range(9))
     assert counters.max_songs_per_batch >= 3 and counters.max_batch == 4
     for i, f in enumerate(files):
@@ -275,15 +284,15 @@ def _changing_song(path: Path, seconds: float, seed: int) -> Path:
 
 
 class _Probe:
-    """Wraps ``tagger._run``: records each batch's thread and torch thread count, and how
+    """Wraps ``tagger.score``: records each batch's thread and torch thread count, and how
     many batches ran at once; ``delays`` (seconds, cycled) hold batches back."""
 
     def __init__(self, tagger: Tagger, delays: list[float]) -> None:
-        self.run, self.delays = tagger._run, delays
+        self.run, self.delays = tagger.score, delays
         self.calls: list[tuple[str, int]] = []
         self.running = self.most = 0
         self.lock = threading.Lock()
-        tagger._run = self
+        tagger.score = self
 
     def __call__(self, *args):
         with self.lock:
@@ -305,9 +314,9 @@ def test_cpu_jobs_run_batches_in_threads_sharing_the_cores(ckpt, tmp_path, two_t
     files = [_changing_song(tmp_path / f"{i}.wav", 4.0 + i, seed=i) for i in range(4)]
     tagger = Tagger(ckpt)
     assert [tagger.streams_for(j) for j in (1, 2, 3)] == [1, 2, 2]
-    alone = [tagger.tag_file(f, return_taggram=True) for f in files]
+    alone = [tagger.tag_file(f, taggram=True) for f in files]
     probe = _Probe(tagger, [0.02])
-    results = {i: res for i, _, res in tag_stream(tagger, files, jobs=2, return_taggram=True)}
+    results = {i: res for i, _, res in tag_stream(tagger, files, jobs=2, taggram=True)}
     assert probe.most == 2 and len(probe.calls) == sum(a.num_windows for a in alone)
     assert {name.startswith("audiocnn-network") for name, _ in probe.calls} == {True}
     assert {threads for _, threads in probe.calls} == {1}
@@ -326,9 +335,148 @@ def test_batches_finishing_out_of_order_keep_each_song_in_order(ckpt, tmp_path, 
     per-window scores still come in window order."""
     files = [_changing_song(tmp_path / f"{i}.wav", 6.0, seed=i) for i in range(3)]
     tagger = Tagger(ckpt)
-    alone = [tagger.tag_file(f, return_taggram=True).taggram for f in files]
+    alone = [tagger.tag_file(f, taggram=True).taggram for f in files]
     assert all(np.abs(np.diff(t, axis=0)).min() > 1e-4 for t in alone)  # windows tell apart
     _Probe(tagger, [0.05, 0.0])
-    results = {i: res for i, _, res in tag_stream(tagger, files, jobs=2, return_taggram=True)}
+    results = {i: res for i, _, res in tag_stream(tagger, files, jobs=2, taggram=True)}
     for i, want in enumerate(alone):
         assert np.allclose(results[i].taggram, want, atol=1e-6)
+
+
+def _non_utf8_library(root: Path) -> tuple[Path, str]:
+    """Three songs, the middle one named ``bad\\xff\\xfe.wav`` (valid on Linux, not UTF-8)."""
+    for name, seed in (("a.wav", 1), ("bad.wav", 2), ("c.wav", 3)):
+        write_audio(root / name, synth_tone(1.5, SR, seed=seed), SR)
+    bad = os.fsdecode(os.fsencode(root) + b"/bad\xff\xfe.wav")  # held as surrogate escapes
+    os.rename(root / "bad.wav", os.fsencode(bad))
+    return root, bad
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_file_name_that_is_not_utf8_is_tagged_recorded_and_skipped_on_resume(capsys, ckpt, tmp_path, suffix):
+    lib, bad = _non_utf8_library(tmp_path / "lib")
+    out = tmp_path / f"out{suffix}"
+    code, _, err = _tag(capsys, str(lib), "-m", str(ckpt), "-o", str(out))
+    assert code == 0 and "tagged 3 of 3 files" in err, err
+    assert "bad\\xff\\xfe.wav" in err  # shown with its bytes escaped
+    if suffix == ".jsonl":
+        out.read_bytes().decode("utf-8")  # the file stays valid UTF-8: JSON escapes \udcff\udcfe
+        paths = list(_records(out))
+    else:  # a CSV row holds the name's own bytes
+        paths = [row[0] for row in csv.reader(out.open(encoding="utf-8", errors="surrogateescape"))][1:]
+    assert paths == [str(lib / "a.wav"), bad, str(lib / "c.wav")]
+    assert os.fsencode(paths[1]).endswith(b"/bad\xff\xfe.wav")
+    code, _, err = _tag(capsys, str(lib), "-m", str(ckpt), "-o", str(out))
+    assert code == 0 and "skipping 3 files already in" in err and "dropped" not in err, err
+
+
+def test_plain_tag_of_a_non_utf8_name_prints_valid_json(capsys, ckpt, tmp_path):
+    _, bad = _non_utf8_library(tmp_path / "lib")
+    code, out, err = _tag(capsys, bad, "-m", str(ckpt), "-f", "json")
+    assert code == 0, err
+    assert os.fsencode(json.loads(out)["path"]) == os.fsencode(bad)
+
+
+def _strict_json(line: str):
+    def refuse(name: str):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_huge_samples_are_an_error_for_that_file_and_the_json_stays_valid(capsys, tmp_path, jobs):
+    """Float samples of 1e30 overflow the front-end: the scores would be NaN."""
+    wave = make_checkpoint(tmp_path / "wave.safetensors", "test-probe-wave", labels=LABELS)
+    huge = write_audio(tmp_path / "huge.wav", np.full(3 * SR, 1e30, np.float32), SR, subtype="FLOAT")
+    fine = write_audio(tmp_path / "fine.wav", synth_tone(3.0, SR), SR)
+    code, out, err = _tag(capsys, str(huge), str(fine), "-m", str(wave), "-f", "json", "-j", jobs)
+    assert code == 1 and "huge.wav: the model's scores are not finite" in err and "Traceback" not in err
+    assert [_strict_json(line)["path"] for line in out.splitlines()] == [str(fine)]
+    results = tmp_path / "lib.jsonl"
+    assert _tag(capsys, str(huge), str(fine), "-m", str(wave), "-o", str(results), "-j", jobs)[0] == 1
+    recs = {Path(p).name: r for p, r in _records(results).items()}
+    assert "not finite" in recs["huge.wav"]["error"] and "tags" in recs["fine.wav"]
+    for line in results.read_text().splitlines():
+        _strict_json(line)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        # a copy of a dataset's manifest: was "dropped 1 incomplete or invalid line(s)", header deleted
+        ("manifest.jsonl", '{"type": "header", "name": "m"}\n{"type": "clip", "id": "a", "path": "a.wav"}\n'),
+        ("notes.jsonl", "my own notes, no newline at the end"),  # was truncated to nothing
+        ("mine.csv", "path,rating\n/music/a.wav,5\n"),
+    ],
+)
+def test_an_output_that_is_not_a_results_file_is_refused_untouched(capsys, ckpt, library, tmp_path, name, text):
+    out = tmp_path / name
+    out.write_text(text)
+    code, _, err = _tag(capsys, str(library / "album1"), "-m", str(ckpt), "-o", str(out))
+    assert code == 2 and "not an audiocnn results file" in err and "refusing to rewrite it" in err, err
+    assert "loaded" not in err  # refused before the model loads
+    assert out.read_text() == text
+
+
+def test_a_results_file_from_before_the_header_is_resumed_and_marked(capsys, ckpt, library, tmp_path):
+    out = tmp_path / "old.jsonl"
+    assert _tag(capsys, str(library / "album1"), "-m", str(ckpt), "-o", str(out))[0] == 0
+    recs = _records(out)
+    out.write_bytes(out.read_bytes().split(b"\n", 1)[1])  # what audiocnn wrote before the header line
+    code, _, err = _tag(capsys, str(library / "album1"), "-m", str(ckpt), "-o", str(out))
+    assert code == 0 and "skipping 6 files" in err, err
+    assert _records(out) == recs  # and the header is back
+
+
+def test_a_full_disk_while_appending_removes_the_partial_record(capsys, ckpt, library, tmp_path, monkeypatch):
+    out = tmp_path / "full.jsonl"
+    real_write = ResultsFile._write
+    calls = []
+
+    def write(self, data: bytes) -> None:
+        calls.append(len(data))
+        if len(calls) == 3:  # the header, one record, then half of the next and the disk is full
+            real_write(self, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write(self, data)
+
+    monkeypatch.setattr(ResultsFile, "_write", write)
+    code, _, err = _tag(capsys, str(library / "album1"), "-m", str(ckpt), "-o", str(out))
+    last = err.strip().splitlines()[-1]
+    assert code == 1 and last.startswith("error: ") and "No space left on device" in last and "Traceback" not in err
+    assert out.read_bytes().endswith(b"}\n") and len(_records(out)) == 1  # no partial line left
+
+
+def test_a_second_run_is_refused_before_the_model_loads(capsys, ckpt, library, tmp_path):
+    out = tmp_path / "busy.jsonl"
+    with held_lock(tmp_path / ".busy.jsonl.lock", lambda pid: UsageError("busy")):
+        code, _, err = _tag(capsys, str(library / "album1"), "-m", str(ckpt), "-o", str(out))
+    assert code == 2 and "is tagging into it now" in err and "loaded" not in err, err
+
+
+def test_a_symlinked_output_stays_a_link_to_the_rewritten_file(capsys, ckpt, library, tmp_path):
+    real = tmp_path / "real.jsonl"
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    assert _tag(capsys, str(library / "album1"), "-m", str(ckpt), "-o", str(link))[0] == 0
+    with real.open("ab") as fh:
+        fh.write(b'{"path": "cut short by a crash')  # the next run repairs (rewrites) the file
+    code, _, err = _tag(capsys, str(library / "album1"), "-m", str(ckpt), "-o", str(link))
+    assert code == 0 and "dropped 1 incomplete" in err
+    assert link.is_symlink() and len(_records(real)) == 6
+
+
+def test_jobs_beyond_the_cores_are_capped_with_one_line(capsys, ckpt, library, monkeypatch):
+    """-j 64 on 2 cores started 64 decoding processes (2.3 GB, 6x slower than -j 1)."""
+    cores = max(2, len(os.sched_getaffinity(0)))
+    asked = []
+
+    def stream(tagger, files, *, jobs, **kw):
+        asked.append(jobs)
+        assert jobs <= cores, f"{jobs} decoding processes on {cores} cores"  # before any starts
+        return tag_stream(tagger, files, jobs=jobs, **kw)
+
+    monkeypatch.setattr(command, "tag_stream", stream)
+    code, _, err = _tag(capsys, str(library / "album1"), "-m", str(ckpt), "-f", "json", "-j", str(cores + 62))
+    assert code == 0 and asked == [cores] and f"--jobs {cores + 62}: using {cores}, the CPU cores" in err, err

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_helpers import TinyMel, make_dataset, write_config
+from train_helpers import TinyMel, last_line, make_dataset, run_limited, write_config
 
 from audiocnn.cli.main import run
 from audiocnn.datasets.manifest import read_manifest
@@ -333,6 +333,36 @@ def test_init_with_same_labels_keeps_the_head(data, tmp_path):
             "single-label",
             data,
         )
+
+
+def test_sizes_that_only_pad_or_cannot_fit_are_refused(data, tmp_path, monkeypatch, capsys):
+    """A crop longer than the clips and the model's input (the old code padded each to 10
+    million frames), more chunks than the clips hold, a batch over 1/8 of the memory: one
+    line each, before any crop is made. The hostile two in a child capped at 2 GB."""
+    import audiocnn.training.setup as S
+
+    cfg = write_config(tmp_path / "c.yaml", dataset="tones", model="test-tiny-mel", epochs=1)
+    train = ["--data-dir", str(data), "train", str(cfg), "--device", "cpu", "--run-dir"]
+    (c1, e1), (c2, e2) = run_limited(
+        [*train, str(tmp_path / "r1"), "--set", "crop_frames=10000000"],
+        [*train, str(tmp_path / "r2"), "--set", "eval_chunks=1000000"],
+        timeout=90,
+    )
+    assert c1 == 1 and last_line(e1) == (
+        "error: config key 'crop_frames' must be at most 94 for 'tones', got 10000000: its longest clip has "
+        "94 frames and test-tiny-mel takes 63; a longer crop is only padding"
+    )
+    assert c2 == 1 and last_line(e2) == (
+        "error: config key 'eval_chunks' must be at most 32 for 'tones', got 1000000: its valid clips hold at most "
+        "32 distinct crops of 63 frames"
+    )
+    monkeypatch.setattr(S, "machine_memory", lambda: 128 << 10)
+    capsys.readouterr()  # crop_frames at its limit passes the crop check, then meets the memory one
+    assert cli(data, *train[2:], str(tmp_path / "r3"), "--set", "crop_frames=94", "--set", "eval_chunks=16") == 1
+    assert last_line(capsys.readouterr().err) == (
+        "error: config batch_size = 4 crops of 94 frames per batch: 23.5 KiB of input, more than 1/8 of this "
+        "machine's memory (128.0 KiB) (make them or crop_frames smaller)"
+    )
 
 
 def test_cli_errors_are_one_line(data, tmp_path, capsys):

@@ -6,6 +6,10 @@ the torchrun-launched DDP workers execute.
 
 from __future__ import annotations
 
+import json
+import os
+import resource
+import subprocess
 import sys
 from pathlib import Path
 
@@ -184,6 +188,56 @@ def train_both_tasks(root: Path) -> dict[str, tuple[Path, Path, str]]:
     return out
 
 
+#: what the child of :func:`run_limited` prints on stderr after each command
+_EXIT = "--- exit "
+
+
+def run_limited(
+    *commands: list[str], memory_mb: int = 2048, timeout: float = 60, cwd: Path | None = None
+) -> list[tuple[int, str]]:
+    """Each ``commands`` entry run as `audiocnn ARGS` (tiny models registered), one after
+    the other in one child process whose address space is capped at ``memory_mb``
+    (RLIMIT_AS) and that must end within ``timeout`` seconds, so a hostile input that
+    regresses fails its test instead of taking the machine. Returns ``(exit code, stderr)``
+    per command. Importing torch alone takes about 0.8 GB of address space."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
+
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)])}
+    proc = subprocess.run(
+        [sys.executable, str(here / "train_helpers.py"), "--many", json.dumps(list(commands))],
+        preexec_fn=limit,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )
+    parts = proc.stderr.split(_EXIT)
+    codes = [int(p.split("\n", 1)[0]) for p in parts[1:]]
+    assert proc.returncode == 0 and len(codes) == len(commands), proc.stderr[-3000:]
+    return [(code, err.split("\n", 1)[1] if i else err) for i, (code, err) in enumerate(zip(codes, parts))]
+
+
+def last_line(err: str) -> str:
+    """The one error line a failed command prints (no traceback)."""
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: ") and "Traceback" not in err, err
+    return lines[-1]
+
+
+def _run_many(commands: list[list[str]]) -> int:
+    for args in commands:
+        code = run(args)
+        sys.stderr.write(f"\n{_EXIT}{code}\n")
+        sys.stderr.flush()
+    return 0
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
+    if sys.argv[1:2] == ["--many"]:
+        sys.exit(_run_many(json.loads(sys.argv[2])))
     sys.exit(run(sys.argv[1:]))

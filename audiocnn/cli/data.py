@@ -14,13 +14,15 @@ from audiocnn.cli import common
 from audiocnn.cli.app import app
 from audiocnn.constants import TASKS
 from audiocnn.datasets import dataset_info, datasets_overview, verify_dataset
+from audiocnn.datasets.info import excluded_summary
 from audiocnn.datasets.manifest import readable_label
-from audiocnn.datasets.prepare import excluded_summary
 
 #: ``prepare --features``: which feature stores to extract after preparing
 Features = Enum("Features", [(k, k) for k in pipeline.FEATURE_CHOICES], type=str)
 #: ``prepare --task``
 Task = Enum("Task", [(t, t) for t in TASKS], type=str)
+#: The flags of the library arguments whose flag is not ``--`` and their name with dashes.
+PREPARE_FLAGS = {"labels_file": "--labels", "dataset_name": "--name", "jobs": "-j"}
 
 
 @app.command("datasets")
@@ -105,28 +107,35 @@ def prepare(
     variant: Optional[str] = typer.Option(
         None, "--variant", help="Published form of the audio: audio (default) or audio-low (mtg-jamendo)."
     ),
+    download_missing: bool = typer.Option(
+        False,
+        "--download-missing",
+        help="Download the files a local --source lacks (else naming them is an error).",
+    ),
     fmt: common.TableOrJson = typer.Option(
         common.TableOrJson.table, "--format", help="table or json (the `info` object)."
     ),
 ) -> None:
     """Download (or take from --source), verify, extract a dataset and write its manifest."""
-    manifest = pipeline.prepare(
-        dataset,
-        common.state.data_dir,
-        source=source or None,
-        split_scheme=split_scheme,
-        skip_checksum=skip_checksum,
-        jobs=jobs,
-        force=force,
-        task=task.value if task is not None else None,
-        labels_file=labels,
-        dataset_name=name,
-        progress=sys.stderr.isatty(),
-        features=features.value,
-        seed=seed,
-        max_clips=max_clips,
-        variant=variant,
-    )
+    with common.flags(**PREPARE_FLAGS):
+        manifest = pipeline.prepare(
+            dataset,
+            common.state.data_dir,
+            progress=sys.stderr.isatty(),
+            source=source or None,
+            split_scheme=split_scheme,
+            skip_checksum=skip_checksum,
+            jobs=jobs,
+            force=force,
+            task=task.value if task is not None else None,
+            labels_file=labels,
+            dataset_name=name,
+            features=features.value,
+            seed=seed,
+            max_clips=max_clips,
+            variant=variant,
+            download_missing=download_missing,
+        )
     if fmt is common.TableOrJson.json:
         common.print_json(manifest.info())
         return
@@ -141,7 +150,8 @@ def verify(
     fmt: common.TableOrJson = typer.Option(common.TableOrJson.table, "--format", help="table or json."),
 ) -> None:
     """Re-check every file of a prepared dataset; report missing and corrupt files. Exit 1 if any."""
-    report = verify_dataset(common.state.data_dir, dataset, jobs=jobs, full=full, progress=sys.stderr.isatty())
+    with common.flags(jobs="-j"):
+        report = verify_dataset(common.state.data_dir, dataset, jobs=jobs, full=full, progress=sys.stderr.isatty())
     if fmt is common.TableOrJson.json:
         common.print_json(report.to_dict())
     else:
@@ -157,10 +167,7 @@ def verify(
             out.print(f"  {c['id']}  {c['path']}: {c['reason']}", highlight=False)
         out.print("ok" if report.ok else "FAILED", highlight=False)
     if not report.ok:
-        common.log(
-            f"{dataset}: {len(report.missing)} missing and {len(report.corrupt)} corrupt files; "
-            f"run `audiocnn prepare {dataset} --force` to extract them again"
-        )
+        common.log(f"{dataset}: {len(report.missing)} missing and {len(report.corrupt)} corrupt files; {report.fix}")
         raise typer.Exit(code=1)
 
 

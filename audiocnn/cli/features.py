@@ -11,7 +11,7 @@ import typer
 from audiocnn import pipeline
 from audiocnn.cli import common
 from audiocnn.cli.app import app
-from audiocnn.errors import UsageError
+from audiocnn.errors import ConfigError, UsageError
 
 
 class Kind(str, Enum):
@@ -36,8 +36,9 @@ def resolve_dataset_dir(dataset: str) -> Path:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values parsed as YAML scalars (``null``, ``true``, ``8000``)."""
-    import yaml  # deferred: only --set needs it, and few commands give one
+    """``key=value`` pairs; values parsed as YAML scalars (``null``, ``true``, ``8000``) by
+    the one ``--set`` value parser (aliases bounded, see ``training.config.parse_value``)."""
+    from audiocnn.training.config import parse_value  # deferred: the training package imports torch
 
     out: dict[str, Any] = {}
     for item in items:
@@ -46,9 +47,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise UsageError(f"--set expects key=value, got {item!r}")
         try:
-            out[key] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            raise UsageError(f"--set {key}: cannot parse value {raw!r}") from None
+            out[key] = parse_value(raw, f"--set {key}")
+        except ConfigError as exc:
+            raise UsageError(exc.message, hint=exc.hint) from None
     return out
 
 

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 # each module adds its commands to ``app``; the order here is the order in --help
-from audiocnn.cli import common, data, export, features, models, tag, train  # noqa: F401
+from audiocnn.cli import common, data, evaluate, export, features, models, tag, train  # noqa: F401
 from audiocnn.cli.app import app
 from audiocnn.cli.pretrained import pretrained_app
 from audiocnn.errors import AudiocnnError

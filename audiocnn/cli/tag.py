@@ -1,12 +1,13 @@
 """`audiocnn tag`: tag whole songs with a pretrained model or any trained checkpoint.
 
-Parsing and printing only; the work is :func:`audiocnn.tagging.tag_command`. torch and the
-model are imported inside the command so that ``audiocnn --help`` stays fast.
+Parsing and printing only; the work is :func:`audiocnn.tagging.tag_command`, its options
+one :class:`audiocnn.tagging.options.TagOptions` (checked there, once; errors name the
+library's arguments, which :func:`audiocnn.cli.common.flags` shows as these flags). torch
+and the model are imported inside the command so that ``audiocnn --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from enum import Enum
@@ -40,12 +41,6 @@ def _progress(message: str) -> None:
     # control characters in them are escaped so one message stays one line.
     sys.stderr.write(common.printable(message) + "\n")
     sys.stderr.flush()
-
-
-def _seconds(value: Optional[float]) -> Optional[float]:
-    if value is not None and not (value > 0 and math.isfinite(value)):
-        raise typer.BadParameter(f"must be a positive number of seconds, got {value:g}")
-    return value
 
 
 def _table(result, top_k: int) -> str:
@@ -83,7 +78,7 @@ ModelName = Annotated[
 TopK = Annotated[
     Optional[int],
     typer.Option(
-        "--top-k", "-k", min=1, show_default=False, help="Tags to show per file [default: 5 for table, all for json]."
+        "--top-k", "-k", show_default=False, help="Tags to show per file [default: 5 for table, all for json]."
     ),
 ]
 Format = Annotated[
@@ -98,7 +93,6 @@ Window = Annotated[
     Optional[float],
     typer.Option(
         "--window",
-        callback=_seconds,
         show_default=False,
         help="Window length in seconds [default: the model's input length].",
     ),
@@ -107,7 +101,6 @@ Hop = Annotated[
     Optional[float],
     typer.Option(
         "--hop",
-        callback=_seconds,
         show_default=False,
         help="Hop between windows in seconds [default: the window, no overlap].",
     ),
@@ -129,21 +122,10 @@ EmbeddingsDir = Annotated[
         "--embeddings", show_default=False, help="Write penultimate features per window (.npy) per file here."
     ),
 ]
-AttentionDir = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--attention",
-        show_default=False,
-        help="Self-attention models (cnnsa): write per window which time steps the tag decision attended to "
-        "(.npy, windows x steps) and a PNG of it under the taggram, per file, here.",
-    ),
-]
 Device = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps.")]
 BatchSize = Annotated[
     Optional[int],
-    typer.Option(
-        "--batch-size", min=1, show_default=False, help="Windows per forward pass [default: 1 on CPU, 32 on GPU]."
-    ),
+    typer.Option("--batch-size", show_default=False, help="Windows per forward pass [default: 1 on CPU, 32 on GPU]."),
 ]
 FramingOpt = Annotated[
     Framing,
@@ -157,18 +139,23 @@ Chunks = Annotated[
     Optional[int],
     typer.Option(
         "--chunks",
-        min=1,
         show_default=False,
         help="Score N windows spread evenly over each file (the papers' protocol, "
         "= `evaluate --eval-chunks N`) instead of consecutive windows.",
+    ),
+]
+Tail = Annotated[
+    str,
+    typer.Option(
+        "--tail",
+        help="end: after the last full window one more ends at the end of the file, so every second counts; "
+        "drop: a tail shorter than a window is not scored (musicnn's way).",
     ),
 ]
 Threshold = Annotated[
     Optional[float],
     typer.Option(
         "--threshold",
-        min=0.0,
-        max=1.0,
         show_default=False,
         help="Predict every tag scoring at least this (multi-label) [default: the checkpoint's per-tag "
         "thresholds, 0.5 where it has none].",
@@ -191,7 +178,6 @@ Jobs = Annotated[
     typer.Option(
         "--jobs",
         "-j",
-        min=1,
         help="Worker processes that decode and resample while the model runs; on a CPU also how many "
         "batches run at once, each on its share of the threads (1: decode in this process, one batch at a time).",
     ),
@@ -218,12 +204,12 @@ def tag(
     aggregate: AggregateOpt = Aggregate.mean,
     taggram_dir: TaggramDir = None,
     embeddings_dir: EmbeddingsDir = None,
-    attention_dir: AttentionDir = None,
     device: Device = "auto",
     batch_size: BatchSize = None,
     framing: FramingOpt = Framing.auto,
     chunks: Chunks = None,
     threshold: Threshold = None,
+    tail: Tail = "end",
     output: Output = None,
     jobs: Jobs = 1,
     force: Force = False,
@@ -236,16 +222,61 @@ def tag(
         raise UsageError(
             f"--format {fmt.value} prints to stdout; with --output the suffix of {output} picks the format"
         )
-    if chunks is not None and hop is not None:
-        raise UsageError(f"--chunks {chunks} cannot be combined with --hop: chunks are spread evenly over each file")
-    for opt, folder in (("--taggram", taggram_dir), ("--embeddings", embeddings_dir), ("--attention", attention_dir)):
-        if folder is not None:  # before the model loads: fail in a second, not after it
-            common.writable_dir(opt, folder)
+    outputs = {"taggram": taggram_dir, "embeddings": embeddings_dir}
+    outputs = {kind: folder for kind, folder in outputs.items() if folder is not None}
+    for kind, folder in outputs.items():  # before the model loads: fail in a second, not after it
+        common.writable_dir(f"--{kind}", folder)
     started = time.perf_counter()
-    from audiocnn.tagging import ResultWriter, tag_command  # deferred: torch, only once there is work to do
+    from audiocnn.tagging import ResultWriter, TagOptions, tag_command  # deferred: torch, only once there is work to do
+    from audiocnn.tagging.command import usable_jobs  # deferred: as above
 
+    table_k = DEFAULT_TABLE_TOP_K if top_k is None else top_k
     writer = None if fmt is OutputFormat.table else ResultWriter(sys.stdout, fmt.value)
-    table_k = top_k or DEFAULT_TABLE_TOP_K
+    with common.flags():
+        options = TagOptions(
+            window=window,
+            hop=hop,
+            aggregate=aggregate.value,
+            top_k=table_k if writer is None and output is None else top_k,
+            framing=framing.value,
+            chunks=chunks,
+            threshold=threshold,
+            tail=tail,
+        )
+        if jobs >= 1 and usable_jobs(jobs) < jobs:
+            _progress(
+                f"--jobs {jobs}: using {usable_jobs(jobs)}, the CPU cores this process may use "
+                "(more decoders only take turns)"
+            )
+            jobs = usable_jobs(jobs)
+        summary = tag_command(
+            paths,
+            options,
+            model=model,
+            data_dir=common.state.data_dir,
+            device=device,
+            batch_size=batch_size,
+            backend=backend.value,
+            outputs=outputs,
+            output=output,
+            force=force,
+            jobs=jobs,
+            on_result=None if output is not None else _shower(writer, fmt, table_k),
+            report=_progress,
+            started=started,
+            show_progress=output is not None and sys.stderr.isatty(),
+        )
+    if summary.skipped:
+        _progress(f"--force tags the {summary.skipped} skipped file{'s' if summary.skipped != 1 else ''} again")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _shower(writer, fmt: OutputFormat, table_k: int):
+    """What prints each tagged file: a table, or a JSON / CSV line."""
+    if fmt is OutputFormat.csv and hasattr(sys.stdout, "reconfigure"):
+        # a file name that is not UTF-8 goes out as its own bytes, as in a .csv results file
+        sys.stdout.reconfigure(errors="surrogateescape")
 
     def show(outcome) -> None:
         if writer is None:
@@ -254,30 +285,4 @@ def tag(
             writer.write(outcome.result, outcome.files)
         sys.stdout.flush()
 
-    summary = tag_command(
-        paths,
-        model=model,
-        data_dir=common.state.data_dir,
-        device=device,
-        batch_size=batch_size,
-        window=window,
-        hop=hop,
-        aggregate=aggregate,
-        framing=framing,
-        chunks=chunks,
-        threshold=threshold,
-        top_k=table_k if writer is None and output is None else top_k,
-        taggram_dir=taggram_dir,
-        embeddings_dir=embeddings_dir,
-        attention_dir=attention_dir,
-        on_result=None if output is not None else show,
-        report=_progress,
-        started=started,
-        output=output,
-        jobs=jobs,
-        force=force,
-        backend=backend.value,
-        show_progress=output is not None and sys.stderr.isatty(),
-    )
-    if summary.failed:
-        raise typer.Exit(1)
+    return show

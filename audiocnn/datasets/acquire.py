@@ -1,37 +1,29 @@
-"""Getting a dataset's files: local ``--source`` files or folders, a mirror, or the
-published URL; each remote verified, archives extracted once.
+"""Getting a dataset's files: local source files or folders, a mirror, or the published
+URL; each remote verified, archives extracted once.
 
-Below the registry: a :class:`~audiocnn.datasets.registry.DatasetSpec` acquires its
-remotes with :func:`acquire_remotes` unless it has another way (``prepare folder``).
+A dataset published as files at URLs subclasses :class:`RemoteDataset`, whose
+``acquire`` is :func:`acquire_remotes`; one with another way (``prepare folder``, MSD's
+previews, MTG-Jamendo's per-tar fetches) subclasses :class:`~.spec.DatasetSpec` and uses
+the helpers here (:func:`fetch_remote`, :func:`check_may_download`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from audiocnn.datasets.download import (
-    Remote,
-    download_file,
-    extract_once,
-    human_size,
-    is_url,
-    mirror_url,
-    read_marker,
-    verify_file,
-    write_marker,
-)
+from audiocnn.datasets.archives import extract_once
+from audiocnn.datasets.checksums import verify_file
+from audiocnn.datasets.http import download_file, is_url, mirror_url
+from audiocnn.datasets.markers import read_marker, write_marker
 from audiocnn.datasets.remotezip import fetch_members
+from audiocnn.datasets.spec import DatasetSpec, PrepareContext, Remote
 from audiocnn.datasets.splits import proportional_subset, stratum_keys
 from audiocnn.errors import ChecksumError, DownloadError, UsageError
-
-if TYPE_CHECKING:  # annotations only: the registry imports this module
-    from audiocnn.datasets.registry import DatasetSpec, PrepareContext
+from audiocnn.progress import human_size
 
 log = logging.getLogger("audiocnn.datasets")
 
@@ -71,12 +63,13 @@ def _check_sources(sources: Sequence[str]) -> None:
         p = Path(s).expanduser()
         if not p.exists():
             raise UsageError(
-                f"--source {s}: no such file or folder",
+                f"source={s}: no such file or folder",
+                arguments=("source",),
                 hint="give a local archive, a folder holding the archives, or an http(s) mirror URL",
             )
 
 
-def acquire_remotes(spec: DatasetSpec, ctx: PrepareContext) -> None:
+def acquire_remotes(spec: RemoteDataset, ctx: PrepareContext) -> None:
     """Locate or download every remote, verify it, extract archives once."""
     _check_sources(ctx.sources)
     local_dirs = [p for p in _local_candidates(ctx.sources) if p.is_dir()]
@@ -114,7 +107,7 @@ def acquire_remotes(spec: DatasetSpec, ctx: PrepareContext) -> None:
 
 
 def _acquire_group(
-    spec: DatasetSpec, ctx: PrepareContext, group: str, members: list[Remote], located: list, n_groups: int
+    spec: RemoteDataset, ctx: PrepareContext, group: str, members: list[Remote], located: list, n_groups: int
 ) -> None:
     """Fetch and verify a group's archive(s), then extract them once."""
     single_file = [p for p in _local_candidates(ctx.sources) if p.is_file()]
@@ -152,14 +145,23 @@ def _acquire_group(
             paths.append(loc)
             continue
         paths.append(_fetch_one(spec, r, ctx, located=loc))
-    extract_once(paths, ctx.raw_dir, ctx.state_dir, key=key, members=wanted, force=ctx.force, progress=ctx.progress)
+    extract_once(
+        paths,
+        ctx.raw_dir,
+        ctx.state_dir,
+        key=key,
+        members=wanted,
+        force=ctx.force,
+        progress=ctx.progress,
+        max_member=spec.max_member_size,
+    )
 
 
-def _wanted_members(spec: DatasetSpec, ctx: PrepareContext, group: str) -> list[str] | None:
+def _wanted_members(spec: RemoteDataset, ctx: PrepareContext, group: str) -> list[str] | None:
     """The members to extract: the chosen clips' files of a partial prepare, else the spec's."""
     if ctx.selected is not None and group == spec.audio_group:
         return sorted(ctx.selected_paths)
-    return spec_members(spec, group)
+    return spec.extract_members(group)
 
 
 def _select(spec: DatasetSpec, ctx: PrepareContext) -> None:
@@ -179,7 +181,7 @@ def _select(spec: DatasetSpec, ctx: PrepareContext) -> None:
     log.info("%s: %d of %d listed clips chosen (--max-clips %d)", spec.name, len(chosen), len(usable), ctx.max_clips)
 
 
-def _by_members(spec: DatasetSpec, ctx: PrepareContext, group: str, members: list[Remote]) -> bool:
+def _by_members(spec: RemoteDataset, ctx: PrepareContext, group: str, members: list[Remote]) -> bool:
     """Fetch a zip group member by member with HTTP Range when that is what is asked
     (``--max-clips``) or what was begun (completing a partial prepare); True if done so."""
     key = f"members-{group}"
@@ -195,17 +197,12 @@ def _by_members(spec: DatasetSpec, ctx: PrepareContext, group: str, members: lis
         _select(spec, ctx)
         wanted: list[str] | None = sorted(ctx.selected_paths)
     else:
-        wanted = spec_members(spec, group)
+        wanted = spec.extract_members(group)
     urls = [_remote_url(r, ctx.sources, ctx.mirror)[0] for r in members]
     complete = not (ctx.max_clips is not None and group == spec.audio_group)
     write_marker(ctx.state_dir, key, {"complete": False, "partial": not complete, "urls": urls})
     fetched, kept, stats = fetch_members(
-        urls,
-        ctx.raw_dir,
-        wanted,
-        progress=ctx.progress,
-        retries=int(os.environ.get("AUDIOCNN_DOWNLOAD_RETRIES", "5")),
-        backoff=float(os.environ.get("AUDIOCNN_DOWNLOAD_BACKOFF", "1.0")),
+        urls, ctx.raw_dir, wanted, progress=ctx.progress, max_member=spec.max_member_size
     )
     whole = stats.size
     log.info(
@@ -223,11 +220,6 @@ def _by_members(spec: DatasetSpec, ctx: PrepareContext, group: str, members: lis
     return True
 
 
-def spec_members(spec: DatasetSpec, group: str) -> list[str] | None:
-    fn = getattr(spec, "extract_members", None)
-    return fn(group) if fn else None
-
-
 def _downloaded(ctx: PrepareContext, r: Remote) -> Path | None:
     p = ctx.downloads_dir / r.filename
     return p if p.is_file() else None
@@ -236,6 +228,21 @@ def _downloaded(ctx: PrepareContext, r: Remote) -> Path | None:
 def fetch_remote(spec: DatasetSpec, r: Remote, ctx: PrepareContext, located: Path | None = None) -> Path:
     """One remote as a verified local file: found in --source, else downloaded (resumable)."""
     return _fetch_one(spec, r, ctx, located)
+
+
+def check_may_download(ctx: PrepareContext, filename: str, url: str, what: str, approx_size: str = "") -> None:
+    """A ``--source`` of local files holds all a dataset needs: a file missing there is
+    said, not fetched from the Internet behind the user's back (``--download-missing``)."""
+    local = _local_candidates(ctx.sources)
+    if not local or ctx.download_missing or any(is_url(s) for s in ctx.sources):
+        return
+    where = ", ".join(str(p) for p in local)
+    raise UsageError(
+        f"source={where}: {filename} is not there ({what} needs it); nothing was downloaded",
+        hint=f"put {filename} there, or add download_missing=True to fetch it from {url}"
+        f"{f' ({approx_size})' if approx_size else ''}",
+        arguments=("source", "download_missing"),
+    )
 
 
 def _fetch_one(spec: DatasetSpec, r: Remote, ctx: PrepareContext, located: Path | None = None) -> Path:
@@ -247,6 +254,8 @@ def _fetch_one(spec: DatasetSpec, r: Remote, ctx: PrepareContext, located: Path 
     url, official = _remote_url(r, ctx.sources, ctx.mirror)
     dest = ctx.downloads_dir / r.filename
     if not dest.exists():
+        if not spec.indexes_source:  # msd: --source is the previews; its lists are always fetched
+            check_may_download(ctx, r.filename, url, spec.name, r.approx_size)
         log.info("downloading %s (%s)", url, r.approx_size or "size unknown")
     try:
         return download_file(
@@ -257,8 +266,6 @@ def _fetch_one(spec: DatasetSpec, r: Remote, ctx: PrepareContext, located: Path 
             size=r.size,
             skip_checksum=ctx.skip_checksum,
             progress=ctx.progress,
-            backoff=float(os.environ.get("AUDIOCNN_DOWNLOAD_BACKOFF", "1.0")),
-            retries=int(os.environ.get("AUDIOCNN_DOWNLOAD_RETRIES", "5")),
         )
     except ChecksumError:
         raise
@@ -269,3 +276,20 @@ def _fetch_one(spec: DatasetSpec, r: Remote, ctx: PrepareContext, located: Path 
                 hint=f"audiocnn prepare {spec.name} --source /path/to/{r.filename}",
             ) from None
         raise
+
+
+class RemoteDataset(DatasetSpec):
+    """A dataset published as files at URLs (:attr:`remotes`): prepare finds them in the
+    sources or downloads them, verifies them and extracts the archives once."""
+
+    def acquire(self, ctx: PrepareContext) -> None:
+        acquire_remotes(self, ctx)
+
+    def locate_layout(self, folder: Path) -> Path | None:
+        """The folder holding the extracted layout under ``folder``, if any: lets a source
+        folder be an already-extracted copy."""
+        return None
+
+    def extract_members(self, group: str) -> list[str] | None:
+        """The members of ``group``'s archive to extract (None: every one)."""
+        return None

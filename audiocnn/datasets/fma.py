@@ -22,15 +22,9 @@ import sys
 from pathlib import Path
 
 from audiocnn.constants import MULTI_LABEL, SINGLE_LABEL
-from audiocnn.datasets.download import Remote
-from audiocnn.datasets.registry import (
-    MISSING_FROM_ARCHIVE,
-    Candidate,
-    Collected,
-    DatasetSpec,
-    PrepareContext,
-    register_dataset,
-)
+from audiocnn.datasets.acquire import RemoteDataset
+from audiocnn.datasets.registry import register_dataset
+from audiocnn.datasets.spec import MISSING_FROM_ARCHIVE, Candidate, Collected, PrepareContext, Remote
 from audiocnn.errors import DatasetError
 
 log = logging.getLogger("audiocnn.datasets")
@@ -88,7 +82,7 @@ EMPTY_CLIPS = {
 }
 
 
-class _FMA(DatasetSpec):
+class _FMA(RemoteDataset):
     subset: str
     task = SINGLE_LABEL
     tasks = (SINGLE_LABEL, MULTI_LABEL)
@@ -105,6 +99,9 @@ class _FMA(DatasetSpec):
     )
     homepage = "https://github.com/mdeff/fma"
     partial = "zip"
+    # generous: fma_full holds untrimmed tracks (some run long) and the metadata zip CSVs of
+    # hundreds of MB; the 30-s subsets hold clips of about 0.5 MB
+    max_member_size = 2 << 30
 
     def extract_members(self, group: str) -> list[str] | None:
         if group == METADATA.filename:

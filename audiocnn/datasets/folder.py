@@ -28,7 +28,8 @@ from pathlib import Path
 
 from audiocnn.audio import find_audio_files
 from audiocnn.constants import MULTI_LABEL, SINGLE_LABEL
-from audiocnn.datasets.registry import Candidate, Collected, DatasetSpec, PrepareContext, register_dataset
+from audiocnn.datasets.registry import register_dataset
+from audiocnn.datasets.spec import Candidate, Collected, DatasetSpec, PrepareContext
 from audiocnn.datasets.splits import stratified_split, stratum_keys
 from audiocnn.errors import DatasetError, UsageError
 
@@ -64,12 +65,13 @@ class Folder(DatasetSpec):
     def acquire(self, ctx: PrepareContext) -> None:
         if len(ctx.sources) != 1:
             raise UsageError(
-                "prepare folder needs exactly one --source DIR (the folder holding your audio)",
-                hint="audiocnn prepare folder --source ~/music --name mysongs",
+                "prepare folder needs exactly one source=DIR (the folder holding your audio)",
+                hint="source=~/music dataset_name=mysongs",
+                arguments=("source", "dataset_name"),
             )
         src = Path(ctx.sources[0]).expanduser()
         if not src.is_dir():
-            raise UsageError(f"--source {ctx.sources[0]}: not a folder")
+            raise UsageError(f"source={ctx.sources[0]}: not a folder", arguments=("source",))
         ctx.audio_base = src.resolve()
 
     def collect(self, ctx: PrepareContext) -> Collected:
@@ -95,7 +97,9 @@ class Folder(DatasetSpec):
             raise DatasetError(f"{ctx.labels_file}: none of the listed files exist under {root}")
         multi = any(len(labs) > 1 for _i, _p, labs, _s in rows)
         if multi and ctx.task_explicit and ctx.task == SINGLE_LABEL:
-            raise UsageError(f"--task single-label: {ctx.labels_file} gives some files several labels")
+            raise UsageError(
+                f"task=single-label: {ctx.labels_file} gives some files several labels", arguments=("task",)
+            )
         task = MULTI_LABEL if (multi or ctx.task == MULTI_LABEL) else SINGLE_LABEL
         labels = sorted({lab for _i, _p, labs, _s in rows for lab in labs})
         given = [s for *_x, s in rows if s is not None]

@@ -22,15 +22,9 @@ import re
 from pathlib import Path
 
 from audiocnn.constants import SINGLE_LABEL
-from audiocnn.datasets.download import Remote
-from audiocnn.datasets.registry import (
-    Candidate,
-    Collected,
-    DatasetSpec,
-    PrepareContext,
-    read_resource_lines,
-    register_dataset,
-)
+from audiocnn.datasets.acquire import RemoteDataset
+from audiocnn.datasets.registry import read_resource_lines, register_dataset
+from audiocnn.datasets.spec import Candidate, Collected, PrepareContext, Remote
 from audiocnn.datasets.splits import stratified_split
 from audiocnn.errors import DatasetError
 
@@ -40,7 +34,7 @@ LAYOUT_DIRS = ("genres", "genres_original")
 
 
 @register_dataset
-class GTZAN(DatasetSpec):
+class GTZAN(RemoteDataset):
     name = "gtzan"
     title = "GTZAN genre collection (Tzanetakis & Cook 2002)"
     task = SINGLE_LABEL
@@ -60,6 +54,8 @@ class GTZAN(DatasetSpec):
         ),
     )
     approx_size = "1.2 GB"
+    # 30-s clips of 22,050 Hz 16-bit mono: 1.3 MB each (the Kaggle zip's CSVs are smaller still)
+    max_member_size = 16 << 20
     partial_refusal = (
         "gtzan is one gzip stream (genres.tar.gz): no part of it can be read without the bytes before it, "
         "so it cannot be cut; prepare it whole (1.2 GB)"

@@ -27,6 +27,7 @@ from typing import Any, Iterable
 from audiocnn import __version__
 from audiocnn.constants import SINGLE_LABEL, TASKS
 from audiocnn.errors import DatasetError
+from audiocnn.fileio import atomic_write_bytes, json_text
 
 MANIFEST_NAME = "manifest.jsonl"
 MANIFEST_VERSION = 1
@@ -121,8 +122,23 @@ def manifest_path(dataset_dir: str | os.PathLike) -> Path:
     return Path(dataset_dir) / MANIFEST_NAME
 
 
+def read_manifest_header(dataset_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The header of ``dataset_dir``'s manifest (its first line only: cheap on a 100k-clip
+    manifest), or None when there is none or it does not read as one."""
+    p = manifest_path(dataset_dir)
+    try:
+        with open(p, encoding="utf-8") as fh:
+            header = json.loads(fh.readline())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return header if header.get("type") == "header" else None
+
+
 def write_manifest(manifest: Manifest, dataset_dir: str | os.PathLike) -> Path:
-    """Validate and write atomically (temp file, fsync, rename)."""
+    """Validate and write atomically (temp file, fsync, rename; the temp file is removed
+    when the write fails). A clip path that is not valid UTF-8 (a POSIX file name held as
+    surrogate escapes) is written as the JSON escapes ``\\udcXX`` and read back as the same
+    name (:func:`audiocnn.fileio.json_text`)."""
     dataset_dir = Path(dataset_dir)
     dataset_dir.mkdir(parents=True, exist_ok=True)
     _validate(manifest)
@@ -139,15 +155,9 @@ def write_manifest(manifest: Manifest, dataset_dir: str | os.PathLike) -> Path:
         "extra": manifest.extra,
         "created_by": f"audiocnn {__version__}",
     }
+    lines = [json_text(header)] + [json_text({"type": "clip", **asdict(clip)}) for clip in manifest.clips]
     path = manifest_path(dataset_dir)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(header, ensure_ascii=False) + "\n")
-        for clip in manifest.clips:
-            fh.write(json.dumps({"type": "clip", **asdict(clip)}, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
     manifest.root = dataset_dir
     return path
 

@@ -37,15 +37,8 @@ import numpy as np
 from audiocnn.audio import find_audio_files
 from audiocnn.constants import MULTI_LABEL
 from audiocnn.datasets.acquire import fetch_remote
-from audiocnn.datasets.download import Remote
-from audiocnn.datasets.registry import (
-    Candidate,
-    Collected,
-    DatasetSpec,
-    PrepareContext,
-    read_resource_lines,
-    register_dataset,
-)
+from audiocnn.datasets.registry import read_resource_lines, register_dataset
+from audiocnn.datasets.spec import Candidate, Collected, DatasetSpec, PrepareContext, Remote
 from audiocnn.errors import DatasetError, UsageError
 
 log = logging.getLogger("audiocnn.datasets")
@@ -125,40 +118,51 @@ def read_pickled_strings(path: Path) -> list[str]:
     except (ValueError, EOFError) as exc:
         raise DatasetError(f"{path}: not a readable pickle ({exc})") from None
     for op, arg, pos in ops:
-        name = op.name
-        if name in _STRING_OPS:
-            stack.append(arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg))
-        elif name == "EMPTY_LIST":
-            stack.append([])
-        elif name == "LIST":
-            start = marks.pop()
-            items, stack[start:] = stack[start:], [[]]
-            stack[-1].extend(items)
-        elif name == "MARK":
-            marks.append(len(stack))
-        elif name == "APPEND":
-            item = stack.pop()
-            _as_list(stack, path, pos).append(item)
-        elif name == "APPENDS":
-            start = marks.pop()
-            items, stack[start:] = stack[start:], []
-            _as_list(stack, path, pos).extend(items)
-        elif name in _MEMO_PUT:
-            memo[arg if name != "MEMOIZE" else len(memo)] = stack[-1]
-        elif name in _MEMO_GET:
-            stack.append(memo[arg])
-        elif name in ("PROTO", "FRAME"):
-            continue
-        elif name == "STOP":
-            break
-        else:
+        try:
+            if not _apply(op.name, arg, stack, marks, memo, path, pos):
+                break
+        except (IndexError, KeyError, TypeError) as exc:
             raise DatasetError(
-                f"{path}: opcode {name} at byte {pos}: not a plain pickled list of strings; "
-                "refusing to read it (nothing in it was run)"
-            )
+                f"{path}: opcode {op.name} at byte {pos}: malformed pickle ({type(exc).__name__}: {exc}); "
+                "not a plain pickled list of strings (nothing in it was run)"
+            ) from None
     if len(stack) != 1 or not isinstance(stack[0], list) or not all(isinstance(s, str) for s in stack[0]):
         raise DatasetError(f"{path}: expected a pickled list of strings")
     return stack[0]
+
+
+def _apply(name: str, arg: Any, stack: list[Any], marks: list[int], memo: dict[int, Any], path: Path, pos: int) -> bool:
+    """One opcode of a pickled list of strings on ``stack``; False at STOP. Malformed input
+    (a pop of nothing, an unknown memo key) raises IndexError or KeyError to the caller."""
+    if name in _STRING_OPS:
+        stack.append(arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg))
+    elif name == "EMPTY_LIST":
+        stack.append([])
+    elif name == "LIST":
+        start = marks.pop()
+        items, stack[start:] = stack[start:], [[]]
+        stack[-1].extend(items)
+    elif name == "MARK":
+        marks.append(len(stack))
+    elif name == "APPEND":
+        item = stack.pop()
+        _as_list(stack, path, pos).append(item)
+    elif name == "APPENDS":
+        start = marks.pop()
+        items, stack[start:] = stack[start:], []
+        _as_list(stack, path, pos).extend(items)
+    elif name in _MEMO_PUT:
+        memo[arg if name != "MEMOIZE" else len(memo)] = stack[-1]
+    elif name in _MEMO_GET:
+        stack.append(memo[arg])
+    elif name == "STOP":
+        return False
+    elif name not in ("PROTO", "FRAME"):
+        raise DatasetError(
+            f"{path}: opcode {name} at byte {pos}: not a plain pickled list of strings; "
+            "refusing to read it (nothing in it was run)"
+        )
+    return True
 
 
 def _as_list(stack: list[Any], path: Path, pos: int) -> list:
@@ -251,8 +255,9 @@ class MillionSongDataset(DatasetSpec):
         folders = [Path(s).expanduser() for s in ctx.sources if Path(s).expanduser().is_dir()]
         if len(folders) != 1:
             raise UsageError(
-                "prepare msd needs --source DIR: the folder holding your MSD previews (named by MSD track id)",
-                hint="audiocnn prepare msd --source ~/msd-previews",
+                "prepare msd needs source=DIR: the folder holding your MSD previews (named by MSD track id)",
+                hint="source=~/msd-previews",
+                arguments=("source",),
             )
         ctx.audio_base = folders[0].resolve()
         names = list(CHOI_REMOTES) + (list(WON_REMOTES) if ctx.split_scheme == "won2020" else [])

@@ -24,16 +24,9 @@ from collections import Counter
 from pathlib import Path
 
 from audiocnn.constants import MULTI_LABEL
-from audiocnn.datasets.download import Remote
-from audiocnn.datasets.registry import (
-    MISSING_FROM_ARCHIVE,
-    Candidate,
-    Collected,
-    DatasetSpec,
-    PrepareContext,
-    read_resource_lines,
-    register_dataset,
-)
+from audiocnn.datasets.acquire import RemoteDataset
+from audiocnn.datasets.registry import read_resource_lines, register_dataset
+from audiocnn.datasets.spec import MISSING_FROM_ARCHIVE, Candidate, Collected, PrepareContext, Remote
 from audiocnn.errors import DatasetError
 
 log = logging.getLogger("audiocnn.datasets")
@@ -61,7 +54,7 @@ def split_of_path(mp3_path: str) -> str | None:
 
 
 @register_dataset
-class MagnaTagATune(DatasetSpec):
+class MagnaTagATune(RemoteDataset):
     name = "mtat"
     title = "MagnaTagATune (Law et al. 2009), top-50 tags"
     task = MULTI_LABEL
@@ -106,6 +99,7 @@ class MagnaTagATune(DatasetSpec):
         ),
     )
     approx_size = "2.7 GB"
+    max_member_size = 16 << 20  # 29-s MP3 clips of about 0.5 MB
     partial = "zip"
     audio_group = "mp3.zip"
     license_short = "CC BY-NC-SA 1.0"

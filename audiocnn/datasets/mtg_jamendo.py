@@ -28,31 +28,19 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 from audiocnn.constants import MULTI_LABEL
-from audiocnn.datasets.download import (
-    download_file,
-    extract_archive,
-    file_digest,
-    is_url,
-    read_marker,
-    verify_file,
-    write_marker,
-)
-from audiocnn.datasets.registry import (
-    MISSING_FROM_ARCHIVE,
-    Candidate,
-    Collected,
-    DatasetSpec,
-    PrepareContext,
-    register_dataset,
-    resource_path,
-)
+from audiocnn.datasets.acquire import check_may_download
+from audiocnn.datasets.archives import extract_archive
+from audiocnn.datasets.checksums import file_digest, verify_file
+from audiocnn.datasets.http import download_file, is_url
+from audiocnn.datasets.markers import read_marker, write_marker
+from audiocnn.datasets.registry import register_dataset, resource_path
+from audiocnn.datasets.spec import MISSING_FROM_ARCHIVE, Candidate, Collected, DatasetSpec, PrepareContext
 from audiocnn.errors import ChecksumError, DatasetError, UsageError
 
 log = logging.getLogger("audiocnn.datasets")
@@ -106,13 +94,13 @@ def fetch(ctx: PrepareContext, relpath: str, digest: str, algorithm: str, offici
                 return p
     dest = ctx.downloads_dir / relpath
     url = _url(ctx, relpath, official)
+    if not dest.exists():
+        check_may_download(ctx, relpath, url, ctx.name)
     kw = dict(
         checksum=digest,
         algorithm=algorithm,
         skip_checksum=ctx.skip_checksum,
         progress=ctx.progress,
-        retries=_env_int("AUDIOCNN_DOWNLOAD_RETRIES", 5),
-        backoff=_env_float("AUDIOCNN_DOWNLOAD_BACKOFF", 1.0),
     )
     try:
         return download_file(url, dest, **kw)
@@ -120,14 +108,6 @@ def fetch(ctx: PrepareContext, relpath: str, digest: str, algorithm: str, offici
         log.warning("%s: digest does not match; fetching it once more", relpath)
         dest.unlink(missing_ok=True)
     return download_file(url, dest, **kw)
-
-
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
-def _env_float(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
 
 
 def read_split_tsv(path: Path) -> list[tuple[str, str, list[str]]]:
@@ -216,6 +196,7 @@ class _MTGJamendo(DatasetSpec):
     default_split_scheme = "split-0"
     variants = VARIANTS
     partial = "custom"
+    max_member_size = 16 << 20  # 30-s MP3 clips of about 1 MB
     license = (
         "Metadata CC BY-NC-SA 4.0; audio under the Creative Commons license of each track "
         "(audio_licenses.txt of the dataset's repository)"
@@ -260,7 +241,8 @@ class _MTGJamendo(DatasetSpec):
             for s in ctx.sources:
                 if not is_url(s) and not Path(s).expanduser().is_dir():
                     raise UsageError(
-                        f"--source {s}: not a folder or URL",
+                        f"source={s}: not a folder or URL",
+                        arguments=("source",),
                         hint="give a mirror holding data/ and raw_30s/<variant>/ (a folder or an http(s) URL)",
                     )
         self._metadata(ctx)
@@ -303,7 +285,7 @@ class _MTGJamendo(DatasetSpec):
         rel = f"raw_30s/{ctx.variant}/{tar}"
         for attempt in (1, 2):
             path = fetch(ctx, rel, digest, "sha256", official=AUDIO_BASE)
-            extract_archive(path, ctx.raw_dir, members=names, progress=ctx.progress)
+            extract_archive(path, ctx.raw_dir, members=names, progress=ctx.progress, max_member=self.max_member_size)
             bad = self._bad_tracks(ctx, names, tracks_sha)
             if not bad:
                 break

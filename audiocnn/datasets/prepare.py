@@ -1,4 +1,4 @@
-"""prepare / verify / info: the shared steps around each dataset module.
+"""prepare: the shared steps around each dataset module.
 
 ``prepare`` = acquire (download or take from ``--source``, verify, extract) -> collect
 (dataset module: labels, splits, known-bad clips) -> probe every clip in parallel (a
@@ -8,85 +8,42 @@ the run finished, so that running it again with the same options is a no-op.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from audiocnn import workers
+from audiocnn.constants import RESERVED_DATA_DIR_NAMES
 from audiocnn.datasets import probe as _probe
-from audiocnn.datasets.acquire import acquire_remotes
-from audiocnn.datasets.download import (
-    CorruptArchiveError,
-    clear_marker,
-    human_size,
-    mirror_from_env,
-    read_marker,
-    write_marker,
-)
+from audiocnn.datasets.archive_checks import CorruptArchiveError
+from audiocnn.datasets.http import mirror_from_env
 from audiocnn.datasets.lock import prepare_lock
 from audiocnn.datasets.manifest import (
-    MANIFEST_NAME,
     SPLITS,
     TASKS,
     Clip,
     Manifest,
     manifest_path,
     read_manifest,
+    read_manifest_header,
     write_manifest,
 )
-from audiocnn.datasets.registry import (
-    MISSING_FROM_ARCHIVE,
-    Candidate,
-    Collected,
-    DatasetSpec,
-    PrepareContext,
-    get_dataset,
-    list_datasets,
-)
-from audiocnn.datasets.splits import stratified_split, stratum_keys  # noqa: F401 (re-exported)
+from audiocnn.datasets.markers import clear_marker, read_marker, write_marker
+from audiocnn.datasets.registry import get_dataset, list_datasets
+from audiocnn.datasets.spec import MISSING_FROM_ARCHIVE, Candidate, Collected, DatasetSpec, PrepareContext
 from audiocnn.errors import DatasetError, UsageError
 from audiocnn.fileio import FileWriteError
-from audiocnn.progress import progress_bar
 
 log = logging.getLogger("audiocnn.datasets")
 
 PREPARE_MARKER = "prepare"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-# ---------------------------------------------------------------------------- probe
-def _probe_all(paths: list[str], jobs: int, progress: bool) -> list[dict[str, Any]]:
-    if not paths:
-        return []
-    results: list[dict[str, Any]] = []
-    with progress_bar("checking clips", len(paths), enabled=progress) as advance:
-        if jobs <= 1 or len(paths) < 4:
-            for p in paths:
-                results.append(_probe.probe_clip(p))
-                advance(1)
-        else:
-            chunk = max(1, min(64, len(paths) // (jobs * 8) or 1))
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
-                for res in pool.map(_probe.probe_clip, paths, chunksize=chunk):
-                    results.append(res)
-                    advance(1)
-    return results
-
-
-def resolve_jobs(jobs: int | None) -> int:
-    if jobs is None:
-        return max(1, os.cpu_count() or 1)
-    if jobs < 1:
-        raise UsageError(f"-j {jobs}: the number of jobs must be at least 1")
-    return jobs
 
 
 # ---------------------------------------------------------------------------- prepare
@@ -124,38 +81,53 @@ def _check_options(
     if max_clips is not None:
         if spec.partial is None:
             raise UsageError(
-                f"--max-clips: {spec.partial_refusal or f'{name} cannot be fetched in part'}",
-                hint=f"audiocnn prepare {name} (without --max-clips)",
+                f"max_clips={max_clips}: {spec.partial_refusal or f'{name} cannot be fetched in part'}",
+                arguments=("max_clips",),
             )
         if max_clips < 1:
-            raise UsageError(f"--max-clips {max_clips}: give at least 1 clip")
+            raise UsageError(f"max_clips={max_clips}: give at least 1 clip", arguments=("max_clips",))
     if variant is not None and variant not in spec.variants:
-        have = f"variants {', '.join(spec.variants)}" if spec.variants else "no --variant"
-        raise UsageError(f"--variant {variant}: {name} has {have}")
+        have = f"variants {', '.join(spec.variants)}" if spec.variants else f"no variant={variant} (one form only)"
+        raise UsageError(f"variant={variant}: {name} has {have}", arguments=("variant",))
     scheme = split_scheme or spec.default_split_scheme
     if scheme not in spec.split_schemes:
-        raise UsageError(f"--split-scheme {scheme}: {name} has split schemes {', '.join(spec.split_schemes)}")
+        raise UsageError(
+            f"split_scheme={scheme}: {name} has split schemes {', '.join(spec.split_schemes)}",
+            arguments=("split_scheme",),
+        )
     chosen_task = task or spec.task
     if chosen_task not in TASKS:
-        raise UsageError(f"--task {chosen_task}: expected one of {', '.join(TASKS)}")
+        raise UsageError(f"task={chosen_task}: expected one of {', '.join(TASKS)}", arguments=("task",))
     if task is not None and task not in spec.allowed_tasks():
-        raise UsageError(f"--task {task}: {name} supports {', '.join(spec.allowed_tasks())}")
+        raise UsageError(f"task={task}: {name} supports {', '.join(spec.allowed_tasks())}", arguments=("task",))
     if labels_file is not None and not spec.needs_name:
-        raise UsageError(f"--labels is only for `prepare folder`, not {name}")
+        raise UsageError(f"labels_file is only for `prepare folder`, not {name}", arguments=("labels_file",))
     if spec.needs_name and not dataset_name:
         raise UsageError(
-            f"prepare {name} needs --name NAME for the prepared dataset",
-            hint=f"audiocnn prepare {name} --source DIR --name mysongs",
+            f"prepare {name} needs dataset_name=NAME for the prepared dataset",
+            hint="source=DIR names the folder of your audio, dataset_name=mysongs the prepared dataset",
+            arguments=("dataset_name", "source"),
         )
     if dataset_name is not None:
         if not _NAME_RE.match(dataset_name):
             raise UsageError(
-                f"--name {dataset_name!r}: use letters, digits, '.', '_' or '-' (a folder name under the data dir)"
+                f"dataset_name={dataset_name!r}: use letters, digits, '.', '_' or '-' (a folder name under the "
+                "data dir)",
+                arguments=("dataset_name",),
             )
         if spec.needs_name and dataset_name in list_datasets():
-            raise UsageError(f"--name {dataset_name}: that is a built-in dataset's name; pick another")
+            raise UsageError(
+                f"dataset_name={dataset_name}: that is a built-in dataset's name; pick another",
+                arguments=("dataset_name",),
+            )
+        if dataset_name.lower() in RESERVED_DATA_DIR_NAMES:
+            raise UsageError(
+                f"dataset_name={dataset_name}: the data dir keeps its {dataset_name.lower()}/ folder for audiocnn's "
+                f"own files (reserved: {', '.join(RESERVED_DATA_DIR_NAMES)}); pick another",
+                arguments=("dataset_name",),
+            )
     if labels_file is not None and not Path(labels_file).expanduser().is_file():
-        raise UsageError(f"--labels {labels_file}: no such file")
+        raise UsageError(f"labels_file={labels_file}: no such file", arguments=("labels_file",))
     return scheme, chosen_task
 
 
@@ -185,15 +157,16 @@ def _check_same_source(spec: DatasetSpec, ctx: PrepareContext) -> None:
     """A named user dataset is not silently replaced by one from another folder."""
     if not spec.needs_name or ctx.force or not ctx.sources:
         return
-    header = _read_header(ctx.dataset_dir)
+    header = read_manifest_header(ctx.dataset_dir)
     old = ((header or {}).get("extra") or {}).get("source")
     if not old:
         return
     new = str(Path(ctx.sources[0]).expanduser().resolve())
     if os.path.normpath(old) != os.path.normpath(new):
         raise UsageError(
-            f"--name {ctx.name}: {ctx.dataset_dir} was prepared from {old}, not from --source {new}",
-            hint="pass --force to replace it, or pick another --name",
+            f"dataset_name={ctx.name}: {ctx.dataset_dir} was prepared from {old}, not from source={new}",
+            hint="force=True replaces it; or pick another dataset_name",
+            arguments=("dataset_name", "source", "force"),
         )
 
 
@@ -213,6 +186,7 @@ def prepare_dataset(
     seed: int = 0,
     max_clips: int | None = None,
     variant: str | None = None,
+    download_missing: bool = False,
     then: Callable[[Manifest], None] | None = None,
 ) -> Manifest:
     """Download (or take from ``source``), verify, extract and write the manifest.
@@ -228,9 +202,11 @@ def prepare_dataset(
     membership (the manifest's ``extra["partial"]`` says so and counts each split);
     running it again without ``max_clips`` completes the dataset, reusing what is there.
     ``variant`` picks a published form of the audio (MTG-Jamendo: ``audio``, ``audio-low``).
+    A file that local ``source`` files or folders lack is an error unless
+    ``download_missing`` lets it be downloaded.
     """
     spec = get_dataset(name)
-    jobs = resolve_jobs(jobs)
+    jobs = workers.resolve_jobs(jobs)
     scheme, chosen_task = _check_options(
         spec,
         split_scheme=split_scheme,
@@ -255,6 +231,7 @@ def prepare_dataset(
         task_explicit=task is not None,
         max_clips=max_clips,
         variant=variant or (spec.variants[0] if spec.variants else None),
+        download_missing=download_missing,
     )
     fingerprint = _fingerprint(spec, ctx)
     with ExitStack() as stack:
@@ -381,7 +358,9 @@ def _finish(spec: DatasetSpec, ctx: PrepareContext, collected: Collected, jobs: 
             excluded.append({"id": cand.id, "path": cand.path, "reason": spec.always_exclude[cand.id]})
         else:
             todo.append(cand)
-    results = _probe_all([str(root_dir / c.path) for c in todo], jobs, ctx.progress)
+    results = _probe.run_checks(
+        _probe.probe_clip, [str(root_dir / c.path) for c in todo], jobs, "checking clips", ctx.progress
+    )
     clips: list[Clip] = []
     for cand, res in zip(todo, results, strict=True):
         if not res["ok"]:
@@ -399,7 +378,7 @@ def _finish(spec: DatasetSpec, ctx: PrepareContext, collected: Collected, jobs: 
                 sample_rate=int(res["sample_rate"]),
                 labels=list(cand.labels),
                 split=cand.split,
-                integrity={"size": int(res["size"]), "frames": int(res["frames"])},
+                integrity={"size": int(res["size"]), "frames": int(res["frames"]), "sha256": res["sha256"]},
             )
         )
     if not clips:
@@ -420,185 +399,3 @@ def _finish(spec: DatasetSpec, ctx: PrepareContext, collected: Collected, jobs: 
         excluded=excluded,
         extra=extra,
     )
-
-
-# ---------------------------------------------------------------------------- verify / info
-@dataclass
-class VerifyReport:
-    """Result of :func:`verify_dataset`: missing and corrupt files kept apart."""
-
-    name: str
-    checked: int
-    missing: list[dict[str, str]] = field(default_factory=list)
-    corrupt: list[dict[str, str]] = field(default_factory=list)
-    full: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return not self.missing and not self.corrupt
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "checked": self.checked,
-            "ok": self.ok,
-            "full": self.full,
-            "missing": self.missing,
-            "corrupt": self.corrupt,
-        }
-
-
-def _dataset_dir(data_dir: str | os.PathLike, name: str) -> Path:
-    d = Path(data_dir) / name
-    if not manifest_path(d).is_file():
-        known = ", ".join(prepared_datasets(data_dir)) or "none"
-        hint = (
-            f"run `audiocnn prepare {name}`"
-            if name in list_datasets()
-            else "run `audiocnn prepare folder --source DIR --name NAME`"
-        )
-        raise DatasetError(f"{d}: {name} is not prepared under {data_dir} (prepared: {known})", hint=hint)
-    return d
-
-
-def verify_dataset(
-    data_dir: str | os.PathLike,
-    name: str,
-    *,
-    jobs: int | None = 1,
-    full: bool = False,
-    progress: bool = False,
-) -> VerifyReport:
-    """Re-check every clip against the manifest's integrity record.
-
-    Quick mode: file exists, size matches, header opens. ``full`` also decodes every
-    frame and compares the frame count.
-    """
-    manifest = read_manifest(_dataset_dir(data_dir, name))
-    jobs = resolve_jobs(jobs)
-    args = [(str(manifest.audio_path(c)), c.integrity, full) for c in manifest.clips]
-    results: list[dict[str, Any]] = []
-    with progress_bar(f"verifying {name}", len(args), enabled=progress) as advance:
-        if jobs <= 1 or len(args) < 4:
-            for a in args:
-                results.append(_probe.check_clip_args(a))
-                advance(1)
-        else:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
-                for res in pool.map(_probe.check_clip_args, args, chunksize=16):
-                    results.append(res)
-                    advance(1)
-    report = VerifyReport(name=name, checked=len(args), full=full)
-    for clip, res in zip(manifest.clips, results, strict=True):
-        if res["status"] == "missing":
-            report.missing.append({"id": clip.id, "path": clip.path})
-        elif res["status"] == "corrupt":
-            report.corrupt.append({"id": clip.id, "path": clip.path, "reason": res["reason"]})
-    return report
-
-
-def dataset_info(data_dir: str | os.PathLike, name: str) -> dict[str, Any]:
-    """The ``audiocnn info --format json`` object of a prepared dataset."""
-    return read_manifest(_dataset_dir(data_dir, name)).info()
-
-
-def _read_header(dataset_dir: Path) -> dict[str, Any] | None:
-    p = manifest_path(dataset_dir)
-    try:
-        with open(p, encoding="utf-8") as fh:
-            header = json.loads(fh.readline())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return header if header.get("type") == "header" else None
-
-
-def prepared_datasets(data_dir: str | os.PathLike) -> list[str]:
-    root = Path(data_dir)
-    if not root.is_dir():
-        return []
-    return sorted(d.name for d in root.iterdir() if d.is_dir() and (d / MANIFEST_NAME).is_file())
-
-
-def disk_usage(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for f in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, f)).st_size
-    return total
-
-
-def datasets_overview(data_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of ``audiocnn datasets``: every registered dataset plus user folders prepared."""
-    root = Path(data_dir)
-    rows = []
-    for name in list_datasets():
-        spec = get_dataset(name)
-        d = root / name
-        prepared = (d / MANIFEST_NAME).is_file() and not spec.needs_name
-        size = disk_usage(d) if d.is_dir() and not spec.needs_name else None
-        rows.append(
-            {
-                "name": name,
-                "dataset": name,
-                "title": spec.title,
-                "task": (
-                    "from labels"
-                    if spec.needs_name
-                    else spec.task
-                    if len(spec.allowed_tasks()) == 1
-                    else "single/multi-label"
-                ),
-                "tasks": list(spec.allowed_tasks()),
-                "classes": spec.classes,
-                "download_size": spec.approx_size,
-                "license": spec.license,
-                "license_short": spec.license_short,
-                "citation": spec.citation,
-                "size_on_disk": size,
-                "size_on_disk_human": human_size(size) if size is not None else None,
-                "prepared": prepared,
-                "path": str(d) if prepared else None,
-            }
-        )
-    builtin = set(list_datasets())
-    for name in prepared_datasets(root):
-        if name in builtin:
-            continue
-        header = _read_header(root / name) or {}
-        size = disk_usage(root / name)
-        rows.append(
-            {
-                "name": name,
-                "dataset": header.get("dataset", "?"),
-                "title": f"user dataset ({header.get('dataset', '?')})",
-                "task": header.get("task", "?"),
-                "classes": len(header.get("labels", [])),
-                "download_size": "",
-                "size_on_disk": size,
-                "size_on_disk_human": human_size(size),
-                "prepared": True,
-                "path": str(root / name),
-            }
-        )
-    return rows
-
-
-def excluded_summary(excluded: Iterable[dict[str, Any]]) -> list[tuple[str, int]]:
-    """Excluded clips counted by reason (first clause), most frequent first."""
-    counts: Counter[str] = Counter()
-    for e in excluded:
-        counts[str(e.get("reason", "")).split(":")[0]] += 1
-    return counts.most_common()
-
-
-__all__ = [
-    "SPLITS",
-    "VerifyReport",
-    "acquire_remotes",
-    "dataset_info",
-    "datasets_overview",
-    "prepare_dataset",
-    "stratified_split",
-    "verify_dataset",
-]

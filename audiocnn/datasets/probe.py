@@ -1,19 +1,26 @@
 """Decode checks run in worker processes: cheap to import (soundfile + numpy only).
 
-A clip is accepted only when every frame decodes to finite samples; its size and
-decoded frame count become the manifest's integrity record, which ``verify`` re-checks.
+A clip is accepted only when every frame decodes to finite samples; its size, decoded
+frame count and sha256 become the manifest's integrity record, which ``verify`` re-checks
+(the digest with ``--full``: a clip replaced by another of the same size and length is
+caught there). The digest reads the file once more right after decoding it, from the page
+cache.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import soundfile as sf
 
-from audiocnn.audio import audio_info
+from audiocnn import workers
+from audiocnn.audio import audio_info, soundfile_name
+from audiocnn.datasets.checksums import file_digest
 from audiocnn.errors import AudioDecodeError
+from audiocnn.progress import progress_bar
 
 WHOLE_FILE_FRAMES = 1 << 22
 # libsndfile's MP3 decoder goes wrong at a block edge that does not fall on an MPEG
@@ -41,7 +48,7 @@ def decode_frames(path: str) -> tuple[int, int, int, str]:
     # files block by block so memory stays bounded.
     block_frames = -1 if info.frames <= WHOLE_FILE_FRAMES else BLOCK_FRAMES
     try:
-        with sf.SoundFile(path) as f:
+        with sf.SoundFile(soundfile_name(path)) as f:
             while True:
                 block = f.read(block_frames, dtype="float32", always_2d=True)
                 n = block.shape[0]
@@ -63,7 +70,7 @@ def decode_frames(path: str) -> tuple[int, int, int, str]:
 
 
 def probe_clip(path: str) -> dict[str, Any]:
-    """``{"ok": True, size, frames, sample_rate, duration}`` or ``{"ok": False, "reason"}``."""
+    """``{"ok": True, size, frames, sample_rate, duration, sha256}`` or ``{"ok": False, "reason"}``."""
     try:
         size = os.stat(path).st_size
     except FileNotFoundError:
@@ -76,7 +83,12 @@ def probe_clip(path: str) -> dict[str, Any]:
         return {"ok": False, "reason": _strip(path, exc.message)}
     except Exception as exc:  # noqa: BLE001 - a decoder crash must not end the run
         return {"ok": False, "reason": f"decoder error: {type(exc).__name__}: {exc}"}
+    try:
+        sha256 = file_digest(path, "sha256")
+    except OSError as exc:
+        return {"ok": False, "reason": f"cannot read file ({exc.strerror or exc})"}
     return {
+        "sha256": sha256,
         "ok": True,
         "size": size,
         "frames": frames,
@@ -104,6 +116,9 @@ def check_clip(path: str, integrity: dict[str, Any], full: bool) -> dict[str, An
             want = integrity.get("frames")
             if want is not None and frames != want:
                 return {"status": "corrupt", "reason": f"decodes to {frames} frames, the manifest records {want}"}
+            want_digest = integrity.get("sha256")  # absent from manifests written before it was kept
+            if want_digest is not None and file_digest(path, "sha256") != want_digest:
+                return {"status": "corrupt", "reason": "changed: its sha256 differs from the manifest's"}
         else:
             audio_info(path)
     except AudioDecodeError as exc:
@@ -115,3 +130,19 @@ def check_clip(path: str, integrity: dict[str, Any], full: bool) -> dict[str, An
 
 def check_clip_args(args: tuple[str, dict[str, Any], bool]) -> dict[str, Any]:
     return check_clip(*args)
+
+
+def run_checks(
+    check: Callable[[Any], dict[str, Any]], items: Sequence[Any], jobs: int, description: str, progress: bool
+) -> list[dict[str, Any]]:
+    """``check`` (a top-level function of this module) of every item, in order, in ``jobs``
+    worker processes (here, for one job or a handful of items), with a progress bar."""
+    if not items:
+        return []
+    results: list[dict[str, Any]] = []
+    jobs = jobs if len(items) >= 4 else 1
+    with progress_bar(description, len(items), enabled=progress) as advance:
+        for _kind, _i, result in workers.run(check, items, jobs=jobs, start="fork", ordered=True):
+            results.append(result)
+            advance(1)
+    return results

@@ -28,20 +28,27 @@ from dataclasses import dataclass, field
 from http.client import HTTPException
 from pathlib import Path
 
-from audiocnn.datasets.download import (
-    _RETRY_STATUS,
-    CHUNK,
-    USER_AGENT,
+from audiocnn.datasets.archive_checks import (
     CorruptArchiveError,
-    PartsStream,
-    _content_range_start,
-    _content_range_total,
-    _member_parts,
+    MemberCheck,
     check_zip_members,
-    human_size,
+    copy_member,
+    ensure_space,
+    member_filter,
+    member_parts,
 )
+from audiocnn.datasets.checksums import CHUNK
+from audiocnn.datasets.http import (
+    USER_AGENT,
+    StallWatch,
+    content_range_start,
+    content_range_total,
+    net_settings,
+    transient_reason,
+)
+from audiocnn.datasets.parts import PartsStream
 from audiocnn.errors import DownloadError
-from audiocnn.progress import progress_bar
+from audiocnn.progress import human_size, progress_bar
 
 log = logging.getLogger("audiocnn.datasets")
 
@@ -80,13 +87,17 @@ class RangeFile(PartsStream):
         self,
         urls: Sequence[str],
         *,
-        retries: int = 5,
-        backoff: float = 1.0,
-        timeout: float = 60.0,
+        retries: int | None = None,
+        backoff: float | None = None,
+        timeout: float | None = None,
         sleep=time.sleep,
     ) -> None:
+        env = net_settings()  # what is not given comes from the environment
         self.urls = list(urls)
-        self.retries, self.backoff, self.timeout, self._sleep = retries, backoff, timeout, sleep
+        self.retries = env.retries if retries is None else retries
+        self.backoff = env.backoff if backoff is None else backoff
+        self.timeout = env.timeout if timeout is None else timeout
+        self._sleep = sleep
         self.stats = RangeStats()
         self._buf = _Buffer()
         super().__init__([self._size_of(u) for u in self.urls])
@@ -121,7 +132,7 @@ class RangeFile(PartsStream):
     # -- HTTP ------------------------------------------------------------------------
     def _size_of(self, url: str) -> int:
         resp_headers, _body = self._request(url, 0, 0)
-        total = _content_range_total(resp_headers.get("Content-Range"))
+        total = content_range_total(resp_headers.get("Content-Range"))
         if total is None:
             raise DownloadError(
                 f"{url}: the server does not answer HTTP Range requests, so part of the file cannot be fetched",
@@ -139,34 +150,38 @@ class RangeFile(PartsStream):
         attempt = 0
         while True:
             try:
-                return self._request_once(url, first, last)
-            except urllib.error.HTTPError as exc:
-                if exc.code not in _RETRY_STATUS:
-                    raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-                why = f"HTTP {exc.code}"
+                with StallWatch(url, self.timeout) as watch:
+                    return self._request_once(url, first, last, watch)
             except (TimeoutError, urllib.error.URLError, HTTPException, ConnectionError, OSError) as exc:
-                why = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
+                why = transient_reason(url, exc)
             attempt += 1
             if attempt > self.retries:
                 raise DownloadError(
                     f"{url}: bytes {first}-{last} could not be fetched after {self.retries + 1} attempts ({why})",
                     hint="run the same command again: members already fetched are kept",
                 )
-            self._sleep(self.backoff * (2 ** (attempt - 1)))
+            delay = self.backoff * (2 ** (attempt - 1))
+            log.warning("%s: %s; retry %d/%d in %.1fs", url.rsplit("/", 1)[-1], why, attempt, self.retries, delay)
+            self._sleep(delay)
 
-    def _request_once(self, url: str, first: int, last: int) -> tuple[dict, bytes]:
+    def _request_once(self, url: str, first: int, last: int, watch: StallWatch) -> tuple[dict, bytes]:
         req = urllib.request.Request(
             url, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity", "Range": f"bytes={first}-{last}"}
         )
         with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 (http/https only)
             headers = dict(resp.headers.items())
-            if resp.status != 206 or _content_range_start(headers.get("Content-Range")) != first:
+            if resp.status != 206 or content_range_start(headers.get("Content-Range")) != first:
                 raise DownloadError(
                     f"{url}: asked for bytes {first}-{last}, the server answered HTTP {resp.status} "
                     f"({headers.get('Content-Range', 'no Content-Range')})",
                     hint="run prepare without --max-clips to download the whole archive",
                 )
-            body = resp.read(last - first + 1)
+            chunks, want = [], last - first + 1
+            while want > 0 and (block := resp.read1(want)):  # what has arrived: slow is not stalled
+                watch.tick()
+                chunks.append(block)
+                want -= len(block)
+            body = b"".join(chunks)
         self.stats.requests += 1
         self.stats.bytes += len(body)
         self.stats.per_url[url] = self.stats.per_url.get(url, 0) + len(body)
@@ -209,12 +224,9 @@ def _write_verified(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, la
     """Decompress one member to a temp file, check its CRC-32, then rename it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.part{os.getpid()}")
-    crc = 0
     try:
         with zf.open(info) as src, open(tmp, "wb") as out:
-            while block := src.read(CHUNK):
-                crc = zlib.crc32(block, crc)
-                out.write(block)
+            crc = copy_member(src.read, out, info.file_size, label, info.filename)
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         tmp.unlink(missing_ok=True)
         raise CorruptArchiveError(
@@ -237,13 +249,15 @@ def fetch_members(
     wanted: Iterable[str] | None,
     *,
     progress: bool = False,
-    retries: int = 5,
-    backoff: float = 1.0,
+    retries: int | None = None,
+    backoff: float | None = None,
+    max_member: int | None = None,
 ) -> tuple[int, int, RangeStats]:
     """Fetch the members named in ``wanted`` (names or folders; None: all) into ``dest``.
 
-    Returns (members fetched now, members already there, transfer stats). Every member
-    name is checked as extraction checks it (no absolute path, no '..', no link).
+    Returns (members fetched now, members already there, transfer stats). Every member is
+    checked as extraction checks it (no absolute path, no '..', no link, no member over
+    ``max_member`` or expanding more than audio does), and the free space too.
     """
     label = urls[0] if len(urls) == 1 else f"{urls[0]}..{urls[-1].rsplit('.', 1)[-1]}"
     rf = RangeFile(urls, retries=retries, backoff=backoff)
@@ -254,16 +268,17 @@ def fetch_members(
             f"{label}: the zip's central directory cannot be read ({exc})", archive=label
         ) from None
     with zf:
-        check_zip_members(zf, dest, label)
-        keep = _matcher(wanted)
+        keep = member_filter(wanted)
+        check_zip_members(zf, MemberCheck(label, dest, rf.size, max_member), keep)
         infos = [i for i in zf.infolist() if not i.is_dir() and keep(i.filename)]
         todo = []
         kept = 0
         for info in infos:
-            if _already_there(dest.joinpath(*_member_parts(info.filename, label)), info):
+            if _already_there(dest.joinpath(*member_parts(info.filename, label)), info):
                 kept += 1
             else:
                 todo.append(info)
+        ensure_space(dest, [(dest.joinpath(*member_parts(i.filename, label)), i.file_size) for i in todo], label)
         total = sum(i.compress_size for i in todo)
         log.info(
             "%s: %d members to fetch (%s), %d already here; central directory of %d entries",
@@ -280,17 +295,7 @@ def fetch_members(
                 if last - first <= MAX_SPAN:
                     rf.prefetch(first, last)
                 for info in run:
-                    _write_verified(zf, info, dest.joinpath(*_member_parts(info.filename, label)), label)
+                    _write_verified(zf, info, dest.joinpath(*member_parts(info.filename, label)), label)
                     advance(info.compress_size)
     rf.stats.size = rf.size
     return len(todo), kept, rf.stats
-
-
-def _matcher(wanted: Iterable[str] | None):
-    """Member name -> wanted? Exact names by set look-up (thousands of clips), folders
-    (ending in '/') by prefix."""
-    if wanted is None:
-        return lambda name: True
-    names = set(wanted)
-    folders = tuple(n for n in names if n.endswith("/"))
-    return lambda name: name in names or (bool(folders) and name.startswith(folders))

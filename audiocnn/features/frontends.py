@@ -26,6 +26,20 @@ from audiocnn.errors import ConfigError
 COMPRESSIONS = ("none", "db", "log1p", "log10_10000")
 
 
+#: bounds of a front-end config: outside them a feature means nothing (a sample rate of
+#: 1 Hz) or cannot be held (10 MHz audio, a mel filterbank of 100,000 bands)
+SAMPLE_RATES = (1000, 384_000)
+MAX_N_FFT = 16384  # 0.7 s at 22.05 kHz
+MAX_N_MELS = 1024
+
+
+def _check_size(name: str, value: Any, low: int, high: int, why: str = "") -> None:
+    """ConfigError unless ``value`` is a whole number in [low, high] (``why`` says the bound)."""
+    whole = isinstance(value, (int, float, np.integer)) and not isinstance(value, bool) and float(value).is_integer()
+    if not whole or not low <= value <= high:
+        raise ConfigError(f"{name} must be a whole number in [{low}, {high}]{why}, got {value!r}")
+
+
 class _ConfigBase:
     """Serialisation and identity shared by the front-end configs."""
 
@@ -48,8 +62,7 @@ class WaveformConfig(_ConfigBase):
     def __post_init__(self) -> None:
         if self.kind != "waveform":
             raise ConfigError(f"WaveformConfig.kind must be 'waveform', got {self.kind!r}")
-        if int(self.sample_rate) <= 0:
-            raise ConfigError(f"sample_rate must be positive, got {self.sample_rate}")
+        _check_size("sample_rate", self.sample_rate, *SAMPLE_RATES)
 
     def num_frames(self, num_samples: int) -> int:
         return int(num_samples)
@@ -90,8 +103,14 @@ class MelConfig(_ConfigBase):
             raise ConfigError(f"mel compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
         if self.norm not in (None, "slaney"):
             raise ConfigError(f"mel norm must be 'slaney' or null, got {self.norm!r}")
-        if self.n_fft <= 0 or self.hop_length <= 0 or self.n_mels <= 0:
-            raise ConfigError("n_fft, hop_length and n_mels must be positive")
+        _check_size("sample_rate", self.sample_rate, *SAMPLE_RATES)
+        _check_size("n_fft", self.n_fft, 2, MAX_N_FFT)
+        _check_size("hop_length", self.hop_length, 1, MAX_N_FFT)
+        if self.win_length is not None:
+            _check_size("win_length", self.win_length, 1, self.n_fft, " (at most n_fft)")
+        bins = self.n_fft // 2 + 1
+        why = f" (n_fft={self.n_fft} gives {bins} frequency bins)" if bins < MAX_N_MELS else ""
+        _check_size("n_mels", self.n_mels, 1, min(MAX_N_MELS, bins), why)
         f_max = self.f_max if self.f_max is not None else self.sample_rate / 2
         if not 0 <= self.f_min < f_max <= self.sample_rate / 2:
             raise ConfigError(f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={self.f_min}, f_max={f_max}")

@@ -14,6 +14,12 @@ label, aligned with ``labels``: a tag is predicted when its score reaches it. ``
 picks them on the validation split (:func:`thresholds_of` reads them back); imported
 pretrained models carry none.
 
+Metadata is checked before anything is built from it: its keys and types when it is read
+(:func:`read_metadata`), then the shape of every parameter of the model it describes
+(built on the ``meta`` device, which allocates nothing) against the tensors the
+safetensors header lists (:func:`model_from_checkpoint`); so a ``num_classes`` or a
+``model_kwargs`` value that does not fit the weights is one line, never a 1 TB allocation.
+
 ``tag`` and ``evaluate`` need nothing else. safetensors checks the header but not the
 bytes of the tensors, so a flipped bit in a weight would load silently and tag with
 nonsense: every audiocnn checkpoint carries a digest of its tensors, and
@@ -35,7 +41,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from audiocnn import __version__
-from audiocnn.errors import CheckpointError
+from audiocnn.constants import TASKS
+from audiocnn.errors import CheckpointError, ConfigError, ModelError
 from audiocnn.features.frontends import config_from_dict
 from audiocnn.fileio import atomic_write_bytes
 from audiocnn.models.registry import create_model
@@ -98,6 +105,16 @@ def tensor_digest(state: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def checkpoint_sha256(path: str | os.PathLike) -> str:
+    """The first 16 hex digits of the SHA-256 of a checkpoint file's content: the model's
+    identity in results files and ONNX export names."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def save_checkpoint(path: str | os.PathLike, model, meta: dict[str, Any]) -> Path:
     """Write weights + metadata (with the weights' digest) atomically as safetensors."""
     path = Path(path)
@@ -120,9 +137,108 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if not raw:
         raise CheckpointError(f"{path}: safetensors file without audiocnn metadata")
     try:
-        return json.loads(raw)
+        meta = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: corrupt audiocnn metadata ({exc})") from None
+    _check_metadata(path, meta)
+    return meta
+
+
+#: what every checkpoint's metadata holds
+REQUIRED_KEYS = ("model", "num_classes", "task", "frontend", "labels")
+
+
+def _check_metadata(path: Path, meta: Any) -> None:
+    """Keys and types of checkpoint metadata (what a damaged or hand-made file gets wrong)."""
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(
+            f"{path}: checkpoint metadata {what}", hint="the file is damaged or was not written by audiocnn"
+        )
+
+    if not isinstance(meta, dict):
+        raise bad("is not a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise bad(f"lacks {', '.join(repr(k) for k in missing)}")
+    n = meta["num_classes"]
+    if not isinstance(meta["model"], str):
+        raise bad(f"'model' must be a model name, got {meta['model']!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise bad(f"'num_classes' must be a whole number >= 1, got {n!r}")
+    if meta["task"] not in TASKS:
+        raise bad(f"'task' must be one of {', '.join(TASKS)}, got {meta['task']!r}")
+    if not isinstance(meta["frontend"], dict) or not isinstance(meta.get("model_kwargs") or {}, dict):
+        raise bad("'frontend' and 'model_kwargs' must be mappings")
+    labels = meta["labels"]
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise bad("'labels' must be a list of names")
+
+
+def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, from its header (nothing loaded)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def model_from_checkpoint(path: str | os.PathLike, meta: dict[str, Any], model_kwargs: dict[str, Any] | None = None):
+    """The (untrained) model ``meta`` describes, ``model_kwargs`` over its own, built only
+    after a skeleton on the ``meta`` device showed that every parameter has the shape of
+    the file's tensor of that name. CheckpointError (one line) otherwise."""
+    path = Path(path)
+    kwargs = {**(meta.get("model_kwargs") or {}), **(model_kwargs or {})}
+    try:
+        kwargs["frontend"] = config_from_dict(meta["frontend"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata 'frontend': {exc.message}") from None
+    args = {"name": meta["model"], "num_classes": meta["num_classes"], "task": meta["task"], **kwargs}
+    try:
+        with torch.device("meta"):
+            skeleton = _create(path, args)
+    except NotImplementedError:  # a model that needs real tensors to build: checked when its weights load
+        skeleton = None
+    if skeleton is not None:
+        _check_shapes(path, meta, kwargs, skeleton)
+    if len(meta["labels"]) != meta["num_classes"]:
+        raise CheckpointError(
+            f"{path}: checkpoint metadata has {len(meta['labels'])} labels for {meta['num_classes']} outputs",
+            hint="the file is damaged or was not written by audiocnn",
+        )
+    return _create(path, args)
+
+
+def _create(path: Path, args: dict[str, Any]):
+    try:
+        return create_model(**args)
+    except ModelError as exc:
+        raise CheckpointError(f"{path}: {exc.message}") from None
+    except (TypeError, ValueError, ConfigError, RuntimeError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(
+            f"{path}: checkpoint metadata does not describe a {args['name']!r} model ({first})"
+        ) from None
+
+
+def _check_shapes(path: Path, meta: dict[str, Any], kwargs: dict[str, Any], skeleton) -> None:
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    have = tensor_shapes(path)
+    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not fit model {meta['model']!r} "
+            f"(missing {len(missing)}: {missing[:3]}, unexpected {len(unexpected)}: {unexpected[:3]})"
+        )
+    for name in sorted(want):
+        if want[name] != have[name]:
+            shown = {k: v for k, v in kwargs.items() if k != "frontend"}
+            raise CheckpointError(
+                f"{path}: weights do not fit the metadata: model {meta['model']!r} with "
+                f"num_classes={meta['num_classes']} and model_kwargs {shown} has {name} of shape "
+                f"{list(want[name])}, the file holds {list(have[name])}"
+            )
 
 
 def load_weights(
@@ -153,9 +269,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Rebuild the model of a checkpoint; returns ``(model, metadata)`` in eval mode."""
     path = Path(path)
     meta = read_metadata(path)
-    kwargs = dict(meta.get("model_kwargs") or {})
-    kwargs["frontend"] = config_from_dict(meta["frontend"])
-    model = create_model(meta["model"], num_classes=meta["num_classes"], task=meta["task"], **kwargs)
+    model = model_from_checkpoint(path, meta)
     state = load_weights(path, map_location, meta)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from audiocnn.constants import BEST_CHECKPOINT_NAME, DEFAULT_MODEL
+from audiocnn.constants import BEST_CHECKPOINT_NAME, DEFAULT_MODEL, PRETRAINED_DIR_NAME
 from audiocnn.errors import CheckpointError
 from audiocnn.pretrained.musicnn import (
     INSTALL_HINT,
@@ -32,7 +32,7 @@ class PretrainedNotFound(CheckpointError):
 
 
 def pretrained_dir(data_dir: str | os.PathLike) -> Path:
-    return Path(data_dir) / "pretrained"
+    return Path(data_dir) / PRETRAINED_DIR_NAME
 
 
 def pretrained_path(name: str, data_dir: str | os.PathLike) -> Path:

@@ -10,7 +10,7 @@ whose length policy is ``adaptive``. For mel models it also writes
 times a cos/sin basis, in float64 like the torch front-end on CPU), because the complex
 STFT does not export. Tagging a song with ONNX Runtime alone is then: decode and resample
 to the model's rate, the front-end over the whole song, cut patches of ``input_frames``
-frames, the network (see README, "Export to ONNX", and :func:`onnx_tag_song`).
+frames (the last ending at the end of the song), the network (see README, "Export to ONNX", and :func:`onnx_tag_song`).
 
 The metadata (``metadata_props``) carries everything a user needs: labels, task,
 activation, thresholds (when the checkpoint has them), sample rate, window (samples,
@@ -46,9 +46,9 @@ from audiocnn.constants import SINGLE_LABEL, default_data_dir
 from audiocnn.errors import AudiocnnError, NotAvailableError
 from audiocnn.features.frontends import MelConfig, MelFrontend, MelStream
 from audiocnn.fileio import atomic_write_bytes
-from audiocnn.models.checkpoint import load_checkpoint
+from audiocnn.models.checkpoint import checkpoint_sha256, load_checkpoint
 from audiocnn.pretrained import resolve_model
-from audiocnn.tagging.library import checkpoint_sha256
+from audiocnn.tagging.song import window_starts
 
 TOLERANCE = 1e-4
 OPSET = 17
@@ -220,11 +220,11 @@ def _real_audio(path: str | os.PathLike | None, sample_rate: int, seconds: float
 
 
 def _song_patches(model: nn.Module, y: np.ndarray, frames: int) -> torch.Tensor:
-    """Log-mel patches of a song as ``tag`` cuts them (whole-song mel, consecutive)."""
+    """Log-mel patches of a song as ``tag`` cuts them (whole-song mel, consecutive, the
+    last ending at the end)."""
     stream = MelStream(model.frontend, "cpu")
     mel = np.concatenate([stream.push(y), stream.finish()], axis=-1)
-    n = mel.shape[-1] // frames
-    return torch.from_numpy(np.stack([mel[:, i * frames : (i + 1) * frames] for i in range(n)]))
+    return torch.from_numpy(np.stack([mel[:, s : s + frames] for s in window_starts(mel.shape[-1], frames, frames)]))
 
 
 def export_onnx(
@@ -341,8 +341,8 @@ def _check_real_song(ort: Any, net: nn.Module, rep: ExportReport, audio: str | o
     y = _real_audio(audio, net.sample_rate, 30.0)
     wrapper = _Network(net).eval()
     if rep.frontend is None:
-        n = len(y) // net.input_length
-        x = torch.from_numpy(y[: n * net.input_length].reshape(n, net.input_length))
+        size = net.input_length
+        x = torch.from_numpy(np.stack([y[s : s + size] for s in window_starts(len(y), size, size)]))
     else:
         x = _song_patches(net, y, net.input_frames)
     with torch.inference_mode():
@@ -355,18 +355,22 @@ def _check_real_song(ort: Any, net: nn.Module, rep: ExportReport, audio: str | o
 
 
 def onnx_scores(
-    ort: Any, network: str | os.PathLike, frontend: str | os.PathLike | None, y: np.ndarray, size: int
+    ort: Any,
+    network: str | os.PathLike,
+    frontend: str | os.PathLike | None,
+    y: np.ndarray,
+    size: int,
+    tail: str = "end",
 ) -> np.ndarray:
-    """Per-window probabilities of a mono song ``y`` (at the model's rate) with ONNX
-    Runtime only: the front-end over the whole song, consecutive windows of ``size``
-    frames (mel models) or samples (waveform models), the network."""
+    """Per-window probabilities of a mono song ``y`` (at the model's rate, at least one
+    window long) with ONNX Runtime only: the front-end over the whole song, consecutive
+    windows of ``size`` frames (mel models) or samples (waveform models), the last ending
+    at the end of the song (``tail="drop"``: no window for a shorter tail), the network."""
     if frontend is not None:
         fe = ort_session(ort, frontend)
         feats = fe.run(None, {"waveform": y[None].astype(np.float32)})[0][0]
-        n = feats.shape[-1] // size
-        x = np.stack([feats[:, i * size : (i + 1) * size] for i in range(n)])
+        x = np.stack([feats[:, s : s + size] for s in window_starts(feats.shape[-1], size, size, tail)])
     else:
-        n = len(y) // size
-        x = y[: n * size].reshape(n, size)
+        x = np.stack([y[s : s + size] for s in window_starts(len(y), size, size, tail)])
     session = ort_session(ort, network)
     return session.run(None, {"input": x.astype(np.float32)})[0]

@@ -1,38 +1,61 @@
 """What ``tag`` writes: result lines (JSON, CSV) on a stream, and per-window files (the
 taggram as ``.npy``, ``.csv`` and a PNG image; embeddings as ``.npy``) named by
-:func:`output_stem`. Files are written atomically."""
+:func:`output_stem`. Files are written atomically.
+
+Beside a song's per-window files, ``<stem>.source.json`` records the song they belong to
+(``{"source": "/abs/path/song.mp3"}``); a later run never writes over the files of
+another song with the same name, it picks the next free stem (``song-2``) instead."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
 from audiocnn.errors import UsageError
-from audiocnn.fileio import atomic_write_bytes, atomic_write_npy
-from audiocnn.tagging.tagger import TagResult
+from audiocnn.fileio import atomic_write_bytes, atomic_write_npy, json_text
+from audiocnn.tagging.song import TagResult
 
 RESULT_FORMATS = ("json", "csv")
 
 
-def output_stem(path: Path, used: set[str]) -> str:
-    """A file-name stem for ``path``'s outputs, unique within one run."""
+SOURCE_SUFFIX = ".source.json"
+_OUTPUT_SUFFIXES = (".taggram.npy", ".taggram.csv", ".taggram.png", ".embeddings.npy", SOURCE_SUFFIX)
+
+
+def _stem_is_free(folder: Path, stem: str, source: str) -> bool:
+    """No file of another song is named ``stem`` in ``folder``."""
+    try:
+        return json.loads((folder / f"{stem}{SOURCE_SUFFIX}").read_bytes()).get("source") == source
+    except FileNotFoundError:  # files without a source record: whose they are is unknown
+        return not any((folder / f"{stem}{suffix}").exists() for suffix in _OUTPUT_SUFFIXES)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def output_stem(path: Path, used: set[str], folders: Sequence[str | os.PathLike] = ()) -> str:
+    """A file-name stem for ``path``'s outputs, unique within one run and, in each of
+    ``folders``, not one that another song's files already have; it is claimed there by
+    writing ``<stem>.source.json``."""
+    source = os.path.abspath(path)
     base = path.stem or "audio"
     stem, n = base, 1
-    while stem in used:
+    while stem in used or not all(_stem_is_free(Path(f), stem, source) for f in folders):
         n += 1
         stem = f"{base}-{n}"
     used.add(stem)
+    for folder in folders:
+        atomic_write_bytes(Path(folder) / f"{stem}{SOURCE_SUFFIX}", (json_text({"source": source}) + "\n").encode())
     return stem
 
 
 def write_taggram(result: TagResult, out_dir: str | os.PathLike, stem: str, *, image: bool = True) -> list[Path]:
     """Per-window scores as ``<stem>.taggram.npy`` and ``.csv`` plus a PNG image."""
     if result.taggram is None:
-        raise UsageError("write_taggram needs a result made with return_taggram=True")
+        raise UsageError("write_taggram needs a result made with taggram=True")
     out = Path(out_dir)
     tg = result.taggram
     written = []
@@ -88,17 +111,26 @@ def draw_taggram(fig, ax, result: TagResult) -> None:
         ax.set_yticks(range(n_labels))
         ax.set_yticklabels(result.labels, fontsize=6 if n_labels > 30 else 8)
     ax.set_xlabel("time (s)")
-    ax.set_title(f"{Path(result.path).name} - {result.model} ({result.activation} scores)", fontsize=9)
+    name = os.fsencode(Path(result.path).name).decode("utf-8", "replace")  # a name may not be UTF-8
+    ax.set_title(f"{name} - {result.model} ({result.activation} scores)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
 
 
 def write_embeddings(result: TagResult, out_dir: str | os.PathLike, stem: str) -> Path:
     """Penultimate features per window as ``<stem>.embeddings.npy`` (windows x D)."""
     if result.embeddings is None:
-        raise UsageError("write_embeddings needs a result made with return_embeddings=True")
+        raise UsageError("write_embeddings needs a result made with embeddings=True")
     path = Path(out_dir) / f"{stem}.embeddings.npy"
     atomic_write_npy(path, result.embeddings)
     return path
+
+
+#: The per-window files a run writes, by the :class:`audiocnn.tagging.options.TagOptions`
+#: field that asks for them: ``(result, folder, stem) -> the file to report``.
+PER_WINDOW_WRITERS: dict[str, Callable[[TagResult, str | os.PathLike, str], Path]] = {
+    "taggram": lambda result, folder, stem: write_taggram(result, folder, stem)[0],
+    "embeddings": write_embeddings,
+}
 
 
 def _csv_field(text: str) -> str:
@@ -128,14 +160,14 @@ class ResultWriter:
 
     def __init__(self, stream: TextIO, fmt: str) -> None:
         if fmt not in RESULT_FORMATS:
-            raise UsageError(f"fmt must be one of {', '.join(RESULT_FORMATS)}, got {fmt!r}")
+            raise UsageError(f"fmt must be one of {', '.join(RESULT_FORMATS)}, got {fmt!r}", arguments=("fmt",))
         self.stream, self.fmt = stream, fmt
         self._header_done = False
 
     def write(self, result: TagResult, files: Mapping[str, str | os.PathLike] | None = None) -> None:
         if self.fmt == "json":
             extra = {k: str(v) for k, v in (files or {}).items()}
-            self.stream.write(json.dumps({**result.to_dict(), **extra}, ensure_ascii=False) + "\n")
+            self.stream.write(json_text({**result.to_dict(), **extra}) + "\n")
             return
         if not self._header_done:
             self.stream.write(results_csv_header(result.labels) + "\n")

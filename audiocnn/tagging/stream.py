@@ -1,14 +1,13 @@
-"""Tag many songs as one stream: decoding in worker processes, windows of several songs in
-one batch, results in the order songs finish.
+"""Tag songs as one stream: the one way a song is scored, alone or in a library.
 
-:func:`tag_stream` is :meth:`Tagger.tag_files` for a library: the files are decoded by
-:func:`audiocnn.audio_pool.decoded_blocks` (``jobs`` processes, bounded queue), each song
-in flight keeps the streaming state of :meth:`Tagger.tag_file` (the mel stream, the
-windower, its per-window score rows), and windows from whichever songs are in flight fill
-the same batch. A song's result equals ``tag_file``'s for the same options.
+:func:`tag_stream` decodes the files with :func:`audiocnn.audio_pool.decoded_blocks`
+(``jobs=1``: here, one after the other; ``jobs > 1``: that many processes, bounded
+queue); each song in flight is a :class:`audiocnn.tagging.song.Song`, and windows from
+whichever songs are in flight fill the same batch. :meth:`Tagger.tag_file` is a stream of
+one song.
 
 On a CPU with ``jobs > 1`` the network runs up to ``jobs`` batches at once in threads,
-each on its share of torch's threads (:meth:`Tagger.streams_for`); batches are scored in
+each on its share of the CPU threads (:meth:`Tagger.streams_for`); batches are scored in
 the order they were cut, so every song's window rows stay in order.
 
 Memory is bounded by the number of songs in flight (at most ``jobs``), one block each, the
@@ -22,58 +21,15 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from audiocnn.audio_pool import decoded_blocks
-from audiocnn.constants import Aggregate, Framing
 from audiocnn.errors import AudiocnnError, AudioDecodeError
-from audiocnn.features.frontends import MelStream
-from audiocnn.tagging.tagger import Tagger, TagResult, WindowPlan, _EvenChunks, _Windower
-
-
-@dataclass
-class StreamCounters:
-    """Peaks of one :func:`tag_stream` run: what bounds its memory."""
-
-    max_songs_in_flight: int = 0
-    max_batch: int = 0
-    max_songs_per_batch: int = 0
-
-
-class _Song:
-    """One song in flight: :meth:`Tagger._stream`'s state, fed block by block."""
-
-    def __init__(self, index: int, tagger: Tagger, plan: WindowPlan, chunks: int | None) -> None:
-        self.index = index
-        self.mel = MelStream(tagger.model.frontend, tagger.device) if plan.framing == Framing.song.value else None
-        self.windower = _Windower(plan.size, plan.hop) if chunks is None else _EvenChunks(plan.size, int(chunks))
-        self.samples = 0
-        self.padded = False
-        self.rows: list[np.ndarray] = []
-        self.embs: list[np.ndarray] = []
-        self.pending = 0  # windows in the batch, not scored yet
-
-    def push(self, block: np.ndarray) -> list[np.ndarray]:
-        self.samples += block.shape[0]
-        return self._windows(block)
-
-    def _windows(self, block: np.ndarray) -> list[np.ndarray]:
-        return list(self.windower.push(self.mel.push(block) if self.mel is not None else block))
-
-    def finish(self, min_samples: int) -> list[np.ndarray]:
-        """The last windows: zero padding of a song shorter than one window, as tag_file does."""
-        out: list[np.ndarray] = []
-        if self.samples < min_samples:
-            self.padded = True
-            out += self._windows(np.zeros(min_samples - self.samples, np.float32))
-        if self.mel is not None:
-            out += list(self.windower.push(self.mel.finish()))
-        return out + list(self.windower.finish())
-
+from audiocnn.tagging.options import TagOptions, tag_options
+from audiocnn.tagging.song import Song, StreamStats, TagResult, WindowPlan
 
 Scored = tuple[list[Any], np.ndarray, np.ndarray | None]
 
@@ -119,24 +75,24 @@ class _Batcher:
     ``batch_size`` songs wait, each holding at least one window of the batch.
     """
 
-    def __init__(
-        self, tagger: Tagger, plan: WindowPlan, chunks: int | None, want_emb: bool, custom: bool, streams: int
-    ) -> None:
-        self.tagger, self.plan, self.chunks = tagger, plan, chunks
-        from_features = plan.framing == Framing.song.value
-        self.scorer = _Scorer(lambda windows: tagger._run(windows, from_features, want_emb, custom), streams)
-        self.songs: dict[int, _Song] = {}
-        self.done: list[_Song] = []
-        self.batch: list[tuple[_Song, np.ndarray]] = []
-        self.counters = StreamCounters()
+    def __init__(self, tagger: Any, plan: WindowPlan, options: TagOptions, streams: int, stats: StreamStats) -> None:
+        self.tagger, self.plan, self.options = tagger, plan, options
+        from_features, custom = plan.framing == "song", options.window is not None
+        score = tagger.score
+        self.scorer = _Scorer(lambda windows: score(windows, from_features, options.embeddings, custom), streams)
+        self.songs: dict[int, Song] = {}
+        self.done: list[Song] = []
+        self.batch: list[tuple[Song, np.ndarray]] = []
+        self.stats = stats
 
-    def song(self, i: int) -> _Song:
+    def song(self, i: int) -> Song:
         if i not in self.songs:
-            self.songs[i] = _Song(i, self.tagger, self.plan, self.chunks)
-            self.counters.max_songs_in_flight = max(self.counters.max_songs_in_flight, len(self.songs))
+            t = self.tagger
+            self.songs[i] = Song(i, self.plan, self.options, t.model.frontend, t.device)
+            self.stats.max_songs_in_flight = max(self.stats.max_songs_in_flight, len(self.songs))
         return self.songs[i]
 
-    def add(self, song: _Song, windows: list[np.ndarray]) -> None:
+    def add(self, song: Song, windows: list[np.ndarray]) -> None:
         for w in windows:
             self.batch.append((song, w))
             song.pending += 1
@@ -146,9 +102,9 @@ class _Batcher:
     def flush(self) -> None:
         if not self.batch:
             return
-        c = self.counters
-        c.max_batch = max(c.max_batch, len(self.batch))
-        c.max_songs_per_batch = max(c.max_songs_per_batch, len({id(s) for s, _ in self.batch}))
+        s = self.stats
+        s.max_batch = max(s.max_batch, len(self.batch))
+        s.max_songs_per_batch = max(s.max_songs_per_batch, len({id(song) for song, _ in self.batch}))
         scored = self.scorer.submit([song for song, _ in self.batch], [w for _, w in self.batch])
         self.batch = []
         self._apply(scored)
@@ -161,12 +117,12 @@ class _Batcher:
     def _apply(scored: list[Scored]) -> None:
         for songs, proba, emb in scored:
             for j, song in enumerate(songs):
-                song.rows.append(proba[j : j + 1])
-                if emb is not None:
-                    song.embs.append(emb[j : j + 1])
-                song.pending -= 1
+                song.scored(proba[j : j + 1], emb[j : j + 1] if emb is not None else None)
 
     def block(self, i: int, samples: np.ndarray) -> None:
+        s = self.stats
+        s.blocks += 1
+        s.max_block_samples = max(s.max_block_samples, samples.shape[0])
         self.add(self.song(i), self.song(i).push(samples))
 
     def error(self, i: int) -> None:
@@ -175,11 +131,12 @@ class _Batcher:
 
     def end(self, i: int) -> None:
         s = self.song(i)
-        self.add(s, s.finish(self.plan.min_samples))
+        self.add(s, s.finish())
+        self.stats.max_buffered = max(self.stats.max_buffered, s.peak)
         del self.songs[i]
         self.done.append(s)
 
-    def ready(self) -> list[_Song]:
+    def ready(self) -> list[Song]:
         """Finished songs whose every window is scored (taken out of ``done``)."""
         out = [s for s in self.done if s.pending == 0]
         self.done = [s for s in self.done if s.pending]
@@ -187,55 +144,43 @@ class _Batcher:
 
 
 def tag_stream(
-    tagger: Tagger,
+    tagger: Any,
     paths: Sequence[str | os.PathLike],
+    options: TagOptions | None = None,
     *,
     jobs: int = 1,
-    window: float | None = None,
-    hop: float | None = None,
-    aggregate: str | Aggregate = Aggregate.mean,
-    top_k: int | None = None,
-    framing: str | Framing = Framing.auto,
-    chunks: int | None = None,
-    threshold: float | None = None,
-    return_taggram: bool = False,
-    return_embeddings: bool = False,
-    counters: StreamCounters | None = None,
+    stats: StreamStats | None = None,
+    **fields: Any,
 ) -> Iterator[tuple[int, Path, TagResult | AudiocnnError]]:
-    """``(index into paths, path, result or decode error)`` per file, as files finish.
+    """``(index into paths, path, result or decode error)`` per file of ``paths``, as files
+    finish, tagged by ``tagger`` (a :class:`audiocnn.tagging.Tagger`).
 
-    Options are those of :meth:`Tagger.tag_file` (checked before the first file);
-    ``counters`` receives the run's peaks.
+    ``options``, or :class:`TagOptions` made of ``fields``, are planned for the model before
+    the first file; ``stats`` (also ``tagger.stats``) receives the run's peaks.
     """
-    plan = tagger.check(
-        window=window, hop=hop, aggregate=aggregate, top_k=top_k, framing=framing, chunks=chunks, threshold=threshold
-    )
+    options = tag_options(options, **fields)
+    plan = tagger.plan(options)
     streams = tagger.streams_for(jobs)
-    b = _Batcher(tagger, plan, chunks, return_embeddings, window is not None, streams)
-    if counters is not None:
-        b.counters = counters
-    with tagger.threads_per_stream(streams), contextlib.closing(b.scorer):
-        yield from _run_stream(tagger, paths, jobs, b, plan, aggregate, top_k, threshold, return_taggram)
+    tagger.stats = stats = StreamStats() if stats is None else stats
+    b = _Batcher(tagger, plan, options, streams, stats)
+    with tagger.backend.threads_per_stream(streams), contextlib.closing(b.scorer):
+        yield from _run_stream(tagger, paths, jobs, b, options)
 
 
 def _run_stream(
-    tagger: Tagger,
-    paths: Sequence[str | os.PathLike],
-    jobs: int,
-    b: _Batcher,
-    plan: WindowPlan,
-    aggregate: Any,
-    top_k: int | None,
-    threshold: float | None,
-    return_taggram: bool,
+    tagger: Any, paths: Sequence[str | os.PathLike], jobs: int, b: _Batcher, options: TagOptions
 ) -> Iterator[tuple[int, Path, TagResult | AudiocnnError]]:
     """:func:`tag_stream`'s loop: blocks in, batches out, each song's result once its
     last window is scored."""
 
-    def finished() -> Iterator[tuple[int, Path, TagResult]]:
+    def finished() -> Iterator[tuple[int, Path, TagResult | AudiocnnError]]:
         for s in b.ready():
             path = paths[s.index]
-            yield s.index, Path(path), _result(tagger, path, plan, s, aggregate, top_k, threshold, return_taggram)
+            try:
+                res = tagger.result(path, s, options)
+            except AudioDecodeError as exc:  # e.g. scores that are not finite: this file only
+                res = exc
+            yield s.index, Path(path), res
 
     for kind, i, payload in decoded_blocks(paths, tagger.sample_rate, block_seconds=tagger.block_seconds, jobs=jobs):
         if kind == "block":
@@ -248,23 +193,3 @@ def _run_stream(
         yield from finished()
     b.drain()
     yield from finished()
-
-
-def _result(
-    tagger: Tagger,
-    path: Any,
-    plan: WindowPlan,
-    song: _Song,
-    aggregate: Any,
-    top_k: int | None,
-    threshold: float | None,
-    return_taggram: bool,
-) -> TagResult:
-    if not song.rows:  # cannot happen for a decodable file: padding guarantees a window
-        raise AudioDecodeError(f"{path}: no complete window could be cut from the audio")
-    taggram = np.concatenate(song.rows).astype(np.float32)
-    embeddings = np.concatenate(song.embs).astype(np.float32) if song.embs else None
-    info = {"samples": song.samples, "padded": song.padded}
-    return tagger._result(
-        path, plan, song.windower.starts, taggram, embeddings, info, aggregate, top_k, return_taggram, threshold
-    )

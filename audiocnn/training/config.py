@@ -6,7 +6,9 @@ A config file is a YAML mapping whose keys are the fields of :class:`TrainConfig
 use dotted names (``schedule.patience=5``, ``model_kwargs.n_mels=128``); values are parsed
 as YAML scalars, so ``lr=1e-4``, ``amp=bf16``, ``init=null`` and ``freeze_backbone=true``
 all mean what they look like. Unknown keys are an error that lists the valid ones, so a
-typo never silently trains with the default.
+typo never silently trains with the default. YAML aliases are allowed as long as the
+document expands to at most 100,000 values (:data:`MAX_YAML_VALUES`; a "billion laughs"
+file is refused before anything copies it), and a key given twice is an error.
 
 The resolved config (every field, defaults filled in) is written to ``<run_dir>/config.yaml``
 and is what ``--resume`` and ``evaluate`` read back.
@@ -484,14 +486,20 @@ def _expand_shorthand(key: str, value: Any, prefix: str) -> dict[str, Any]:
     raise ConfigError(f"config key {prefix + key!r} must be a mapping, got {value!r}")
 
 
-def parse_value(text: str) -> Any:
-    """A `--set` value as a YAML scalar (or flow list/mapping)."""
+def parse_value(text: str, where: str | None = None) -> Any:
+    """A `--set` value as a YAML scalar (or flow list/mapping), bounded like a config file
+    (see :func:`load_yaml_text`); ``where`` names it in errors (e.g. ``--set lr``)."""
     if not text.strip():
         return None
+    where = where or f"value {text[:40] + ('...' if len(text) > 40 else '')!r}"
     try:
-        return yaml.load(text, Loader=_StrictLoader)
+        value = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse value {text!r} as YAML ({_yaml_problem(exc)})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
+    check_yaml_size(value, where)
+    return value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -504,7 +512,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key = key.strip()
         if not key:
             raise ConfigError(f"--set expects key=value, got {item!r}")
-        value = parse_value(text)
+        value = parse_value(text, f"--set {key}")
         parts = key.split(".")
         _check_path(parts)
         node = out
@@ -536,6 +544,20 @@ def _check_path(parts: list[str]) -> None:
             if typing.get_origin(tp) is dict:  # model_kwargs.<anything>
                 return
             raise ConfigError(f"config key {prefix + part!r} has no sub-keys (got {'.'.join(parts)!r})")
+
+
+def check_keys(data: Any, where: str, cls: type = TrainConfig, prefix: str = "") -> None:
+    """Unknown keys of a raw config mapping, section by section, without copying or
+    expanding any value (so a typo is reported before anything is built from the file)."""
+    if not isinstance(data, dict):
+        return
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if key not in hints:
+            exc = _unknown_key(str(key), cls, prefix)
+            raise ConfigError(f"{where}: {exc.message}") from None
+        if dataclasses.is_dataclass(hints[key]):
+            check_keys(value, where, hints[key], prefix + f"{key}.")
 
 
 def _deep_copy(d: Any) -> Any:
@@ -593,15 +615,67 @@ def _yaml_error(where: str, exc: yaml.YAMLError) -> ConfigError:
     return ConfigError(f"{where}{at}: not valid YAML ({_yaml_problem(exc)})")
 
 
-def load_yaml_text(text: str, where: str = "<string>") -> Any:
-    """Parse YAML with duplicate keys rejected; ConfigError says where it is wrong."""
+#: most values (mapping keys, items, scalars) one YAML document or ``--set`` value may
+#: hold once its aliases are expanded: a config has about a hundred; nine levels of nine
+#: aliases ("billion laughs") would expand to 387 million and take the machine's memory
+MAX_YAML_VALUES = 100_000
+#: deepest nesting of lists and mappings in a config
+MAX_YAML_DEPTH = 64
+
+
+def check_yaml_size(data: Any, where: str) -> None:
+    """Refuse a parsed YAML value whose aliases would expand beyond :data:`MAX_YAML_VALUES`
+    values, nest deeper than :data:`MAX_YAML_DEPTH`, or that contains itself (``&a [*a]``).
+
+    The parser shares an aliased value rather than copying it, so parsing is cheap; this
+    walk counts the expanded size with each shared value counted once per use but visited
+    once, so it stops early and never copies anything.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(obj: Any, depth: int) -> int:
+        if not isinstance(obj, (dict, list)):
+            return 1
+        if id(obj) in sizes:
+            return sizes[id(obj)]
+        if id(obj) in active:
+            raise ConfigError(f"{where}: a YAML alias refers to a value that contains it", hint="write the value out")
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{where}: lists and mappings nested more than {MAX_YAML_DEPTH} levels deep")
+        active.add(id(obj))
+        n = 1
+        for item in [*obj.keys(), *obj.values()] if isinstance(obj, dict) else obj:
+            n += size(item, depth + 1)
+            if n > MAX_YAML_VALUES:
+                raise ConfigError(
+                    f"{where}: YAML aliases expand to more than {MAX_YAML_VALUES:,} values",
+                    hint="write the values out; a config needs no aliases",
+                )
+        active.discard(id(obj))
+        sizes[id(obj)] = n
+        return n
+
+    size(data, 0)
+
+
+def load_yaml_text(text: str, where: str = "<string>", check: Any = None) -> Any:
+    """Parse YAML with duplicate keys rejected and aliases bounded (:func:`check_yaml_size`);
+    ConfigError says where it is wrong. ``check(data, where)`` runs before the size check
+    (e.g. :func:`check_keys`, so an unknown key is the error a user sees first)."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         raise _yaml_error(where, exc) from None
+    except RecursionError:
+        raise ConfigError(f"{where}: lists and mappings nested too deeply") from None
+    if check is not None:
+        check(data, where)
+    check_yaml_size(data, where)
+    return data
 
 
-def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+def read_yaml(path: str | os.PathLike, check: Any = None) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file", hint="see the files in configs/")
@@ -617,7 +691,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
             hint="save the file as UTF-8",
         ) from None
-    data = load_yaml_text(text, str(path))
+    data = load_yaml_text(text, str(path), check)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -627,7 +701,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
     """Read ``path`` (YAML), apply ``overrides`` and validate."""
-    data = read_yaml(path)
+    data = read_yaml(path, check_keys)
     try:
         return config_from_mapping(data, overrides)
     except ConfigError as exc:

@@ -56,7 +56,14 @@ from audiocnn.training.engine import (
 from audiocnn.training.loaders import TrainData, loaders_for, make_loaders, usable_workers
 from audiocnn.training.metrics import best_f1_thresholds, compute_metrics
 from audiocnn.training.plots import plot_training_curves, write_harmonic_filters
-from audiocnn.training.rundir import RunDir, check_run_folder, choose_run_dir, run_lock
+from audiocnn.training.rundir import (
+    RunDir,
+    check_run_folder,
+    check_run_owner,
+    choose_run_dir,
+    mark_run_folder,
+    run_lock,
+)
 from audiocnn.training.schedule import EarlyStopping, LRSchedule, build_optimizer, is_better, set_lr
 from audiocnn.training.state import Recoverables, load_state, rng_state, save_state, set_rng_state
 
@@ -145,6 +152,7 @@ def train_command(
     is_main = os.environ.get("RANK", "0") == "0"
     run = choose_run_dir(path.stem, run_dir, resume=resume, world_size=D.env_world_size())
     if resume and run.config.is_file():
+        check_run_owner(run.path)  # a config.yaml of the user's is not a run's config
         config = config_from_mapping(read_yaml(run.config), overrides)
     else:
         config = load_config(path, overrides)
@@ -153,16 +161,14 @@ def train_command(
         try:
             return train(config, run.path, data_dir=data_dir, device=device, resume=resume, progress=True)
         except CheckpointError as exc:
-            raise _named_config(exc, run, path, resume) from None
+            raise _named_config(exc, path, resume) from None
 
 
-def _named_config(exc: CheckpointError, run: RunDir, config_path: Path, resume: bool) -> CheckpointError:
+def _named_config(exc: CheckpointError, config_path: Path, resume: bool) -> CheckpointError:
     """The same error, its way out naming the real config file."""
-    if resume and exc.message.startswith(str(run.last)) and "--restart" in (exc.hint or ""):
-        return CheckpointError(
-            exc.message,
-            hint=f"start the run folder over with `audiocnn train {config_path} "
-            f"--run-dir {run.path} --restart`, or train into a fresh --run-dir",
+    if resume and "`audiocnn train CONFIG " in (exc.hint or ""):
+        return type(exc)(
+            exc.message, hint=exc.hint.replace("`audiocnn train CONFIG ", f"`audiocnn train {config_path} ")
         )
     return exc
 
@@ -200,7 +206,7 @@ class Trainer:
         self.wave_frontend = _check_augment(config, self.raw)
         self.data = self._data()
         if info.is_main:
-            run.path.mkdir(parents=True, exist_ok=True)
+            mark_run_folder(run.path)  # refuses a folder audiocnn did not write
             save_config(config, run.config)
         self.model, self.core, self.params = S.place_model(self.raw, config, device, info)
         self.augment = None
@@ -235,6 +241,7 @@ class Trainer:
                 "prepare the dataset again"
             )
         crop = int(self.config.crop_frames or self.raw.input_frames)
+        S.check_sizes(self.config, store, crop, self.raw)
         if S.uses_embedding_cache(self.config):
             return self._embedding_data(store, crop)
         if self.config.augment.waveform or self.config.augment.in_workers:

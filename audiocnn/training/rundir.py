@@ -4,6 +4,13 @@
 ``best.safetensors``, ``last.pt`` and ``last.prev.pt``, ``curves.png``, ``tensorboard/``,
 ``eval-<split>/``), so training, evaluation and resume agree on one layout.
 
+A run folder says it is one: ``audiocnn-run.json`` is written before anything else goes
+in. ``train`` writes into, restarts or deletes from no folder that is neither empty nor
+marked (a folder from before the marker is recognised by its ``best.safetensors`` or
+``last.pt``, and marked), so a user's own ``config.yaml`` or ``metrics.csv`` in a folder
+named by mistake stays untouched; ``--restart`` deletes only the files training writes
+(in ``tensorboard/``, only its event files).
+
 One training per run folder: ``<run_dir>/train.lock`` (flock + the holder's PID). Two
 ``audiocnn train --run-dir R`` at once would interleave their epochs in one
 ``metrics.csv`` and overwrite each other's ``last.pt``; the second is refused before it
@@ -15,18 +22,21 @@ dead run still holds it, taken over (see :mod:`audiocnn.fileio`).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
+from audiocnn import __version__
 from audiocnn.constants import BEST_CHECKPOINT_NAME
 from audiocnn.errors import AudiocnnError, UsageError
-from audiocnn.fileio import FileWriteError, acquire_lock, release_lock
+from audiocnn.fileio import FileWriteError, acquire_lock, atomic_write_bytes, release_lock
+from audiocnn.models.checkpoint import read_metadata
+from audiocnn.training.state import is_training_state
 
 log = logging.getLogger("audiocnn.train")
 
@@ -40,7 +50,9 @@ FILTERS_PNG_NAME = "harmonic_filters.png"  # harmonic-cnn: its band-pass filters
 FILTERS_CSV_NAME = "harmonic_filters.csv"
 TENSORBOARD_NAME = "tensorboard"
 RUN_LOCK_NAME = "train.lock"
-#: what ``audiocnn train`` writes into a run folder (what ``--restart`` removes)
+RUN_MARKER_NAME = "audiocnn-run.json"
+#: what ``audiocnn train`` writes into a run folder (what ``--restart`` removes; of
+#: ``tensorboard/`` only the event files, see :data:`TENSORBOARD_EVENTS`)
 RUN_OUTPUTS = (
     LAST_NAME,
     PREV_NAME,
@@ -52,6 +64,8 @@ RUN_OUTPUTS = (
     CONFIG_NAME,
     TENSORBOARD_NAME,
 )
+#: the files tensorboard's SummaryWriter writes
+TENSORBOARD_EVENTS = "events.out.tfevents.*"
 
 
 @dataclass(frozen=True)
@@ -155,10 +169,12 @@ def choose_run_dir(config_name: str, run_dir: str | os.PathLike | None, *, resum
 
 
 def check_run_folder(run: RunDir, *, resume: bool, restart: bool, is_main: bool) -> None:
-    """Refuse to overwrite an earlier run unless asked to resume it or to start it over
-    (``restart`` clears what training wrote; evaluations and notes stay)."""
+    """Refuse a folder audiocnn did not write, and to overwrite an earlier run unless asked
+    to resume it or to start it over (``restart`` clears what training wrote; evaluations
+    and notes stay)."""
     if resume and restart:
         raise UsageError("--resume and --restart contradict each other", hint="pass one of them")
+    check_run_owner(run.path)
     if restart and is_main:
         clear_run(run.path)
     elif not resume and not restart and run.holds_run():
@@ -166,6 +182,47 @@ def check_run_folder(run: RunDir, *, resume: bool, restart: bool, is_main: bool)
             f"{run.path} already holds a run",
             hint="add --resume to continue it, --restart to start it over, or choose another --run-dir",
         )
+
+
+def is_run_folder(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds an audiocnn run: its marker, or (a folder written before
+    the marker) an audiocnn ``best.safetensors`` or training state."""
+    run_dir = Path(run_dir)
+    if (run_dir / RUN_MARKER_NAME).is_file():
+        return True
+    with contextlib.suppress(AudiocnnError):
+        if (run_dir / BEST_NAME).is_file() and read_metadata(run_dir / BEST_NAME):
+            return True
+    return any(is_training_state(run_dir / name) for name in (LAST_NAME, PREV_NAME) if (run_dir / name).is_file())
+
+
+def check_run_owner(run_dir: str | os.PathLike) -> None:
+    """UsageError unless ``run_dir`` is missing, empty (but for its lock) or an audiocnn run
+    folder: training overwrites and ``--restart`` deletes files by name, which must never
+    be a user's own ``config.yaml``, ``metrics.csv`` or ``tensorboard/``."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    others = sorted(p.name for p in run_dir.iterdir() if p.name != RUN_LOCK_NAME)
+    if others and not is_run_folder(run_dir):
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise UsageError(
+            f"{run_dir} is not an audiocnn run folder (no {RUN_MARKER_NAME}) and not empty ({shown}); "
+            "audiocnn writes into, restarts and deletes from no other folder",
+            hint="pass a new or empty --run-dir",
+        )
+
+
+def mark_run_folder(run_dir: str | os.PathLike) -> None:
+    """Write ``run_dir``'s marker (after :func:`check_run_owner`) before anything else."""
+    run_dir = Path(run_dir)
+    check_run_owner(run_dir)
+    marker = run_dir / RUN_MARKER_NAME
+    if not marker.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        created = datetime.now().isoformat(timespec="seconds")
+        info = {"audiocnn": "run folder", "version": __version__, "created": created}
+        atomic_write_bytes(marker, (json.dumps(info) + "\n").encode())
 
 
 class RunFolderBusy(AudiocnnError):
@@ -211,15 +268,21 @@ def holds_run(run_dir: str | os.PathLike) -> bool:
 
 
 def clear_run(run_dir: str | os.PathLike) -> list[str]:
-    """Remove what an earlier training wrote into ``run_dir`` (``--restart``); other
-    files (evaluations, notes) are left alone. Returns the names removed."""
+    """Remove what an earlier training wrote into ``run_dir`` (``--restart``, after
+    :func:`check_run_owner`); other files (evaluations, notes, a user's files in
+    ``tensorboard/``) are left alone. Returns the names removed."""
     run_dir = Path(run_dir)
     removed = []
     for name in RUN_OUTPUTS:
         p = run_dir / name
         try:
             if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
+                if name != TENSORBOARD_NAME:
+                    continue
+                for event in p.glob(TENSORBOARD_EVENTS):
+                    event.unlink()
+                with contextlib.suppress(OSError):
+                    p.rmdir()  # only when nothing else is in it
             elif p.exists() or p.is_symlink():
                 p.unlink()
             else:

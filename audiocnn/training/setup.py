@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from audiocnn.constants import MULTI_LABEL, SINGLE_LABEL
+from audiocnn.datasets.download import human_size
 from audiocnn.datasets.manifest import Manifest
 from audiocnn.datasets.registry import get_dataset
 from audiocnn.errors import AudiocnnError, CheckpointError, ConfigError, DatasetError
-from audiocnn.features.frontends import config_from_dict
-from audiocnn.models.checkpoint import load_weights, read_metadata
+from audiocnn.models.checkpoint import load_weights, model_from_checkpoint, read_metadata
 from audiocnn.models.registry import create_model
 from audiocnn.pretrained import resolve_model
 from audiocnn.training import distributed as D
@@ -109,10 +109,7 @@ def build_model(config: TrainConfig, labels: Sequence[str], task: str, data_dir:
             f"init={config.init!r} is a {meta['model']!r} checkpoint but the config asks for model {config.model!r}",
             hint=f"set `--set model={meta['model']}` or leave model empty",
         )
-    kwargs = dict(meta.get("model_kwargs") or {})
-    kwargs.update(config.model_kwargs)
-    kwargs["frontend"] = config_from_dict(meta["frontend"])
-    model = create_model(meta["model"], num_classes=meta["num_classes"], task=meta["task"], **kwargs)
+    model = model_from_checkpoint(path, meta, config.model_kwargs)
     try:
         model.load_state_dict(load_weights(path, meta=meta), strict=True)
     except RuntimeError as exc:
@@ -166,6 +163,57 @@ def set_train_mode(model: nn.Module, frozen_backbone: bool, unfreeze_blocks: int
         for name, child in model.named_children():
             if name != "head" and name not in trained:
                 child.eval()
+
+
+#: the model input of one batch may take at most this share of the machine's memory (the
+#: network's activations take many times more, so a larger batch could not train here)
+INPUT_MEMORY_SHARE = 8
+
+
+def machine_memory() -> int:
+    """Bytes of physical memory (what :func:`check_sizes` bounds a batch by)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no bound from memory
+        return 1 << 62
+
+
+def check_sizes(config: TrainConfig, store: Any, crop: int, model: nn.Module) -> None:
+    """Refuse sizes that only add padding, repeat work, or cannot fit in memory, before a
+    loader pads a crop: a crop longer than both the model's input and the longest clip,
+    more evaluation or embedding chunks than the clips hold distinct crops (beyond the
+    defaults), and batches whose input alone takes over 1/8 of the machine's memory."""
+    longest = {s: int(store.lengths(s).max(initial=0)) for s in ("train", "valid")}
+    most, native = max(longest.values()), int(model.input_frames)
+    unit = "frames" if store.dim > 1 else "samples"
+    if config.crop_frames is not None and crop > max(native, most):
+        raise ConfigError(
+            f"config key 'crop_frames' must be at most {max(native, most)} for {config.dataset!r}, got {crop}: "
+            f"its longest clip has {most} {unit} and {model.registry_name} takes {native}; "
+            "a longer crop is only padding"
+        )
+    chunks = {"eval_chunks": "valid", "embedding_chunks": "train"} if uses_embedding_cache(config) else {}
+    for key, split in {"eval_chunks": "valid", **chunks}.items():
+        distinct = max(1, longest[split] - crop + 1)
+        limit = max(getattr(TrainConfig, key), distinct)
+        if getattr(config, key) > limit:
+            raise ConfigError(
+                f"config key {key!r} must be at most {limit} for {config.dataset!r}, got {getattr(config, key)}: "
+                f"its {split} clips hold at most {distinct} distinct crops of {crop} {unit}"
+            )
+    budget = machine_memory() // INPUT_MEMORY_SHARE
+    batches = {
+        "batch_size": min(config.batch_size, store.num_clips("train")),
+        "eval_batch_size x eval_chunks": min(config.eval_batch_size, store.num_clips("valid")) * config.eval_chunks,
+    }
+    for keys, crops in batches.items():
+        need = crops * crop * max(1, store.dim) * 4  # float32 input
+        if need > budget:
+            raise ConfigError(
+                f"config {keys} = {crops} crops of {crop} {unit} per batch: {human_size(need)} of input, "
+                f"more than 1/{INPUT_MEMORY_SHARE} of this machine's memory ({human_size(machine_memory())})",
+                hint="make them or crop_frames smaller",
+            )
 
 
 def uses_embedding_cache(config: TrainConfig) -> bool:

@@ -10,6 +10,13 @@ The state before that is kept as ``last.prev.pt`` (a hard link, so it costs no d
 space until the next ``last.pt`` replaces it): should ``last.pt`` ever be unreadable (a
 torn copy, a disk fault), ``--resume`` continues from the epoch before instead of losing
 the run.
+
+A run folder may come from someone else, so ``last.pt`` is read with
+``torch.load(weights_only=True)``: tensors and plain python data only, never an object
+whose unpickling would run code. What audiocnn writes is exactly that (numpy's RNG state
+is saved as a tensor); the numpy array of a state written before that is allowed too. A
+file that names anything else is refused, and not replaced by ``last.prev.pt`` either: it
+did not come from audiocnn, so whoever changed the folder may have changed that one too.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import contextlib
 import io
 import logging
 import os
+import pickle
 import random
 import zipfile
 from pathlib import Path
@@ -35,9 +43,11 @@ STATE_FORMAT = 1
 
 
 def rng_state() -> dict[str, Any]:
+    """The global RNG states as plain data and tensors (what ``weights_only`` loads)."""
+    name, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (name, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -47,7 +57,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, key, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         with contextlib.suppress(RuntimeError, IndexError):  # resumed on a machine with fewer GPUs
@@ -113,11 +124,22 @@ def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return path
 
 
+class UnsafeStateError(CheckpointError):
+    """A training state that would run code when unpickled: never loaded, no fallback."""
+
+
+def _legacy_numpy_globals() -> list[Any]:
+    """What the numpy RNG array in a state written before it became a tensor needs (an
+    array of numbers: no code runs)."""
+    return [np.ndarray(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def _read_state(path: Path) -> dict[str, Any]:
     try:
-        # our own file (it holds RNG states and python objects, so not weights_only)
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated or not a torch file
+        with torch.serialization.safe_globals(_legacy_numpy_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, or not plain data
+        _refuse_if_unsafe(path, exc)
         cause = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else 'empty'}"
         if path.is_file() and path.stat().st_size == 0:
             cause = "empty file"
@@ -125,6 +147,35 @@ def _read_state(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not an audiocnn training state (format {STATE_FORMAT})")
     return state
+
+
+def _refuse_if_unsafe(path: Path, exc: Exception) -> None:
+    """UnsafeStateError when ``path`` names python objects beyond tensors and plain data
+    (read from the pickle's opcodes, nothing is executed)."""
+    if not isinstance(exc, pickle.UnpicklingError):
+        return
+    try:
+        with torch.serialization.safe_globals(_legacy_numpy_globals()):
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not readable enough to tell: an unreadable state
+        return
+    if names:
+        raise UnsafeStateError(
+            f"{path}: refused: this training state would run code when loaded (it calls "
+            f"{', '.join(sorted(names)[:3])}); audiocnn never writes such a file, so it was not loaded",
+            hint="someone changed this run folder, do not resume it: "
+            f"start the run folder over with `audiocnn train CONFIG --run-dir {path.parent} --restart`, "
+            "or train into a fresh --run-dir",
+        )
+
+
+def is_training_state(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a readable audiocnn training state (read safely, as resume does)."""
+    try:
+        _read_state(Path(path))
+    except CheckpointError:
+        return False
+    return True
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
@@ -141,6 +192,8 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
         if not path.is_file():
             raise CheckpointError(f"{path}: no such file")
         return _read_state(path)
+    except UnsafeStateError:
+        raise  # never replaced by last.prev.pt: the folder has been tampered with
     except CheckpointError as exc:
         first = exc
     restart = (
@@ -151,6 +204,8 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{first.message}; there is no {prev.name} to fall back on", hint=restart)
     try:
         state = _read_state(prev)
+    except UnsafeStateError:
+        raise
     except CheckpointError as exc:
         raise CheckpointError(f"{first.message}; {exc.message}", hint=restart) from None
     log.warning("%s; resuming from the previous state %s (after epoch %s)", first.message, prev, state.get("epoch"))

@@ -6,7 +6,8 @@ One module per job:
                    ``store.json``, and :class:`StoreSource` / :class:`StoreClip`, what a
                    store is extracted from
 - :mod:`.reader`   :class:`FeatureStore` (memory-mapped reads) and :func:`open_store`
-- :mod:`.extract`  :func:`extract_features`: workers, the process pool, progress, failures
+- :mod:`.chunks`   one chunk of clips into a committed part (decode, compute, write)
+- :mod:`.extract`  :func:`extract_features`: plan, resume, worker processes, failures
 - :mod:`.merge`    the resumable merge of committed chunks into one array per split
 - :mod:`.dataset`  :class:`StoreDataset`, the PyTorch dataset of random crops / eval chunks
 
@@ -14,9 +15,9 @@ The store knows nothing of datasets: the layer above (``audiocnn.training.data``
 manifest into a :class:`StoreSource`.
 """
 
+from audiocnn.features.store.chunks import CRASH_ENV
 from audiocnn.features.store.dataset import StoreDataset
 from audiocnn.features.store.extract import (
-    CRASH_ENV,
     DEFAULT_CHUNK_CLIPS,
     DEFAULT_MAX_FAILURES,
     DEFAULT_MIN_SECONDS,
