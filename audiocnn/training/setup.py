@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 from audiocnn.constants import MULTI_LABEL, SINGLE_LABEL
-from audiocnn.datasets.download import human_size
 from audiocnn.datasets.manifest import Manifest
 from audiocnn.datasets.registry import get_dataset
 from audiocnn.errors import AudiocnnError, CheckpointError, ConfigError, DatasetError
 from audiocnn.models.checkpoint import load_weights, model_from_checkpoint, read_metadata
 from audiocnn.models.registry import create_model
 from audiocnn.pretrained import resolve_model
+from audiocnn.progress import human_size
 from audiocnn.training import distributed as D
 from audiocnn.training.config import TrainConfig
 from audiocnn.training.embeddings import HeadOnly
