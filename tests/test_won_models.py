@@ -29,6 +29,7 @@ from audiocnn.models import create_model
 from audiocnn.models.attention import attention_rollout
 from audiocnn.models.checkpoint import load_checkpoint, model_metadata, save_checkpoint
 from audiocnn.models.harmonic import harmonic_centres
+from audiocnn.tagging.song import window_starts
 
 NEW = ("crnn", "harmonic-cnn", "cnnsa")
 
@@ -130,7 +131,8 @@ def test_frozen_transfer_then_evaluate_tag_and_export(transferred, name, tmp_pat
     song = write_audio(tmp_path / "song.wav", synth_tone(4.0, SR), SR)
     assert run(["tag", str(song), "-m", str(ckpt), "--format", "json"]) == 0
     tagged = json.loads(capsys.readouterr().out)
-    assert tagged["architecture"] == name and len(tagged["tags"]) == 4 and tagged["windows"] == 2
+    # 4 s: two windows, and one ending at the end of the audio
+    assert tagged["architecture"] == name and len(tagged["tags"]) == 4 and tagged["windows"] == 3
     # ONNX: the export verifies itself (network, front-end, a real song) and fails above 1e-4
     onnx_path = tmp_path / f"{name}.onnx"
     code = run(["export", str(ckpt), "-o", str(onnx_path), "--audio", str(song)])
@@ -146,6 +148,17 @@ def test_frozen_transfer_then_evaluate_tag_and_export(transferred, name, tmp_pat
     assert json.loads(meta["dynamic_time"]) is True  # GRU, attention and harmonic filters: any length
 
 
+def _attention_of(model, song: Path) -> np.ndarray:
+    """``CNNSA.time_attention`` on the tagger's windows of ``song`` (song framing: the whole
+    song's log-mel cut into patches of the model's input, the last ending at its end)."""
+    frames = model.input_frames
+    with torch.no_grad():
+        mel = model.frontend(torch.from_numpy(load_audio(song, SR))[None])[0]
+        starts = window_starts(mel.shape[-1], frames, frames)
+        patches = torch.stack([mel[:, s : s + frames] for s in starts])
+        return model.time_attention(patches, from_features=True).numpy()
+
+
 def test_tag_attention_writes_the_rollout_of_every_window(transferred, tmp_path, capsys):
     data, runs = transferred
     ckpt = runs["cnnsa"] / "best.safetensors"
@@ -158,13 +171,17 @@ def test_tag_attention_writes_the_rollout_of_every_window(transferred, tmp_path,
     assert (out / "my song.attention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model, _ = load_checkpoint(ckpt)
     model.eval()
-    frames = model.input_frames
-    with torch.no_grad():  # the tagger's song framing: the whole song's log-mel cut into patches
-        mel = model.frontend(torch.from_numpy(load_audio(song, SR))[None])[0]
-        patches = torch.stack([mel[:, i * frames : (i + 1) * frames] for i in range(res["windows"])])
-        want = model.time_attention(patches, from_features=True).numpy()
-    assert weights.shape == (res["windows"], 12) and np.allclose(weights.sum(1), 1.0, atol=1e-5)
+    want = _attention_of(model, song)
+    assert res["windows"] == 3 and weights.shape == (3, 12) and np.allclose(weights.sum(1), 1.0, atol=1e-5)
     assert np.abs(weights - want).max() < 1e-5
+    # a library run: two decoding workers, songs sharing batches of 3; each keeps its own rows
+    other = write_audio(tmp_path / "other.wav", synth_tone(3.0, SR, seed=4), SR)
+    lib = tmp_path / "lib"
+    argv = ["tag", str(song), str(other), "-m", str(ckpt), "--attention", str(lib), "-j", "2", "--batch-size", "3"]
+    assert run([*argv, "--output", str(tmp_path / "r.jsonl")]) == 0
+    assert np.abs(np.load(lib / "my song.attention.npy") - want).max() < 1e-5
+    rows = np.load(lib / "other.attention.npy")
+    assert rows.shape == (2, 12) and np.abs(rows - _attention_of(model, other)).max() < 1e-5
 
 
 def test_tag_attention_refuses_what_it_cannot_do(transferred, tmp_path, capsys):
@@ -172,9 +189,8 @@ def test_tag_attention_refuses_what_it_cannot_do(transferred, tmp_path, capsys):
     song = write_audio(tmp_path / "s.wav", synth_tone(2.0, SR), SR)
     out = tmp_path / "att"
     for args, says in (
-        (["-m", str(runs["crnn"] / "best.safetensors")], "no attention over time"),
-        (["-m", str(runs["cnnsa"] / "best.safetensors"), "--backend", "onnxruntime"], "torch backend"),
-        (["-m", str(runs["cnnsa"] / "best.safetensors"), "-j", "2"], "one file after the other"),
+        (["-m", str(runs["crnn"] / "best.safetensors")], "--attention needs a model with self-attention"),
+        (["-m", str(runs["cnnsa"] / "best.safetensors"), "--backend", "onnxruntime"], "--attention needs the torch"),
     ):
         assert run(["tag", str(song), "--attention", str(out), *args]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -20,19 +20,18 @@ hidden dropout 0.4) without position embeddings (the reference adds none), the p
 (dense + tanh on the [CLS] output), dropout 0.5, dense. Input: 15 s = 240,000 samples
 (``training/main.py`` for attention) -> 938 frames -> 118 time steps.
 
-Attention maps: :meth:`CNNSA.time_attention` and :func:`recording_attention` give, per
-example, the attention rollout (Abnar & Zuidema 2020: heads averaged, the residual path
-added as 0.5 I, layers multiplied) from the [CLS] position to each time step, normalised
-to sum to 1; ``audiocnn tag --attention DIR`` writes it per window.
+Attention maps: :meth:`CNNSA.embed_with_attention` gives, with the embedding of the very
+same forward pass, per example the attention rollout (Abnar & Zuidema 2020: heads
+averaged, the residual path added as 0.5 I, layers multiplied) from the [CLS] position to
+each time step, normalised to sum to 1 (:meth:`CNNSA.time_attention`: the rollout alone);
+``audiocnn tag --attention DIR`` writes it per window.
 
 Initialisation: PyTorch defaults (the reference leaves BERT's initialiser unused).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from typing import Sequence
 
 import numpy as np
@@ -192,7 +191,6 @@ class CNNSA(TaggingModel):
         self.pooler = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh())
         self.embedding_dim = hidden
         self.head = output_head(hidden, num_classes, dropouts[2])
-        self._attention_sink: list[torch.Tensor] | None = None
 
     def _encode(self, feats: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.input_bn(feats.unsqueeze(1))
@@ -205,29 +203,19 @@ class CNNSA(TaggingModel):
         return x, maps
 
     def forward_features(self, feats: torch.Tensor) -> torch.Tensor:
-        x, maps = self._encode(feats)
-        if self._attention_sink is not None:
-            self._attention_sink.append(attention_rollout(maps).detach())
-        return self.pooler(x[:, 0])
+        return self.pooler(self._encode(feats)[0][:, 0])
 
-    def time_attention(self, x: torch.Tensor, *, from_features: bool = False) -> torch.Tensor:
-        """Attention rollout from [CLS] to each time step: ``(batch, time steps)``."""
+    def embed_with_attention(
+        self, x: torch.Tensor, *, from_features: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embedding, attention rollout from [CLS] to each time step)`` of one forward
+        pass: ``(batch, hidden)`` and ``(batch, time steps)``, rows summing to 1."""
         if not from_features:
             x = self.frontend(x)
         self.check_features(x)
-        return attention_rollout(self._encode(x)[1])
+        out, maps = self._encode(x)
+        return self.pooler(out[:, 0]), attention_rollout(maps)
 
-
-@contextlib.contextmanager
-def recording_attention(model: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """While inside, every forward pass of ``model`` (a :class:`CNNSA`) appends its
-    examples' attention rollout ``(batch, time steps)`` to the yielded list, in call order."""
-    if not isinstance(model, CNNSA):
-        name = getattr(model, "registry_name", "") or type(model).__name__
-        raise ModelError(f"model {name!r} has no attention over time; attention maps need the cnnsa model")
-    sink: list[torch.Tensor] = []
-    model._attention_sink = sink
-    try:
-        yield sink
-    finally:
-        model._attention_sink = None
+    def time_attention(self, x: torch.Tensor, *, from_features: bool = False) -> torch.Tensor:
+        """Attention rollout from [CLS] to each time step: ``(batch, time steps)``."""
+        return self.embed_with_attention(x, from_features=from_features)[1]
