@@ -6,7 +6,7 @@
 output layer). :func:`audiocnn.models.registry.write_zoo_table` writes it from the
 registry, and a test checks that it equals what the registry builds, so it cannot go
 stale. Listing the zoo this way takes a tenth of a second instead of importing torch and
-building seven networks (measured in docs/models.md).
+building every network of the zoo (measured in docs/benchmarks.md).
 """
 
 from __future__ import annotations

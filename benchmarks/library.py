@@ -269,7 +269,7 @@ def streams_rows(model: str, windows: int = 200) -> list[tuple[str, int, float, 
         window = np.random.default_rng(0).standard_normal(tagger.model.feature_shape()).astype(np.float32)
 
         def one(_: int, t: Tagger = tagger, w: np.ndarray = window) -> None:
-            t.score([w], True, False, False)
+            t.score([w], True, (), False)
 
         serial = _median_s(lambda: [one(i) for i in range(windows)], 1) / windows
         with tagger.backend.threads_per_stream(threads), ThreadPoolExecutor(threads) as pool:

@@ -14,7 +14,8 @@ For each model and precision (CPU: fp32, bf16 autocast; CUDA: fp32, bf16, fp16 a
 
 MACs per input are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one
 native-length example (FLOPs / 2): convolutions, matmuls (incl. the mel filterbank);
-the FFT of the STFT is not counted by the flop counter.
+the FFT of the STFT is not counted by the flop counter. harmonic-cnn computes its STFT as
+a real-DFT matmul (so that it exports to ONNX), which is counted (82M of its 4.38G).
 
 2-D (mel) models run channels-last on CUDA (``--channels-last auto``), where cuDNN
 prefers it; on CPU they stay contiguous unless ``--channels-last on``.

@@ -57,6 +57,30 @@ MODEL_KWARGS: dict[str, dict[str, Any]] = {
     },
     "shortchunk-cnn": {"frontend": MEL, "channels": [16, 16, 32, 32, 32, 32], "input_length": MEL_WINDOW},
     "shortchunk-resnet": {"frontend": MEL, "channels": [16, 16, 32, 32, 32, 32], "input_length": MEL_WINDOW},
+    "crnn": {
+        "frontend": MEL,
+        "channels": [16, 32, 32, 32],
+        "pools": [[2, 2], [2, 2], [4, 2], [4, 2]],
+        "rnn_units": 16,
+        "input_length": MEL_WINDOW,
+    },
+    "cnnsa": {
+        "frontend": MEL,
+        "channels": [16, 16, 32, 32, 32, 32],
+        "strides": [[2, 2], [2, 2], [2, 2], [2, 1], [2, 1], [2, 1]],
+        "attention_heads": 4,
+        "ffn_dim": 64,
+        "input_length": MEL_WINDOW,
+    },
+    "harmonic-cnn": {
+        "frontend": WAVE,
+        "channels": [16, 16, 32, 32, 32],
+        "pools": [[2, 2], [2, 2], [2, 2], [2, 2], [3, 2]],
+        "semitone_scale": 1,  # 52 pitch bands at 8 kHz
+        "n_fft": 256,
+        "hop_length": 128,
+        "input_length": MEL_WINDOW,
+    },
     "samplecnn": {"frontend": WAVE, "blocks": [16, 16, 32, 32, 32, 32, 32], "stem_channels": 16, "final_channels": 32},
     "samplecnn-se": {
         "frontend": WAVE,

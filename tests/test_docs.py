@@ -38,6 +38,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import synth_tone, write_audio
 from dataset_fixtures import gtzan_fixture, mtat_fixture, no_slow_retries, patch_remotes
@@ -203,6 +204,8 @@ WALKS: dict[str, list[str]] = {
         "audiocnn features mtat --kind mel --set n_mels=128",
         "audiocnn train configs/mtat-fcn.yaml",
         "audiocnn evaluate runs/mtat-fcn-20260101-120000 --split test",
+        "audiocnn train configs/mtat-cnnsa.yaml",
+        "audiocnn tag song.mp3 --model runs/mtat-cnnsa-<timestamp> --attention attention/",
     ],
     "own folder": [
         "audiocnn prepare folder --source ~/music --name mysongs",
@@ -285,7 +288,8 @@ def test_walk_gtzan(box, capsys, monkeypatch) -> None:
 
 
 def test_walk_mtat(box, capsys, monkeypatch) -> None:
-    """MTAT's config and feature example, on the MTAT-layout fixture prepared from a folder."""
+    """MTAT's config and feature example, and the self-attention model's attention over time
+    (tagging.md), on the MTAT-layout fixture prepared from a folder."""
     fx = mtat_fixture()
     patch_remotes(monkeypatch, "mtat", fx.files)
     source = box.root / "mtat-files"
@@ -294,9 +298,12 @@ def test_walk_mtat(box, capsys, monkeypatch) -> None:
         (source / name).write_bytes(data)
     assert run(["prepare", "mtat", "--source", str(source), "-j", "1"]) == 0, capsys.readouterr().err
     capsys.readouterr()
+    write_audio(box.cwd / "song.mp3", synth_tone(4.0, 22050), 22050)
     for line in WALKS["mtat"]:
         _run(box, capsys, line)
     assert (next((box.cwd / "runs").glob("mtat-fcn-*")) / "eval-test" / "metrics.json").is_file()
+    attention = np.load(box.cwd / "attention" / "song.attention.npy")  # tagging.md's attention example
+    assert attention.shape == (1, 118) and np.allclose(attention.sum(1), 1.0, atol=1e-5)
 
 
 @needs_musicnn

@@ -54,6 +54,23 @@ PINNED_PARAMS: dict[str, tuple] = {
         "musicnn 0.1.0 (jordipons/musicnn) MTT_musicnn TF checkpoint: sum of its trainable variables "
         "(kernels, biases, BN gamma/beta)",
     ),
+    "crnn": (
+        394_100,
+        "minzwon/sota-music-tagging-models training/model.py CRNN with modules.py Conv_2d (n_mels=96, "
+        "n_class=50): its layer list re-typed into a throw-away module and counted with torch",
+    ),
+    "harmonic-cnn": (
+        3_631_551,
+        "minzwon/sota-music-tagging-models training/model.py HarmonicCNN with modules.py HarmonicSTFT "
+        "(learn_bw='only_Q': the one learnable Q; f0 a plain tensor), Conv_2d and Res_2d_mp (n_channels=128, "
+        "n_harmonic=6, n_class=50): its layer list re-typed into a throw-away module and counted with torch",
+    ),
+    "cnnsa": (
+        10_521_652,
+        "minzwon/sota-music-tagging-models training/model.py CNNSA with modules.py Res_2d and "
+        "attention_modules.py BertEncoder (2 layers, hidden 256, intermediate 1024) + BertPooler (the [CLS] "
+        "vector a plain tensor; n_class=50): its layer list re-typed into a throw-away module and counted with torch",
+    ),
     "vgg": (
         605_748,
         "musicnn 0.1.0 (jordipons/musicnn) MTT_vgg TF checkpoint: sum of its trainable variables "
@@ -98,8 +115,9 @@ def loss_for(task: str, logits: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------ registry
 def test_zoo_has_the_papers_models():
-    for name in ("samplecnn", "samplecnn-se", "fcn", "shortchunk-cnn", "shortchunk-resnet"):
+    for name in ("samplecnn", "samplecnn-se", "fcn", "shortchunk-cnn", "shortchunk-resnet", "crnn", "harmonic-cnn"):
         assert name in MODELS
+    assert "cnnsa" in MODELS and len(MODELS) == 10
 
 
 @pytest.mark.parametrize("name", MODELS)

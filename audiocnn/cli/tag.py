@@ -125,6 +125,15 @@ EmbeddingsDir = Annotated[
         "--embeddings", show_default=False, help="Write penultimate features per window (.npy) per file here."
     ),
 ]
+AttentionDir = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--attention",
+        show_default=False,
+        help="Self-attention models (cnnsa): write per window which time steps the tag decision attended to "
+        "(.npy, windows x steps) and a PNG of it under the taggram, per file, here.",
+    ),
+]
 Device = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps.")]
 BatchSize = Annotated[
     Optional[int],
@@ -207,6 +216,7 @@ def tag(
     aggregate: AggregateOpt = Aggregate.mean,
     taggram_dir: TaggramDir = None,
     embeddings_dir: EmbeddingsDir = None,
+    attention_dir: AttentionDir = None,
     device: Device = "auto",
     batch_size: BatchSize = None,
     framing: FramingOpt = Framing.auto,
@@ -225,7 +235,7 @@ def tag(
         raise UsageError(
             f"--format {fmt.value} prints to stdout; with --output the suffix of {output} picks the format"
         )
-    outputs = {"taggram": taggram_dir, "embeddings": embeddings_dir}
+    outputs = {"taggram": taggram_dir, "embeddings": embeddings_dir, "attention": attention_dir}
     outputs = {kind: folder for kind, folder in outputs.items() if folder is not None}
     for kind, folder in outputs.items():  # before the model loads: fail in a second, not after it
         common.writable_dir(f"--{kind}", folder)

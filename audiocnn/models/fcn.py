@@ -35,10 +35,10 @@ from audiocnn.models.base import ModelSpec, TaggingModel
 from audiocnn.models.layers import (
     ConvBlock2d,
     check_dropout,
+    check_pools,
     check_positive_ints,
     mel_frontend,
     output_head,
-    pair,
     pooled_size,
 )
 from audiocnn.models.registry import register_model
@@ -88,12 +88,7 @@ class FCN(TaggingModel):
         config = mel_frontend("fcn", frontend, n_mels, 96)
         super().__init__(num_classes, task, config)
         channels = check_positive_ints("channels", channels)
-        try:
-            pools_t = tuple(pair(p) for p in pools)
-        except (TypeError, ValueError):
-            raise ModelError(f"fcn: pools must be a list of [freq, time] pairs, got {pools!r}") from None
-        if len(pools_t) != len(channels) or any(min(p) < 1 for p in pools_t):
-            raise ModelError(f"fcn: need one positive [freq, time] pool per layer ({len(channels)}), got {pools!r}")
+        pools_t = check_pools("fcn", pools, len(channels))
         dropout = check_dropout(dropout)
         self.init_kwargs = {
             "channels": list(channels),

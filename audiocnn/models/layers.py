@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from audiocnn.errors import ModelError
-from audiocnn.features.frontends import FrontendConfig, MelConfig
+from audiocnn.features.frontends import FrontendConfig, MelConfig, WaveformConfig
 from audiocnn.models.base import coerce_frontend
 
 
@@ -118,6 +118,25 @@ class ResBlock2d(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
+class ResPoolBlock2d(nn.Module):
+    """Two 3x3 convs with an identity shortcut, then ReLU and max-pooling (minzwon
+    ``Res_2d_mp``, the Harmonic CNN's block): ``conv-BN-ReLU-conv-BN``, plus the input,
+    ReLU, maxpool. The shortcut adds the input unchanged, so widths in and out are equal."""
+
+    def __init__(self, channels: int, pool: int | Sequence[int] = 2) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(pair(pool))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.pool(self.relu(out + x))
+
+
 def output_head(in_features: int, num_classes: int, dropout: float) -> nn.Sequential:
     """Dropout then the output layer, the layout every reference here uses."""
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
@@ -144,6 +163,17 @@ def check_positive_ints(name: str, values: Sequence[int]) -> tuple[int, ...]:
         raise ModelError(f"{name} must be a list of positive integers, got {values!r}") from None
     if not out or any(v < 1 for v in out):
         raise ModelError(f"{name} must be a non-empty list of positive integers, got {list(values)!r}")
+    return out
+
+
+def check_pools(name: str, pools: Sequence[int | Sequence[int]], n_layers: int) -> tuple[tuple[int, int], ...]:
+    """One positive ``[freq, time]`` pool (or stride) per layer, as pairs."""
+    try:
+        out = tuple(pair(p) for p in pools)
+    except (TypeError, ValueError):
+        raise ModelError(f"{name}: pools must be a list of [freq, time] pairs, got {pools!r}") from None
+    if len(out) != n_layers or any(min(p) < 1 for p in out):
+        raise ModelError(f"{name}: need one positive [freq, time] pool per layer ({n_layers}), got {pools!r}")
     return out
 
 
@@ -185,6 +215,16 @@ def won2020_mel(sample_rate: int = 16000, n_mels: int = 96) -> MelConfig:
         compression="db",
         amin=1e-10,
     )
+
+
+def waveform_frontend(name: str, frontend: FrontendConfig | None, default_rate: int) -> WaveformConfig:
+    """The model's waveform config: ``frontend`` if given, else raw audio at ``default_rate``."""
+    frontend = coerce_frontend(frontend)
+    if frontend is None:
+        return WaveformConfig(sample_rate=default_rate)
+    if not isinstance(frontend, WaveformConfig):
+        raise ModelError(f"{name} takes raw waveforms; got a {frontend.kind!r} front-end config")
+    return frontend
 
 
 def mel_frontend(name: str, frontend: FrontendConfig | None, n_mels: int | None, default_mels: int) -> MelConfig:

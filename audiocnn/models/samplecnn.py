@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from audiocnn.errors import ModelError
-from audiocnn.features.frontends import FrontendConfig, WaveformConfig
-from audiocnn.models.base import ModelSpec, TaggingModel, coerce_frontend
+from audiocnn.features.frontends import FrontendConfig
+from audiocnn.models.base import ModelSpec, TaggingModel
 from audiocnn.models.layers import (
     ConvBlock1d,
     SqueezeExcitation1d,
@@ -45,6 +45,7 @@ from audiocnn.models.layers import (
     check_positive_ints,
     keras_init_,
     output_head,
+    waveform_frontend,
 )
 from audiocnn.models.registry import register_model
 
@@ -59,15 +60,6 @@ KIM_2018 = (
     "Kim et al. 2018, Sample-level CNN architectures for music auto-tagging using raw "
     "waveforms (arXiv:1710.10451), SE+multi; code: tae-jun/resemul"
 )
-
-
-def _waveform_frontend(name: str, frontend: FrontendConfig | None) -> WaveformConfig:
-    frontend = coerce_frontend(frontend)
-    if frontend is None:
-        return WaveformConfig(sample_rate=SAMPLE_RATE)
-    if not isinstance(frontend, WaveformConfig):
-        raise ModelError(f"{name} takes raw waveforms; got a {frontend.kind!r} front-end config")
-    return frontend
 
 
 def _native_length(stem_stride: int, pool: int, n_blocks: int, input_length: int | None, name: str) -> int:
@@ -130,7 +122,7 @@ class SampleCNN(_SampleLevelBase):
         dropout: float = 0.5,
         input_length: int | None = None,
     ) -> None:
-        super().__init__(num_classes, task, _waveform_frontend("samplecnn", frontend))
+        super().__init__(num_classes, task, waveform_frontend("samplecnn", frontend, SAMPLE_RATE))
         blocks = check_positive_ints("blocks", blocks)
         stem_channels, stem_stride, kernel_size, pool, final_channels = check_positive_ints(
             "stem_channels/stem_stride/kernel_size/pool/final_channels",
@@ -195,7 +187,7 @@ class SampleCNNSE(_SampleLevelBase):
         dropout: float = 0.5,
         input_length: int | None = None,
     ) -> None:
-        super().__init__(num_classes, task, _waveform_frontend("samplecnn-se", frontend))
+        super().__init__(num_classes, task, waveform_frontend("samplecnn-se", frontend, SAMPLE_RATE))
         blocks = check_positive_ints("blocks", blocks)
         stem_channels, stem_stride, kernel_size, pool, amplifying_ratio, multi_level = check_positive_ints(
             "stem_channels/stem_stride/kernel_size/pool/amplifying_ratio/multi_level",

@@ -6,7 +6,8 @@
   network (torch, ONNX Runtime).
 - :mod:`~audiocnn.tagging.song`: one song being scored (:class:`~audiocnn.tagging.song.Song`),
   how it is cut into windows, :class:`TagResult`.
-- :mod:`~audiocnn.tagging.outputs`: JSON/CSV result lines, taggram and embedding files.
+- :mod:`~audiocnn.tagging.outputs`: JSON/CSV result lines, taggram, embedding and
+  attention files.
 - :mod:`~audiocnn.tagging.command`: :func:`tag_command`, all of ``audiocnn tag`` as one
   call (paths, folders and globs in; outputs, failures and a summary out).
 - :mod:`~audiocnn.tagging.stream`: :func:`~audiocnn.tagging.stream.tag_stream`, songs as
@@ -27,6 +28,7 @@ from audiocnn.tagging.outputs import (
     output_stem,
     result_csv_row,
     results_csv_header,
+    write_attention,
     write_embeddings,
     write_taggram,
 )
@@ -47,6 +49,7 @@ __all__ = [
     "result_csv_row",
     "results_csv_header",
     "tag_command",
+    "write_attention",
     "write_embeddings",
     "write_taggram",
 ]

@@ -2,8 +2,10 @@
 
 A backend is given to the :class:`audiocnn.tagging.Tagger`; everything else (decoding,
 framing, the mel front-end of song framing, aggregation) is the same for both. A backend
-has ``run(x, from_features, embeddings) -> (probabilities, embeddings or None)``, says
-whether it can give embeddings, and has
+has ``run(x, from_features, arrays) -> (probabilities, {kind: per-window array})`` (the
+``arrays`` asked for, of :data:`audiocnn.tagging.options.NETWORK_ARRAYS`: embeddings, and
+the attention over time steps of a self-attention model, from the same forward pass as
+the scores), says which arrays it can give (:func:`check_arrays`), and has
 ``threads_per_stream(streams)``, a context inside which ``run`` may be called from
 ``streams`` threads at once, each on its share of the CPU threads.
 
@@ -30,6 +32,7 @@ from audiocnn.errors import UsageError
 from audiocnn.models.base import TaggingModel
 from audiocnn.models.checkpoint import checkpoint_sha256
 from audiocnn.tagging.export import export_onnx, ort_session, require_onnx
+from audiocnn.tagging.options import NETWORK_ARRAYS, TagOptions
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -49,7 +52,7 @@ class TorchBackend:
     """The network in torch, on the tagger's device."""
 
     name = "torch"
-    embeddings = True  # can return the penultimate features
+    arrays = NETWORK_ARRAYS  # attention: of a model with attention over time (has_time_attention)
     input_errors: tuple[type[BaseException], ...] = (RuntimeError,)
 
     def __init__(self, model: TaggingModel, device: torch.device) -> None:
@@ -57,18 +60,22 @@ class TorchBackend:
         # head(embed(x)) is forward(x) unless a model overrides forward; then run both.
         self._forward_is_head_of_embed = type(model).forward is TaggingModel.forward
 
-    def run(self, x: np.ndarray, from_features: bool, embeddings: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def run(self, x: np.ndarray, from_features: bool, arrays: tuple[str, ...] = ()) -> tuple[np.ndarray, dict]:
         m = self.model
         t = torch.from_numpy(x).to(self.device)
+        out: dict[str, np.ndarray] = {}
         with torch.inference_mode():
-            emb = None
-            if embeddings:
-                emb = m.embed(t, from_features=from_features)
-                logits = m.head(emb) if self._forward_is_head_of_embed else m(t, from_features=from_features)
-                emb = emb.reshape(emb.shape[0], -1).float().cpu().numpy()
+            if not arrays:
+                return m.predict_proba(m(t, from_features=from_features)).float().cpu().numpy(), out
+            if "attention" in arrays:
+                emb, attention = m.embed_with_attention(t, from_features=from_features)
+                out["attention"] = attention.float().cpu().numpy()
             else:
-                logits = m(t, from_features=from_features)
-            return m.predict_proba(logits).float().cpu().numpy(), emb
+                emb = m.embed(t, from_features=from_features)
+            logits = m.head(emb) if self._forward_is_head_of_embed else m(t, from_features=from_features)
+            if "embeddings" in arrays:
+                out["embeddings"] = emb.reshape(emb.shape[0], -1).float().cpu().numpy()
+            return m.predict_proba(logits).float().cpu().numpy(), out
 
     def threads_per_stream(self, streams: int) -> contextlib.AbstractContextManager[int]:
         return _torch_threads(streams)
@@ -79,7 +86,7 @@ class OrtBackend:
     front-end first, as with torch."""
 
     name = "onnxruntime"
-    embeddings = False  # the export ends at the probabilities
+    arrays: tuple[str, ...] = ()  # the export ends at the probabilities
     input_errors: tuple[type[BaseException], ...] = (Exception,)  # onnxruntime raises its own types
 
     def __init__(self, model: TaggingModel, checkpoint: Path, cache_dir: str | os.PathLike | None) -> None:
@@ -93,12 +100,12 @@ class OrtBackend:
         self.session = ort_session(self._ort, path, torch.get_num_threads())
         self.input_name = self.session.get_inputs()[0].name
 
-    def run(self, x: np.ndarray, from_features: bool, embeddings: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def run(self, x: np.ndarray, from_features: bool, arrays: tuple[str, ...] = ()) -> tuple[np.ndarray, dict]:
         x = x.astype(np.float32, copy=False)
         if not from_features:
             with torch.inference_mode():
                 x = self.model.frontend(torch.from_numpy(x)).float().numpy()
-        return self.session.run(None, {self.input_name: x})[0], None
+        return self.session.run(None, {self.input_name: x})[0], {}
 
     @contextlib.contextmanager
     def threads_per_stream(self, streams: int) -> Iterator[int]:
@@ -112,6 +119,28 @@ class OrtBackend:
                 yield share
             finally:
                 self.session = whole
+
+
+def has_time_attention(model: TaggingModel) -> bool:
+    """Whether ``model`` gives its attention over time steps (``embed_with_attention``)."""
+    return callable(getattr(model, "embed_with_attention", None))
+
+
+def check_arrays(backend: str, options: TagOptions, model: TaggingModel | None = None) -> None:
+    """A UsageError for a per-window array ``options`` ask for that ``backend`` cannot give
+    (with ``model``: or that model); made before the model loads and by ``Tagger.plan``."""
+    can = {"torch": TorchBackend.arrays, "onnxruntime": OrtBackend.arrays}.get(backend, NETWORK_ARRAYS)
+    for kind in options.arrays():
+        if kind not in can:
+            message = f"{kind}=True needs the torch backend, not backend={backend!r}"
+            raise UsageError(message, arguments=(kind, "backend"))
+    if options.attention and model is not None and not has_time_attention(model):
+        name = getattr(model, "registry_name", "") or type(model).__name__
+        raise UsageError(
+            f"attention=True needs a model with self-attention over time, such as cnnsa; {name} has no attention "
+            "over time",
+            arguments=("attention",),
+        )
 
 
 def make_backend(

@@ -24,6 +24,7 @@ from audiocnn.fileio import ensure_writable_dir
 from audiocnn.models.checkpoint import checkpoint_sha256, read_metadata
 from audiocnn.pretrained import resolve_model
 from audiocnn.progress import StepBar
+from audiocnn.tagging.backends import check_arrays
 from audiocnn.tagging.options import TagOptions, tag_options
 from audiocnn.tagging.outputs import PER_WINDOW_WRITERS, output_stem
 from audiocnn.tagging.results import (
@@ -86,7 +87,7 @@ def expand_audio_paths(args: Sequence[str | os.PathLike]) -> tuple[list[Path], l
 @dataclass
 class TagOutcome:
     """One tagged file: its result and the per-window files written for it, by kind
-    (``taggram``: the ``.npy`` of the taggram, ``embeddings``: the ``.npy`` of the embeddings)."""
+    (``taggram``, ``embeddings``, ``attention``: the ``.npy`` of each)."""
 
     path: Path
     result: TagResult
@@ -143,7 +144,7 @@ def tag_command(
 
     ``options`` (or :class:`TagOptions` fields as keywords) say how each song is tagged;
     they are planned for the model, and the output folders made, before the first file.
-    ``outputs`` maps a kind of per-window file (``taggram``, ``embeddings``: see
+    ``outputs`` maps a kind of per-window file (``taggram``, ``embeddings``, ``attention``: see
     :data:`audiocnn.tagging.outputs.PER_WINDOW_WRITERS`) to the folder to write it in.
     ``on_result`` gets each tagged file as soon as it is done (what the CLI prints);
     ``report`` gets progress and one ``error: ...`` line per input that fails, which the
@@ -162,6 +163,7 @@ def tag_command(
     outputs = dict(outputs or {})
     options = tag_options(options, **fields, **{kind: True for kind in _checked_outputs(outputs)})
     _check_run_options(output, jobs, force)
+    check_arrays(backend, options)  # before the model loads (and an ONNX export)
     for folder in outputs.values():
         ensure_writable_dir(folder)
     files, failures = expand_audio_paths(paths)

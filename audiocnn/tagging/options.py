@@ -30,6 +30,9 @@ MAX_WINDOW_FACTOR = 10
 #: through the network, so a million chunks per song ran for minutes.
 MAX_CHUNKS = 256
 
+#: The per-window arrays the network gives beside the scores, by the field asking for them.
+NETWORK_ARRAYS = ("embeddings", "attention")
+
 _OUTPUT_ONLY = {"record": False}  # what a result carries, not how it is scored
 
 
@@ -49,8 +52,9 @@ class TagOptions:
     song is cut (:class:`audiocnn.constants.Framing`); ``chunks=N`` scores N windows spread
     evenly over the song instead (the papers' protocol); ``threshold`` decides every tag of
     a multi-label model at that score (default: the checkpoint's per-tag thresholds);
-    ``top_k`` limits a result's ``tags``; ``taggram``/``embeddings`` keep the per-window
-    scores / penultimate features in the result. ``tail``: with consecutive windows, every
+    ``top_k`` limits a result's ``tags``; ``taggram``/``embeddings``/``attention`` keep the
+    per-window scores / penultimate features / attention over time steps (a self-attention
+    model such as ``cnnsa``; it keeps the taggram too) in the result. ``tail``: with consecutive windows, every
     second counts (``"end"``: the last window ends at the end of the audio, overlapping the
     one before) or a tail shorter than a window is not scored (``"drop"``, as musicnn does).
     """
@@ -65,12 +69,15 @@ class TagOptions:
     tail: str = Tail.end.value
     taggram: bool = field(default=False, metadata=_OUTPUT_ONLY)
     embeddings: bool = field(default=False, metadata=_OUTPUT_ONLY)
+    attention: bool = field(default=False, metadata=_OUTPUT_ONLY)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalised once, here
         set_(self, "aggregate", _choice(Aggregate, self.aggregate, "aggregate"))
         set_(self, "framing", _choice(Framing, self.framing, "framing"))
         set_(self, "tail", _choice(Tail, self.tail, "tail"))
+        if self.attention:  # its image is drawn under the taggram, on the same time axis
+            set_(self, "taggram", True)
         for name in ("window", "hop"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
@@ -101,6 +108,10 @@ class TagOptions:
     def replace(self, **changes: Any) -> TagOptions:
         """These options with ``changes`` (checked again)."""
         return dataclasses.replace(self, **changes)
+
+    def arrays(self) -> tuple[str, ...]:
+        """The per-window arrays of :data:`NETWORK_ARRAYS` these options ask for."""
+        return tuple(kind for kind in NETWORK_ARRAYS if getattr(self, kind))
 
     def record(self) -> dict[str, Any]:
         """The options a results-file record holds: every field that changes the scores."""

@@ -1,5 +1,6 @@
 """What ``tag`` writes: result lines (JSON, CSV) on a stream, and per-window files (the
-taggram as ``.npy``, ``.csv`` and a PNG image; embeddings as ``.npy``) named by
+taggram as ``.npy``, ``.csv`` and a PNG image; embeddings as ``.npy``; the attention over
+time steps of a self-attention model as ``.npy`` and a PNG under the taggram) named by
 :func:`output_stem`. Files are written atomically.
 
 Beside a song's per-window files, ``<stem>.source.json`` records the song they belong to
@@ -15,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
+
 from audiocnn.errors import UsageError
 from audiocnn.fileio import atomic_write_bytes, atomic_write_npy, json_text
 from audiocnn.tagging.song import TagResult
@@ -23,7 +26,15 @@ RESULT_FORMATS = ("json", "csv")
 
 
 SOURCE_SUFFIX = ".source.json"
-_OUTPUT_SUFFIXES = (".taggram.npy", ".taggram.csv", ".taggram.png", ".embeddings.npy", SOURCE_SUFFIX)
+_OUTPUT_SUFFIXES = (
+    ".taggram.npy",
+    ".taggram.csv",
+    ".taggram.png",
+    ".embeddings.npy",
+    ".attention.npy",
+    ".attention.png",
+    SOURCE_SUFFIX,
+)
 
 
 def _stem_is_free(folder: Path, stem: str, source: str) -> bool:
@@ -83,11 +94,19 @@ def _taggram_png(result: TagResult) -> bytes:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure  # deferred: as above
 
+    height = min(max(3.0, 0.18 * result.taggram.shape[1] + 1.5), 30.0)
+    fig = Figure(figsize=(10, height))
+    draw_taggram(fig, fig.add_subplot(1, 1, 1), result)
+    fig.tight_layout()
+    bio = io.BytesIO()
+    fig.savefig(bio, format="png", dpi=100)
+    return bio.getvalue()
+
+
+def draw_taggram(fig, ax, result: TagResult) -> None:
+    """The taggram (labels over time, scores as colour) on a matplotlib axis of ``fig``."""
     tg = result.taggram
     n_labels = tg.shape[1]
-    height = min(max(3.0, 0.18 * n_labels + 1.5), 30.0)
-    fig = Figure(figsize=(10, height))
-    ax = fig.add_subplot(1, 1, 1)
     end = float(result.window_starts[-1]) + result.window_seconds if len(tg) else 0.0
     im = ax.imshow(
         tg.T,
@@ -106,10 +125,6 @@ def _taggram_png(result: TagResult) -> bytes:
     name = os.fsencode(Path(result.path).name).decode("utf-8", "replace")  # a name may not be UTF-8
     ax.set_title(f"{name} - {result.model} ({result.activation} scores)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
-    fig.tight_layout()
-    bio = io.BytesIO()
-    fig.savefig(bio, format="png", dpi=100)
-    return bio.getvalue()
 
 
 def write_embeddings(result: TagResult, out_dir: str | os.PathLike, stem: str) -> Path:
@@ -121,11 +136,53 @@ def write_embeddings(result: TagResult, out_dir: str | os.PathLike, stem: str) -
     return path
 
 
+def write_attention(result: TagResult, out_dir: str | os.PathLike, stem: str) -> list[Path]:
+    """The attention over time steps of every window (a self-attention model's rollout
+    from its [CLS] position, ``(windows, T)`` float32, each row summing to 1; step ``j``
+    covers the ``j``-th of ``T`` equal parts of the window) as ``<stem>.attention.npy``, and
+    ``.attention.png``: the taggram, and under it on the same time axis every window's
+    attention."""
+    if result.attention is None or result.taggram is None:
+        raise UsageError("write_attention needs a result made with attention=True")
+    out = Path(out_dir)
+    npy, png = out / f"{stem}.attention.npy", out / f"{stem}.attention.png"
+    atomic_write_npy(npy, result.attention)
+    atomic_write_bytes(png, _attention_png(result))
+    return [npy, png]
+
+
+def _attention_png(result: TagResult) -> bytes:
+    import matplotlib  # deferred: matplotlib, only when an image is asked for
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure  # deferred: as above
+
+    weights = result.attention
+    fig = Figure(figsize=(10, min(max(4.5, 0.18 * result.taggram.shape[1] + 3.0), 32.0)))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    draw_taggram(fig, top, result)
+    top.set_xlabel("")
+    steps = weights.shape[1]
+    for start, row in zip(result.window_starts, weights):
+        t = float(start) + (np.arange(steps) + 0.5) * result.window_seconds / steps
+        bottom.fill_between(t, row, step="mid", alpha=0.6, color="tab:red", lw=0)
+    bottom.set_ylim(bottom=0)
+    bottom.set_ylabel("attention", fontsize=8)
+    bottom.set_xlabel("time (s)")
+    bottom.set_title(f"attention of the tag decision over each window's {steps} time steps", fontsize=8)
+    fig.colorbar(top.images[0], ax=bottom, fraction=0.03, pad=0.01).ax.set_visible(False)  # align with the taggram
+    fig.tight_layout()
+    bio = io.BytesIO()
+    fig.savefig(bio, format="png", dpi=100)
+    return bio.getvalue()
+
+
 #: The per-window files a run writes, by the :class:`audiocnn.tagging.options.TagOptions`
 #: field that asks for them: ``(result, folder, stem) -> the file to report``.
 PER_WINDOW_WRITERS: dict[str, Callable[[TagResult, str | os.PathLike, str], Path]] = {
     "taggram": lambda result, folder, stem: write_taggram(result, folder, stem)[0],
     "embeddings": write_embeddings,
+    "attention": lambda result, folder, stem: write_attention(result, folder, stem)[0],
 }
 
 

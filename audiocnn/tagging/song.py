@@ -59,6 +59,7 @@ class TagResult:
     window_starts: np.ndarray  # (num_windows,) seconds
     taggram: np.ndarray | None = None  # (num_windows, num_labels) when asked
     embeddings: np.ndarray | None = None  # (num_windows, D) when asked
+    attention: np.ndarray | None = None  # (num_windows, time steps) when asked (self-attention models)
     predicted: list[str] = field(default_factory=list)  # decided tags, best score first
     decision: str = ""  # how they were decided (arg-max, per-tag thresholds, one threshold)
 
@@ -205,7 +206,7 @@ class Song:
         self.samples = 0
         self.padded = False
         self.rows: list[np.ndarray] = []
-        self.embs: list[np.ndarray] = []
+        self.arrays: dict[str, list[np.ndarray]] = {}  # embeddings, attention: when asked
         self.pending = 0  # windows handed out, not scored yet
 
     def push(self, block: np.ndarray) -> list[np.ndarray]:
@@ -232,14 +233,14 @@ class Song:
         """The most samples or frames this song held for unfinished windows."""
         return max(self.windower.peak, self.mel.peak if self.mel is not None else 0)
 
-    def scored(self, proba: np.ndarray, emb: np.ndarray | None) -> None:
-        """The scores (and embedding) of this song's next window."""
+    def scored(self, proba: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+        """The scores (and the other per-window arrays asked for) of this song's next window."""
         self.rows.append(proba)
-        if emb is not None:
-            self.embs.append(emb)
+        for kind, row in arrays.items():
+            self.arrays.setdefault(kind, []).append(row)
         self.pending -= 1
 
-    def taggram(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(per-window scores, per-window embeddings or None)`` in window order."""
-        embeddings = np.concatenate(self.embs).astype(np.float32) if self.embs else None
-        return np.concatenate(self.rows).astype(np.float32), embeddings
+    def taggram(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``(per-window scores, {kind: per-window array})`` in window order."""
+        arrays = {kind: np.concatenate(rows).astype(np.float32) for kind, rows in self.arrays.items()}
+        return np.concatenate(self.rows).astype(np.float32), arrays

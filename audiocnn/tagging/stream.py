@@ -31,14 +31,14 @@ from audiocnn.errors import AudiocnnError, AudioDecodeError
 from audiocnn.tagging.options import TagOptions, tag_options
 from audiocnn.tagging.song import Song, StreamStats, TagResult, WindowPlan
 
-Scored = tuple[list[Any], np.ndarray, np.ndarray | None]
+Scored = tuple[list[Any], np.ndarray, dict[str, np.ndarray]]
 
 
 class _Scorer:
     """Runs the batches, here one after the other or ``streams`` at a time in threads, and
     hands their scores back in the order the batches came in."""
 
-    def __init__(self, run: Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray | None]], streams: int) -> None:
+    def __init__(self, run: Callable[[list[np.ndarray]], tuple[np.ndarray, dict]], streams: int) -> None:
         self.run = run
         self.streams = streams
         self.pool = ThreadPoolExecutor(streams, thread_name_prefix="audiocnn-network") if streams > 1 else None
@@ -79,7 +79,8 @@ class _Batcher:
         self.tagger, self.plan, self.options = tagger, plan, options
         from_features, custom = plan.framing == "song", options.window is not None
         score = tagger.score
-        self.scorer = _Scorer(lambda windows: score(windows, from_features, options.embeddings, custom), streams)
+        arrays = options.arrays()
+        self.scorer = _Scorer(lambda windows: score(windows, from_features, arrays, custom), streams)
         self.songs: dict[int, Song] = {}
         self.done: list[Song] = []
         self.batch: list[tuple[Song, np.ndarray]] = []
@@ -115,9 +116,9 @@ class _Batcher:
 
     @staticmethod
     def _apply(scored: list[Scored]) -> None:
-        for songs, proba, emb in scored:
+        for songs, proba, arrays in scored:
             for j, song in enumerate(songs):
-                song.scored(proba[j : j + 1], emb[j : j + 1] if emb is not None else None)
+                song.scored(proba[j : j + 1], {kind: rows[j : j + 1] for kind, rows in arrays.items()})
 
     def block(self, i: int, samples: np.ndarray) -> None:
         s = self.stats

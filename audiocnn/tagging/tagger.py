@@ -42,7 +42,7 @@ from audiocnn.errors import AudiocnnError, AudioDecodeError, CheckpointError, Mo
 from audiocnn.features.frontends import MelConfig, MelStream
 from audiocnn.models.checkpoint import DEFAULT_THRESHOLD, load_checkpoint, thresholds_of
 from audiocnn.pretrained import resolve_model
-from audiocnn.tagging.backends import make_backend
+from audiocnn.tagging.backends import check_arrays, make_backend
 from audiocnn.tagging.options import MAX_WINDOW_FACTOR, TagOptions, tag_options
 from audiocnn.tagging.song import Song, StreamStats, TagResult, WindowPlan
 from audiocnn.tagging.stream import tag_stream
@@ -130,10 +130,7 @@ class Tagger:
     def plan(self, options: TagOptions) -> WindowPlan:
         """How a song is cut with ``options`` (see the module docstring), in frames or
         samples, or the UsageError naming the option this model cannot take."""
-        if options.embeddings and not self.backend.embeddings:
-            raise UsageError(
-                f"embeddings need the torch backend, not backend={self.backend.name!r}", arguments=("backend",)
-            )
+        check_arrays(self.backend.name, options, self.model)
         m, sr = self.model, self.sample_rate
         song_ok = _song_framing_supported(m.frontend)
         if options.framing == "song" and not song_ok:
@@ -195,7 +192,7 @@ class Tagger:
         """The result of a song whose every window is scored."""
         if not song.rows:  # cannot happen for a decodable file: padding guarantees a window
             raise AudioDecodeError(f"{path}: no complete window could be cut from the audio")
-        taggram, embeddings = song.taggram()
+        taggram, arrays = song.taggram()
         if not np.isfinite(taggram).all():  # e.g. float samples of 1e30 overflow the front-end
             raise AudioDecodeError(
                 f"{path}: the model's scores are not finite (NaN or infinity); "
@@ -226,7 +223,8 @@ class Tagger:
             padded=song.padded,
             window_starts=np.asarray(song.windower.starts, dtype=np.float64) * plan.unit_seconds,
             taggram=taggram if options.taggram else None,
-            embeddings=embeddings if options.embeddings else None,
+            embeddings=arrays.get("embeddings"),
+            attention=arrays.get("attention"),
             predicted=predicted,
             decision=decision,
         )
@@ -261,15 +259,15 @@ class Tagger:
         return max(1, min(int(jobs), torch.get_num_threads()))
 
     def score(
-        self, windows: list[np.ndarray], from_features: bool, want_emb: bool, custom: bool
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(probabilities, embeddings or None)`` of a batch of windows, by the backend;
-        a window the network cannot take (``custom``: of a length the user chose) is a
-        :class:`ModelError` naming its shape."""
+        self, windows: list[np.ndarray], from_features: bool, arrays: tuple[str, ...], custom: bool
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``(probabilities, {kind: per-window array})`` of a batch of windows, by the
+        backend (``arrays``: :meth:`TagOptions.arrays`); a window the network cannot take
+        (``custom``: of a length the user chose) is a :class:`ModelError` naming its shape."""
         x = np.stack(windows)
         b = self.backend
         try:
-            proba, emb = b.run(x, from_features, want_emb)
+            proba, extra = b.run(x, from_features, arrays)
         except b.input_errors as exc:
             if isinstance(exc, AudiocnnError) or not (custom or b.name != "torch"):
                 raise
@@ -283,4 +281,4 @@ class Tagger:
             raise ModelError(
                 f"model {self.name!r} returned scores of shape {proba.shape}, expected {(x.shape[0], len(self.labels))}"
             )
-        return proba, emb
+        return proba, extra

@@ -16,6 +16,7 @@ was never interrupted.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -50,7 +51,7 @@ from audiocnn.training.engine import (
     train_one_epoch,
 )
 from audiocnn.training.metrics import best_f1_thresholds, compute_metrics
-from audiocnn.training.plots import plot_training_curves
+from audiocnn.training.plots import plot_training_curves, write_harmonic_filters
 from audiocnn.training.rundata import RunData, run_data
 from audiocnn.training.rundir import RunDir
 from audiocnn.training.schedule import EarlyStopping, LRSchedule, build_optimizer, is_better, set_lr
@@ -382,6 +383,14 @@ class Trainer:
             plot_training_curves(self.run.metrics, self.run.curves, best_epoch=self.state.best_epoch)
         except Exception as exc:  # a plot must never fail a finished run
             log.warning("could not plot training curves: %s", exc)
+        if hasattr(self.raw, "filter_summary"):  # harmonic-cnn: its filters as initialised and as learned
+            try:
+                best = copy.deepcopy(self.raw)  # the best weights: what the run hands on
+                load_best(best, self.run.best, self.device)
+                summaries = {"initial": best.filter_summary(learned=False), "learned": best.filter_summary()}
+                write_harmonic_filters(summaries, self.run.filters_png, self.run.filters_csv)
+            except Exception as exc:
+                log.warning("could not plot the harmonic filters: %s", exc)
 
 
 def _check_augment(config: TrainConfig, model: nn.Module) -> bool:

@@ -98,6 +98,43 @@ def plot_training_curves(
     return _save(fig, out)
 
 
+def write_harmonic_filters(summaries: dict[str, dict[str, Any]], png: str | os.PathLike, csv_path: str | os.PathLike):
+    """The Harmonic CNN's band-pass filters, ``initial`` against ``learned`` (each a
+    ``HarmonicCNN.filter_summary()``): a CSV of every filter's centre and bandwidth, and a
+    PNG of the first harmonic's bands (centre and band edges over pitch index, and the
+    learned/initial ratio of centres and bandwidths for every harmonic)."""
+    init, learned = summaries["initial"], summaries["learned"]
+    bands, n_harm = int(init["bands"]), int(init["n_harmonic"])
+    lines = ["harmonic,band,initial_hz,learned_hz,initial_bandwidth_hz,learned_bandwidth_hz"]
+    for i in range(bands * n_harm):
+        h, b = divmod(i, bands)
+        vals = (init["f0_hz"][i], learned["f0_hz"][i], init["bandwidth_hz"][i], learned["bandwidth_hz"][i])
+        lines.append(f"{h + 1},{b}," + ",".join(f"{v:.4f}" for v in vals))
+    atomic_write_bytes(Path(csv_path), ("\n".join(lines) + "\n").encode())
+    fig = _figure(11, 4.2)
+    ax1, ax2 = fig.subplots(1, 2)
+    idx = np.arange(bands)
+    for summary, colour, name in ((init, "tab:grey", "initial"), (learned, "tab:red", "learned")):
+        f0, half = summary["f0_hz"][:bands], summary["bandwidth_hz"][:bands] / 2
+        ax1.plot(idx, f0, color=colour, label=f"{name} centre (Q={summary['q']:.3f})")
+        ax1.fill_between(idx, f0 - half, f0 + half, color=colour, alpha=0.25, label=f"{name} band")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("pitch band (first harmonic)")
+    ax1.set_ylabel("Hz")
+    ax1.set_title("harmonic filters: initial vs learned")
+    ax1.legend(fontsize="x-small")
+    ratio_f0 = learned["f0_hz"] / init["f0_hz"]
+    ratio_bw = learned["bandwidth_hz"] / init["bandwidth_hz"]
+    ax2.plot(ratio_f0, label="centre, learned / initial")
+    ax2.plot(ratio_bw, label="bandwidth, learned / initial")
+    for h in range(1, n_harm):
+        ax2.axvline(h * bands, color="grey", lw=0.5)
+    ax2.set_xlabel(f"filter ({n_harm} harmonics x {bands} bands)")
+    ax2.set_title("change per filter")
+    ax2.legend(fontsize="x-small")
+    return _save(fig, png)
+
+
 def plot_per_tag_auc(per_tag: Sequence[dict[str, Any]], out: str | os.PathLike) -> Path | None:
     """Horizontal bars of per-label ROC-AUC, sorted; unscored labels are left out."""
     items = sorted(((t["label"], t["roc_auc"]) for t in per_tag if t.get("roc_auc") is not None), key=lambda x: x[1])

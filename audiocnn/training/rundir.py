@@ -47,12 +47,24 @@ BEST_NAME = BEST_CHECKPOINT_NAME
 LAST_NAME = "last.pt"
 PREV_NAME = "last.prev.pt"
 CURVES_NAME = "curves.png"
+FILTERS_PNG_NAME = "harmonic_filters.png"  # harmonic-cnn: its band-pass filters, initial and learned
+FILTERS_CSV_NAME = "harmonic_filters.csv"
 TENSORBOARD_NAME = "tensorboard"
 RUN_LOCK_NAME = "train.lock"
 RUN_MARKER_NAME = "audiocnn-run.json"
 #: what ``audiocnn train`` writes into a run folder (what ``--restart`` removes; of
 #: ``tensorboard/`` only the event files, see :data:`TENSORBOARD_EVENTS`)
-RUN_OUTPUTS = (LAST_NAME, PREV_NAME, BEST_NAME, METRICS_NAME, CURVES_NAME, CONFIG_NAME, TENSORBOARD_NAME)
+RUN_OUTPUTS = (
+    LAST_NAME,
+    PREV_NAME,
+    BEST_NAME,
+    METRICS_NAME,
+    CURVES_NAME,
+    FILTERS_PNG_NAME,
+    FILTERS_CSV_NAME,
+    CONFIG_NAME,
+    TENSORBOARD_NAME,
+)
 #: the files tensorboard's SummaryWriter writes
 TENSORBOARD_EVENTS = "events.out.tfevents.*"
 
@@ -91,6 +103,14 @@ class RunDir:
     @property
     def curves(self) -> Path:
         return self.path / CURVES_NAME
+
+    @property
+    def filters_png(self) -> Path:
+        return self.path / FILTERS_PNG_NAME
+
+    @property
+    def filters_csv(self) -> Path:
+        return self.path / FILTERS_CSV_NAME
 
     @property
     def tensorboard(self) -> Path:
