@@ -1,6 +1,6 @@
 """The learning checks: every model family trained briefly on CPU must learn timbre.
 
-Shared by ``tests/test_learning.py`` (one run per model and task, true labels, against
+Shared by ``tests/models/test_learning.py`` (one run per model and task, true labels, against
 the bars) and ``benchmarks/learning_calibration.py`` (several seeds with true and with
 shuffled labels, which is where the bars come from).
 
@@ -17,11 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from learning_data import SOURCES, shuffle_labels, write_folder
-from train_helpers import prepare_folder
-
 from audiocnn.evaluation import evaluate
 from audiocnn.tagging import TagOptions
+from audiocnn.testing.learning_data import SOURCES, shuffle_labels, write_folder
+from audiocnn.testing.training import prepare_folder
 from audiocnn.training.config import config_from_mapping
 from audiocnn.training.loop import train
 

@@ -7,7 +7,7 @@ octave, the same range for every class), onset time, loudness (a 20 dB range) an
 background noise at a random SNR. Single-label clips hold one source; multi-label clips
 mix one to three different sources, so each tag must be heard inside a mixture.
 
-Used by the learning checks (``tests/test_learning.py``) and by
+Used by the learning checks (``tests/models/test_learning.py``) and by
 ``benchmarks/learning_calibration.py``, which calibrates their bars against shuffled
 labels. Run as a script it writes a folder dataset (audio + ``labels.csv``) for trying
 ``audiocnn prepare folder`` / ``audiocnn train`` by hand.

@@ -1,77 +1,22 @@
-"""Tiny models and datasets for the training/evaluation tests (and their DDP workers).
+"""Tiny datasets and training runs for tests and benchmarks.
 
-Run as a script it is the `audiocnn` CLI with the tiny models registered, which is what
-the torchrun-launched DDP workers execute.
+Run as ``python -m audiocnn.testing.training ARGS`` it is the `audiocnn` CLI with the test
+models registered, which is what the torchrun-launched DDP workers execute.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import resource
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
-from torch import nn
+import yaml
 
 from audiocnn.cli.main import run
 from audiocnn.datasets.manifest import Clip, Manifest, write_manifest
-from audiocnn.features.frontends import MelConfig, WaveformConfig
-from audiocnn.models.base import ModelSpec, TaggingModel
-from audiocnn.models.registry import _REGISTRY, register_model
-
-SR = 8000
-TINY_MEL = MelConfig(sample_rate=SR, n_fft=256, hop_length=128, n_mels=16)
-
-
-class TinyMel(TaggingModel):
-    """conv1d over 16 mels -> BN -> ReLU -> global max -> dropout + linear."""
-
-    spec = ModelSpec(input_kind="mel", input_length=SR, sample_rate=SR, reference="tests")
-    length_policy = "adaptive"
-
-    def __init__(self, num_classes: int, task: str, *, frontend=None, channels: int = 8) -> None:
-        super().__init__(num_classes, task, frontend or TINY_MEL)
-        self._min_frames = 3
-        self.conv = nn.Conv1d(self.frontend_config.n_mels, channels, 3, padding=1)
-        self.bn = nn.BatchNorm1d(channels)
-        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(channels, num_classes))
-        self.init_kwargs = {"channels": channels}
-
-    def forward_features(self, feats: torch.Tensor) -> torch.Tensor:
-        x = feats / 40.0  # dB range down to ~unit scale
-        return torch.relu(self.bn(self.conv(x))).amax(dim=-1)
-
-
-class TinyWave(TaggingModel):
-    """strided conv over the waveform -> BN -> ReLU -> global mean -> linear."""
-
-    spec = ModelSpec(input_kind="waveform", input_length=SR // 2, sample_rate=SR, reference="tests")
-    length_policy = "adaptive"
-
-    def __init__(self, num_classes: int, task: str, *, frontend=None) -> None:
-        super().__init__(num_classes, task, frontend or WaveformConfig(sample_rate=SR))
-        self._min_frames = 64
-        self.conv = nn.Conv1d(1, 6, 16, stride=8)
-        self.bn = nn.BatchNorm1d(6)
-        self.head = nn.Linear(6, num_classes)
-        self.init_kwargs = {}
-
-    def forward_features(self, feats: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.bn(self.conv(feats.unsqueeze(1)))).mean(dim=-1)
-
-
-def register_tiny_models() -> None:
-    for name, cls in (("test-tiny-mel", TinyMel), ("test-tiny-wave", TinyWave)):
-        if _REGISTRY.get(name) is None:
-            register_model(name)(cls)
-
-
-register_tiny_models()
+from audiocnn.testing.models import SR
 
 SINGLE_LABELS = ["low", "mid", "high"]
 SINGLE_FREQS = {"low": 250.0, "mid": 800.0, "high": 2500.0}
@@ -118,8 +63,6 @@ def write_audio_folder(
 
 def prepare_folder(data_dir: Path, src: Path, labels_csv: Path, name: str, task: str) -> int:
     """`audiocnn --data-dir DATA prepare folder --source SRC --labels CSV --name NAME --task TASK -j 1`."""
-    from audiocnn.cli.main import run
-
     args = ["--source", str(src), "--labels", str(labels_csv), "--name", name, "--task", task, "-j", "1"]
     return run(["--data-dir", str(data_dir), "prepare", "folder", *args])
 
@@ -154,8 +97,6 @@ def make_dataset(data_dir: Path, name: str, task: str, **kw) -> Path:
 
 
 def write_config(path: Path, **values) -> Path:
-    import yaml
-
     base = {
         "epochs": 2,
         "batch_size": 4,
@@ -188,56 +129,6 @@ def train_both_tasks(root: Path) -> dict[str, tuple[Path, Path, str]]:
     return out
 
 
-#: what the child of :func:`run_limited` prints on stderr after each command
-_EXIT = "--- exit "
-
-
-def run_limited(
-    *commands: list[str], memory_mb: int = 2048, timeout: float = 60, cwd: Path | None = None
-) -> list[tuple[int, str]]:
-    """Each ``commands`` entry run as `audiocnn ARGS` (tiny models registered), one after
-    the other in one child process whose address space is capped at ``memory_mb``
-    (RLIMIT_AS) and that must end within ``timeout`` seconds, so a hostile input that
-    regresses fails its test instead of taking the machine. Returns ``(exit code, stderr)``
-    per command. Importing torch alone takes about 0.8 GB of address space."""
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
-
-    here = Path(__file__).resolve().parent
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)])}
-    proc = subprocess.run(
-        [sys.executable, str(here / "train_helpers.py"), "--many", json.dumps(list(commands))],
-        preexec_fn=limit,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env=env,
-    )
-    parts = proc.stderr.split(_EXIT)
-    codes = [int(p.split("\n", 1)[0]) for p in parts[1:]]
-    assert proc.returncode == 0 and len(codes) == len(commands), proc.stderr[-3000:]
-    return [(code, err.split("\n", 1)[1] if i else err) for i, (code, err) in enumerate(zip(codes, parts))]
-
-
-def last_line(err: str) -> str:
-    """The one error line a failed command prints (no traceback)."""
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("error: ") and "Traceback" not in err, err
-    return lines[-1]
-
-
-def _run_many(commands: list[list[str]]) -> int:
-    for args in commands:
-        code = run(args)
-        sys.stderr.write(f"\n{_EXIT}{code}\n")
-        sys.stderr.flush()
-    return 0
-
-
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    if sys.argv[1:2] == ["--many"]:
-        sys.exit(_run_many(json.loads(sys.argv[2])))
     sys.exit(run(sys.argv[1:]))

@@ -9,11 +9,11 @@ import librosa
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import synth_tone, write_audio
 
 import audiocnn
 from audiocnn.audio import audio_info, find_audio_files, iter_audio_blocks, load_audio
 from audiocnn.errors import AudioDecodeError
+from audiocnn.testing.audio import synth_tone, write_audio
 
 ALL_FILES = [
     "mono22k.wav",

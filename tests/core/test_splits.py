@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from train_helpers import prepare_folder, write_audio_folder
-
 from audiocnn.splits import small_split_notes
+from audiocnn.testing.training import prepare_folder, write_audio_folder
 
 WAY_OUT = "use a larger split (--split-scheme) or cross-validation"
 

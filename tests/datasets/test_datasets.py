@@ -12,17 +12,6 @@ import shutil
 from collections import Counter
 
 import pytest
-from dataset_fixtures import (  # noqa: F401 (http_server is a fixture)
-    fma_fixture,
-    folder_fixture,
-    gtzan_fixture,
-    http_server,
-    mtat_fixture,
-    no_slow_retries,
-    patch_remotes,
-    run_cli,
-    write_files,
-)
 
 from audiocnn import pipeline
 from audiocnn.datasets import (
@@ -39,6 +28,16 @@ from audiocnn.datasets.registry import read_resource_lines
 from audiocnn.datasets.spec import DatasetSpec
 from audiocnn.datasets.splits import stratified_split
 from audiocnn.errors import DownloadError, UsageError
+from audiocnn.testing.archives import write_files
+from audiocnn.testing.commands import run_cli
+from audiocnn.testing.datasets import (
+    fma_fixture,
+    folder_fixture,
+    gtzan_fixture,
+    mtat_fixture,
+    no_slow_retries,
+    patch_remotes,
+)
 
 INFO_KEYS = {"name", "task", "labels", "splits", "excluded"}
 
@@ -432,9 +431,8 @@ def test_info_and_verify_of_unprepared_dataset_name_the_fix(data_dir, capsys):
 
 
 def test_probe_block_decoding_matches_whole_file(tmp_path, monkeypatch):
-    from dataset_fixtures import audio_bytes
-
     from audiocnn.datasets import probe
+    from audiocnn.testing.audio import audio_bytes
 
     for fmt, sr in (("mp3", 16000), ("wav", 22050)):
         p = tmp_path / f"x.{fmt}"

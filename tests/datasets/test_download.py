@@ -13,13 +13,13 @@ import time
 import zipfile
 
 import pytest
-from dataset_fixtures import http_server, split_bytes, tar_gz, zip_bytes  # noqa: F401 (fixture)
 
 from audiocnn.datasets.archives import extract_archive, extract_once
 from audiocnn.datasets.checksums import file_digest, verify_file
 from audiocnn.datasets.http import download_file
 from audiocnn.datasets.parts import MultiPartFile
 from audiocnn.errors import ChecksumError, DownloadError, UnsafeArchiveError, UsageError
+from audiocnn.testing.archives import split_bytes, tar_gz, zip_bytes
 
 DATA = bytes(range(256)) * 4096  # 1 MiB, not compressible to nothing
 MD5 = hashlib.md5(DATA).hexdigest()

@@ -8,20 +8,15 @@ import json
 import pickle
 
 import pytest
-from dataset_fixtures import (  # noqa: F401 (http_server is a fixture)
-    audio_bytes,
-    http_server,
-    msd_fixture,
-    no_slow_retries,
-    patch_msd,
-    pickle_protocol0_strings,
-)
 
 from audiocnn.cli.main import run
 from audiocnn.datasets import prepare_dataset, verify_dataset
 from audiocnn.datasets.msd import read_pickled_strings
 from audiocnn.datasets.registry import read_resource_lines
 from audiocnn.errors import DatasetError
+from audiocnn.testing.audio import audio_bytes
+from audiocnn.testing.datasets import no_slow_retries
+from audiocnn.testing.tag_datasets import msd_fixture, patch_msd, pickle_protocol0_strings
 
 
 @pytest.fixture(autouse=True)

@@ -8,20 +8,15 @@ import json
 from collections import Counter
 
 import pytest
-from dataset_fixtures import (  # noqa: F401 (http_server is a fixture)
-    MTG_TAGS,
-    http_server,
-    mtg_fixture,
-    no_slow_retries,
-    patch_mtg_pins,
-    run_cli,
-    write_files,
-)
 
 from audiocnn.datasets import prepare_dataset, verify_dataset
 from audiocnn.datasets.manifest import readable_label
 from audiocnn.datasets.mtg_jamendo import PINNED, choose_tars, pinned_digest
 from audiocnn.errors import ChecksumError, DownloadError
+from audiocnn.testing.archives import write_files
+from audiocnn.testing.commands import run_cli
+from audiocnn.testing.datasets import no_slow_retries
+from audiocnn.testing.tag_datasets import MTG_TAGS, mtg_fixture, patch_mtg_pins
 
 
 @pytest.fixture(autouse=True)

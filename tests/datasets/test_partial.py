@@ -10,23 +10,15 @@ import zipfile
 from collections import Counter
 
 import pytest
-from dataset_fixtures import (  # noqa: F401 (http_server is a fixture)
-    fma_fixture,
-    http_server,
-    mtat_fixture,
-    no_slow_retries,
-    patch_remotes,
-    run_cli,
-    split_bytes,
-    write_files,
-    zip_bytes,
-)
 
 from audiocnn.cli.main import run
 from audiocnn.datasets import prepare_dataset, read_manifest, remotezip, verify_dataset
 from audiocnn.datasets.archive_checks import CorruptArchiveError
 from audiocnn.datasets.splits import proportional_subset
 from audiocnn.errors import DownloadError
+from audiocnn.testing.archives import write_files
+from audiocnn.testing.commands import run_cli
+from audiocnn.testing.datasets import fma_fixture, mtat_fixture, no_slow_retries, patch_remotes
 
 
 @pytest.fixture(autouse=True)
@@ -67,7 +59,7 @@ def test_fma_small_200_clips_fetch_under_a_tenth_of_the_zip_and_train(
     assert all(official[listed[c.id]] == c.split for c in m.clips)  # the official split of each clip
     assert verify_dataset(data_dir, "fma-small", full=True).ok
 
-    from train_helpers import write_config  # deferred: imports torch, only this test trains
+    from audiocnn.testing.training import write_config  # deferred: imports torch, only this test trains
 
     cfg = write_config(tmp_path / "fma.yaml", dataset="fma-small", model="test-tiny-mel", epochs=2)
     run_dir = tmp_path / "run"

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import synth_tone, write_audio
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
@@ -16,6 +15,7 @@ from audiocnn.datasets.manifest import Clip, Manifest, write_manifest
 from audiocnn.errors import ConfigError
 from audiocnn.features.frontends import MelConfig, WaveformConfig
 from audiocnn.features.store import StoreDataset
+from audiocnn.testing.audio import synth_tone, write_audio
 from audiocnn.training.data import open_dataset_store
 
 torch.set_num_threads(1)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import synth_tone
 
 from audiocnn.errors import ConfigError
 from audiocnn.features import MelConfig, WaveformConfig, build_frontend, config_from_dict
+from audiocnn.testing.audio import synth_tone
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import synth_tone, write_audio
 
 from audiocnn.audio import load_audio
 from audiocnn.cli.main import run
@@ -31,6 +30,7 @@ from audiocnn.features.store import (
 from audiocnn.features.store import chunks as chunks_mod
 from audiocnn.features.store import extract as extract_mod
 from audiocnn.features.store import merge as merge_mod
+from audiocnn.testing.audio import synth_tone, write_audio
 from audiocnn.training.data import manifest_fingerprint, open_dataset_store
 
 torch.set_num_threads(1)

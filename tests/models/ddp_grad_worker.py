@@ -1,4 +1,4 @@
-"""A DDP worker for tests/test_won_models.py: kept free of the CLI and test helpers so the
+"""A DDP worker for tests/models/test_won_models.py: kept free of the CLI and test helpers so the
 two spawned processes import little (torch and the model zoo)."""
 
 from __future__ import annotations

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import synth_tone, write_audio
-from tag_fixtures import SR, make_checkpoint
-from train_helpers import last_line, run_limited
 
 from audiocnn.cli.main import run
 from audiocnn.errors import CheckpointError
 from audiocnn.models.checkpoint import DIGEST_KEY, load_checkpoint, load_weights, read_metadata, tensor_digest
+from audiocnn.testing.audio import synth_tone, write_audio
+from audiocnn.testing.commands import last_line, run_commands
+from audiocnn.testing.models import SR, make_checkpoint
 
 LABELS = ["rock", "jazz", "piano", "vocal"]
 
@@ -161,7 +161,7 @@ def test_metadata_asking_for_a_huge_model_allocates_nothing(tmp_path, song):
     ckpt = make_checkpoint(tmp_path / "musicnn.safetensors", "musicnn", labels=LABELS)
     kwargs = read_metadata(ckpt)["model_kwargs"]
     huge = _rewrite_metadata(ckpt, model_kwargs={**kwargs, "timbral_filters": 10**9})
-    [(code, err)] = run_limited(["tag", str(song), "--model", str(huge), "--device", "cpu"], timeout=60)
+    [(code, err)] = run_commands(["tag", str(song), "--model", str(huge), "--device", "cpu"], timeout=60)
     assert code == 1 and last_line(err).startswith(
         f"error: {huge}: weights do not fit the metadata: model 'musicnn' with num_classes=4 and model_kwargs "
     ), err

@@ -77,9 +77,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import learning_checks as L
 import pytest
 import yaml
+
+import audiocnn.testing.learning_checks as L
 
 BARS: dict[str, dict[tuple[str, str], float]] = {
     "musicnn": {
@@ -175,5 +176,5 @@ def test_model_learns_timbre(learning_data, model, task):
 def test_every_registered_model_has_a_learning_check():
     from audiocnn.models import get_model_class, list_models
 
-    zoo = [n for n in list_models() if get_model_class(n).__module__.startswith("audiocnn.")]
+    zoo = [n for n in list_models() if get_model_class(n).__module__.startswith("audiocnn.models.")]
     assert sorted(zoo) == sorted(L.MODEL_KWARGS)

@@ -80,7 +80,7 @@ PINNED_PARAMS: dict[str, tuple] = {
 
 # The zoo: models registered by audiocnn's own modules (other test files register
 # throw-away models in the same registry; those are not part of it).
-MODELS = [n for n in list_models() if get_model_class(n).__module__.startswith("audiocnn.")]
+MODELS = [n for n in list_models() if get_model_class(n).__module__.startswith("audiocnn.models.")]
 TASKS = ("single-label", "multi-label")
 NUM_CLASSES = 7
 BATCH = 2

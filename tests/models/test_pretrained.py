@@ -35,7 +35,7 @@ NAMES = list(MUSICNN_MODELS)
 
 def reference_dir() -> Path:
     env = os.environ.get("AUDIOCNN_MUSICNN_REFERENCE")
-    return Path(env) if env else Path(__file__).resolve().parent / "data" / "musicnn"
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "data" / "musicnn"
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,12 @@ import os
 import socket
 from pathlib import Path
 
-import learning_checks as L
 import numpy as np
 import pytest
 import torch
-from conftest import synth_tone, write_audio
 from safetensors.torch import load_file
-from train_helpers import SR, make_dataset, write_config
 
+import audiocnn.testing.learning_checks as L
 from audiocnn.audio import load_audio
 from audiocnn.cli.main import run
 from audiocnn.models import create_model
@@ -30,6 +28,9 @@ from audiocnn.models.attention import attention_rollout
 from audiocnn.models.checkpoint import load_checkpoint, model_metadata, save_checkpoint
 from audiocnn.models.harmonic import harmonic_centres
 from audiocnn.tagging.song import window_starts
+from audiocnn.testing.audio import synth_tone, write_audio
+from audiocnn.testing.models import SR
+from audiocnn.testing.training import make_dataset, write_config
 
 NEW = ("crnn", "harmonic-cnn", "cnnsa")
 
@@ -219,7 +220,8 @@ def test_ddp_reduces_every_gradient(tmp_path):
     """Two gloo processes, different data: DDP without find_unused_parameters averages every
     parameter's gradient (equal on both ranks, the GRU's and the attention's included)."""
     import torch.multiprocessing as mp  # deferred: this test only
-    from ddp_grad_worker import reduce_gradients  # deferred: as above
+
+    from tests.models.ddp_grad_worker import reduce_gradients  # deferred: as above
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

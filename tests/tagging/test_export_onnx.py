@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import synth_tone, write_audio
-from tag_fixtures import SR, make_checkpoint
 
 from audiocnn.audio import load_audio
 from audiocnn.cli.main import run
 from audiocnn.models.checkpoint import model_metadata, save_checkpoint
 from audiocnn.models.registry import create_model
+from audiocnn.testing.audio import synth_tone, write_audio
+from audiocnn.testing.models import SR, make_checkpoint
 
 torch.set_num_threads(1)
 
@@ -28,7 +28,7 @@ from audiocnn.tagging import Tagger  # noqa: E402
 from audiocnn.tagging import export as export_mod  # noqa: E402
 from audiocnn.tagging.stream import tag_stream  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "chorale.flac"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "chorale.flac"
 
 
 def _export(capsys, *args: str) -> tuple[int, str, str]:

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import synth_tone, write_audio
-from tag_fixtures import SR, make_checkpoint
 
 from audiocnn.devices import resolve_device
 from audiocnn.errors import AudioDecodeError, CheckpointError, DeviceError, ModelError, UsageError
 from audiocnn.features.frontends import MelConfig
 from audiocnn.pretrained import resolve_model
 from audiocnn.tagging import Tagger, TagOptions, expand_audio_paths, tag_command
+from audiocnn.testing.audio import synth_tone, write_audio
+from audiocnn.testing.models import SR, make_checkpoint
 
 torch.set_num_threads(1)
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from train_helpers import train_both_tasks
 
 from audiocnn.cli.main import run
 from audiocnn.datasets.manifest import read_manifest
 from audiocnn.evaluation import evaluate
 from audiocnn.tagging import TagOptions
+from audiocnn.testing.training import train_both_tasks
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

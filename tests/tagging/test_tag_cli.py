@@ -7,18 +7,17 @@ import io
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import synth_tone, write_audio
-from tag_fixtures import SR, make_checkpoint
 
 from audiocnn.cli.main import run
 from audiocnn.tagging import Tagger
+from audiocnn.testing.audio import synth_tone, write_audio
+from audiocnn.testing.models import SR, make_checkpoint
+from audiocnn.testing.processes import run_limited
 
 torch.set_num_threads(1)
 
@@ -218,10 +217,8 @@ def test_fifo_and_device_are_said_to_be_no_regular_files(capsys, ckpt, music, tm
 
 
 _LIMITED = """
-import json, resource, sys
-resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
-sys.path.insert(0, {tests!r})
-import tag_fixtures
+import json, sys
+import audiocnn.testing.models
 from audiocnn.cli.main import run
 for args in json.loads(sys.argv[1]):
     print(run(args), flush=True)
@@ -238,8 +235,7 @@ def test_sizes_that_would_eat_the_machine_are_refused(ckpt, tmp_path):
         "--chunks 1000000": "must be at most 256",  # ran for minutes
     }
     runs = [["tag", song, "-m", str(ckpt), *option.split()] for option in cases]
-    script = _LIMITED.format(tests=str(Path(__file__).resolve().parent))
-    proc = subprocess.run([sys.executable, "-c", script, json.dumps(runs)], capture_output=True, text=True, timeout=60)
+    proc = run_limited(_LIMITED, json.dumps(runs), memory_mb=2048, file_mb=None, timeout=60)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert proc.stdout.split() == ["2", "2", "2"] and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     for (option, limit), line in zip(cases.items(), errors, strict=True):
@@ -286,7 +282,7 @@ def test_unknown_model_name_is_one_line(capsys, music, tmp_path):
 
 def _reference_dir() -> Path:
     env = os.environ.get("AUDIOCNN_MUSICNN_REFERENCE")
-    return Path(env) if env else Path(__file__).resolve().parent / "data" / "musicnn"
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "data" / "musicnn"
 
 
 def _musicnn_ready() -> str | None:
@@ -346,7 +342,7 @@ def test_musicnn_mtt_reproduces_the_reference_taggram(capsys, musicnn_data_dir):
 def test_shipped_example_gives_the_first_reference_patches(capsys, musicnn_data_dir, tmp_path):
     """examples/chorale.flac is the first 15 s of the piece: its five windows are the
     reference's first five patches."""
-    example = Path(__file__).resolve().parents[1] / "examples" / "chorale.flac"
+    example = Path(__file__).resolve().parents[2] / "examples" / "chorale.flac"
     ref = np.load(_reference_dir() / "chorale.MTT_musicnn.npz")
     code = run(
         [

@@ -17,34 +17,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import synth_tone, write_audio
-from tag_fixtures import SR, ProbeMel, make_checkpoint
 
 import audiocnn.tagging.command as command
 from audiocnn.cli.main import run
 from audiocnn.errors import UsageError
 from audiocnn.fileio import held_lock
-from audiocnn.models.registry import register_model
 from audiocnn.tagging import Tagger
 from audiocnn.tagging.results import ResultsFile
 from audiocnn.tagging.song import StreamStats
 from audiocnn.tagging.stream import tag_stream
+from audiocnn.testing.audio import synth_tone, write_audio
+from audiocnn.testing.models import SLOW_ENV, SR, make_checkpoint
 
 torch.set_num_threads(1)
 
-TESTS = Path(__file__).resolve().parent
 LABELS = ["rock", "jazz", "piano", "vocal"]
-SLOW_ENV = "AUDIOCNN_TEST_SLOW_WINDOW_S"
-
-
-@register_model("test-slow-mel")
-class SlowMel(ProbeMel):
-    """ProbeMel that sleeps per batch when $AUDIOCNN_TEST_SLOW_WINDOW_S is set, so that a
-    run can be killed part-way; without it, the same scores as fast as ProbeMel."""
-
-    def forward_features(self, feats: torch.Tensor) -> torch.Tensor:
-        time.sleep(float(os.environ.get(SLOW_ENV, "0")))
-        return super().forward_features(feats)
 
 
 @pytest.fixture(scope="module")
@@ -165,10 +152,7 @@ def test_usage_errors_before_the_model_loads(capsys, ckpt, library, tmp_path):
 
 
 def _slow_run(args: list[str], slow_s: float) -> subprocess.Popen:
-    code = (
-        f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_tag_library; "
-        "from audiocnn.cli.main import run; sys.exit(run(sys.argv[1:]))"
-    )
+    code = "import sys; import audiocnn.testing.models; from audiocnn.cli.main import run; sys.exit(run(sys.argv[1:]))"
     env = {**os.environ, SLOW_ENV: str(slow_s), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, "-c", code, "tag", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_helpers import SR, make_dataset, write_config
 
 from audiocnn.cli.main import run
 from audiocnn.errors import ConfigError
 from audiocnn.features.frontends import WaveformConfig
 from audiocnn.features.store import StoreDataset
+from audiocnn.testing.models import SR
+from audiocnn.testing.training import make_dataset, write_config
 from audiocnn.training.augment import BatchAugment, WorkerAugment, pitch_shift, time_stretch
 from audiocnn.training.callbacks import metrics_rows
 from audiocnn.training.config import config_from_mapping

@@ -12,7 +12,7 @@ from audiocnn.configio import apply_overrides, valid_keys
 from audiocnn.errors import ConfigError
 from audiocnn.training.config import TrainConfig, config_from_mapping, load_config, save_config
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SHIPPED = [
     "gtzan-samplecnn",
     "gtzan-musicnn",

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from train_helpers import make_dataset, write_config
 
 from audiocnn.cli.main import run
 from audiocnn.models.checkpoint import load_checkpoint
-
-HERE = Path(__file__).resolve().parent
+from audiocnn.testing.processes import child_env
+from audiocnn.testing.training import make_dataset, write_config
 
 
 @pytest.mark.slow
@@ -31,11 +28,7 @@ def test_two_process_gloo_training_matches_layout_and_gathers_every_clip_once(tm
     assert run(["--data-dir", str(data), "train", str(cfg), "--run-dir", str(single), "--device", "cpu"]) == 0
 
     ddp = tmp_path / "ddp"
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    }
+    env = child_env(OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [
             sys.executable,
@@ -44,7 +37,8 @@ def test_two_process_gloo_training_matches_layout_and_gathers_every_clip_once(tm
             "--standalone",
             "--nproc_per_node",
             "2",
-            str(HERE / "train_helpers.py"),
+            "-m",
+            "audiocnn.testing.training",
             "--data-dir",
             str(data),
             "train",

@@ -8,8 +8,6 @@ import json
 
 import numpy as np
 import pytest
-from tag_fixtures import make_checkpoint
-from train_helpers import train_both_tasks
 
 from audiocnn.cli.main import run
 from audiocnn.datasets.manifest import read_manifest
@@ -17,6 +15,8 @@ from audiocnn.errors import CheckpointError
 from audiocnn.evaluation import evaluate
 from audiocnn.models.checkpoint import read_metadata, thresholds_of
 from audiocnn.tagging import TagOptions
+from audiocnn.testing.models import make_checkpoint
+from audiocnn.testing.training import train_both_tasks
 from audiocnn.training.metrics import best_f1_thresholds, compute_metrics, decision_metrics
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

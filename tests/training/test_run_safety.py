@@ -1,12 +1,12 @@
-"""Crash safety and concurrency: killed feature runs, two trainings on one run folder,
-failing writes (disk full, read-only), truncated training state."""
+"""Crash safety and concurrency of training runs: two trainings on one run folder, a disk
+that fills while saving, truncated or hostile training state, folders audiocnn did not
+write."""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,226 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import synth_tone, write_audio
-from train_helpers import make_dataset, write_config
 
 from audiocnn import fileio
 from audiocnn.cli.main import run
-from audiocnn.datasets.manifest import Clip, Manifest, write_manifest
-from audiocnn.errors import AudiocnnError, FeatureError
+from audiocnn.testing.commands import last_line
+from audiocnn.testing.faults import enospc_for
+from audiocnn.testing.processes import child_env, wait_for
+from audiocnn.testing.training import make_dataset, write_config
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _env() -> dict[str, str]:
-    path = os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")])
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-
-
-def _one_line_error(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("error: "), err
-    assert "Traceback" not in err, err
-    return lines[-1]
-
-
-# -- helpers: processes -----------------------------------------------------------------------
-
-
-def _proc_state(pid: int) -> str | None:
-    """State letter of ``pid`` (None when gone)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rfind(")") + 2 :].split()[0]
-
-
-def _alive(pid: int) -> bool:
-    return _proc_state(pid) not in (None, "Z", "X")
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                text = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(text[text.rfind(")") + 2 :].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
-def _wait_for(predicate, timeout: float, step: float = 0.05) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
-# -- 1. a killed `audiocnn features -j 2` --------------------------------------------------------
-
-
-def _slow_dataset(data: Path, n: int) -> Path:
-    """Many clips (all decoding the same 4 s stereo FLAC): a run that lasts seconds."""
-    root = data / "slow"
-    write_audio(root / "raw" / "song.flac", synth_tone(4.0, 44100, channels=2), 44100)
-    clips = [
-        Clip(
-            id=f"c{i:04d}",
-            path="song.flac",
-            duration=4.0,
-            sample_rate=44100,
-            labels=["x"],
-            split=("train", "valid", "test")[i % 3],
-        )
-        for i in range(n)
-    ]
-    write_manifest(
-        Manifest(name="slow", dataset="folder", task="single-label", labels=["x"], clips=clips, audio_root="raw"), root
-    )
-    return root
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
-def test_killed_feature_run_takes_its_workers_and_lock_with_it(tmp_path):
-    data = tmp_path / "data"
-    ds = _slow_dataset(data, 600)
-    cmd = [
-        sys.executable,
-        "-m",
-        "audiocnn",
-        "--data-dir",
-        str(data),
-        "features",
-        "slow",
-        "--kind",
-        "mel",
-        "-j",
-        "2",
-        "--no-progress",
-    ]
-    log = open(tmp_path / "first.log", "wb")  # a file, not a pipe: surviving workers would hold a pipe open
-    proc = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT)
-    workers: list[int] = []
-    try:
-        assert _wait_for(lambda: any((ds / "features").glob("mel-*/parts/*.json")), 60), "no chunk committed"
-        workers = _children(proc.pid)
-        assert len(workers) >= 2, workers
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        store = next((ds / "features").glob("mel-*"))
-        assert not (store / "complete.json").exists(), "the run finished before it was killed: make it slower"
-        assert _wait_for(lambda: not any(_alive(w) for w in workers), 5), "feature workers outlived their parent"
-    finally:
-        log.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for w in workers:
-            if _alive(w):
-                os.kill(w, signal.SIGKILL)
-
-    again = subprocess.run(cmd + ["--format", "json"], env=_env(), capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["clips"] == {"train": 200, "valid": 200, "test": 200}
-    assert not (store / "parts").exists() and not list(store.glob(".*tmp*"))
-
-
-def test_a_live_lock_holder_is_named_and_a_dead_one_taken_over(tmp_path):
-    """A lock whose flock is still held (here by a helper process) is busy while the PID
-    recorded in it lives, and is taken over once that PID is gone."""
-    lock = tmp_path / ".lock"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            (
-                "import fcntl, os, sys, time\n"
-                "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
-                "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-                "os.pwrite(fd, (sys.argv[2] + '\\n').encode(), 0)\n"
-                "print('locked', flush=True)\n"
-                "time.sleep(60)\n"
-            ),
-            str(lock),
-            "PID",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        os.pwrite(os.open(lock, os.O_RDWR), f"{holder.pid}\n".encode(), 0)
-
-        def busy(pid):
-            return AudiocnnError(f"busy {pid}")
-
-        with pytest.raises(AudiocnnError, match=f"busy {holder.pid}"):
-            fileio.acquire_lock(lock, busy)
-        # the recorded holder dies, but a process it forked keeps the flock: stale
-        dead = subprocess.Popen([sys.executable, "-c", "pass"])
-        dead.wait()
-        fd = os.open(lock, os.O_RDWR)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{dead.pid}\n".encode(), 0)
-        os.close(fd)
-        fd = fileio.acquire_lock(lock, busy)
-        try:
-            assert lock.read_text().split()[0] == str(os.getpid())
-        finally:
-            fileio.release_lock(fd)
-        assert not lock.exists()
-    finally:
-        holder.kill()
-        holder.wait()
-
-
-def test_forked_children_do_not_keep_a_lock_alive(tmp_path):
-    """A process holding a lock forks a child and dies without unlocking: the flock must
-    be free at once (the child closed its inherited copy), not only by stale takeover."""
-    import fcntl
-
-    lock = tmp_path / "train.lock"
-    script = (
-        "import os, sys, time\n"
-        "from audiocnn import fileio\n"
-        "fileio.acquire_lock(sys.argv[1], lambda pid: RuntimeError(pid))\n"
-        "child = os.fork()\n"
-        "if child == 0:\n"
-        "    null = os.open(os.devnull, os.O_RDWR)\n"
-        "    for k in (0, 1, 2): os.dup2(null, k)\n"
-        "    time.sleep(30); os._exit(0)\n"
-        "print(child, flush=True)\n"
-        "os._exit(0)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script, str(lock)], env=_env(), capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    child = int(out.stdout.split()[0])
-    try:
-        assert _alive(child)
-        fd = os.open(lock, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if the child held it
-        finally:
-            os.close(fd)
-    finally:
-        os.kill(child, signal.SIGKILL)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- training runs ------------------------------------------------------------------------------
@@ -272,7 +61,8 @@ def test_second_training_on_a_busy_run_folder_is_refused_at_once(data, tmp_path,
     first = subprocess.Popen(
         [
             sys.executable,
-            str(HERE / "train_helpers.py"),
+            "-m",
+            "audiocnn.testing.training",
             "--data-dir",
             str(data),
             "train",
@@ -282,17 +72,17 @@ def test_second_training_on_a_busy_run_folder_is_refused_at_once(data, tmp_path,
             "--device",
             "cpu",
         ],
-        env=_env(),
+        env=child_env(OMP_NUM_THREADS="1"),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
-        assert _wait_for(lambda: lock.is_file() and lock.read_text().strip() != "", 60), "no lock taken"
+        assert wait_for(lambda: lock.is_file() and lock.read_text().strip() != "", 60), "no lock taken"
         t0 = time.monotonic()
         code = cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu", "--set", "epochs=1")
         err = capsys.readouterr().err
         assert code == 1 and time.monotonic() - t0 < 5
-        line = _one_line_error(err)
+        line = last_line(err)
         assert f"another `audiocnn train` (PID {first.pid}) is using this run folder" in line, line
         assert str(rd) in line and "--run-dir" in line
         assert first.poll() is None, "the first run must be unharmed"
@@ -312,29 +102,13 @@ def test_second_training_on_a_busy_run_folder_is_refused_at_once(data, tmp_path,
 # -- 3. failing writes ---------------------------------------------------------------------------
 
 
-def _enospc_for(monkeypatch, name: str, after: int = 0) -> list[str]:
-    """os.replace onto a file called ``name`` fails with ENOSPC after ``after`` successes."""
-    real = os.replace
-    seen: list[str] = []
-
-    def replace(src, dst, *a, **kw):
-        if Path(dst).name == name:
-            seen.append(str(dst))
-            if len(seen) > after:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(src, dst, *a, **kw)
-
-    monkeypatch.setattr(os, "replace", replace)
-    return seen
-
-
 def test_disk_full_while_saving_training_state(data, tmp_path, monkeypatch, capsys):
     cfg = write_config(tmp_path / "c.yaml", dataset="tones", model="test-tiny-mel", epochs=3)
     rd = tmp_path / "run"
     with monkeypatch.context() as m:
-        _enospc_for(m, "last.pt", after=1)  # epoch 1 is saved, epoch 2 hits a full disk
+        enospc_for(m, "last.pt", after=1)  # epoch 1 is saved, epoch 2 hits a full disk
         assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu") == 1
-    line = _one_line_error(capsys.readouterr().err)
+    line = last_line(capsys.readouterr().err)
     assert f"{rd / 'last.pt'}: cannot write (No space left on device)" in line
     assert "--resume" in line and "epoch 2" in line
     assert not [p.name for p in rd.iterdir() if p.name.startswith(".") or ".tmp" in p.name]
@@ -342,26 +116,6 @@ def test_disk_full_while_saving_training_state(data, tmp_path, monkeypatch, caps
     assert not (rd / "train.lock").exists()
     assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu", "--resume") == 0
     assert [r["epoch"] for r in _rows(rd / "metrics.csv")] == ["1", "2", "3"]
-
-
-@pytest.mark.parametrize("fail", ["replace", "fsync", "write"])
-def test_atomic_write_removes_its_temp_file_and_keeps_the_old_one(tmp_path, monkeypatch, fail):
-    target = tmp_path / "out" / "metrics.json"
-    fileio.atomic_write_bytes(target, b"old")
-    enospc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    if fail == "replace":
-        monkeypatch.setattr(os, "replace", lambda *a, **k: (_ for _ in ()).throw(enospc))
-    elif fail == "fsync":
-        monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(enospc))
-    else:
-        real_fdopen = os.fdopen
-        monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: _FullFile(real_fdopen(fd, *a, **k)))
-    with pytest.raises(fileio.FileWriteError) as err:
-        fileio.atomic_write_bytes(target, b"new" * 1000)
-    monkeypatch.undo()
-    assert str(err.value) == f"{target}: cannot write (No space left on device); the previous file is unchanged"
-    assert sorted(p.name for p in target.parent.iterdir()) == ["metrics.json"]
-    assert target.read_bytes() == b"old"
 
 
 def test_a_plot_that_cannot_be_written_leaves_no_temp_file(tmp_path, monkeypatch):
@@ -378,100 +132,6 @@ def test_a_plot_that_cannot_be_written_leaves_no_temp_file(tmp_path, monkeypatch
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["per_tag_roc_auc.png"]
     assert target.read_bytes() == before
-
-
-class _FullFile:
-    """A writable file on a full disk: every write fails with ENOSPC."""
-
-    def __init__(self, fh) -> None:
-        self.fh = fh
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.fh.close()
-
-    def write(self, data):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def __getattr__(self, name):
-        return getattr(self.fh, name)
-
-
-def test_read_only_or_uncreatable_folders(tmp_path, monkeypatch):
-    from audiocnn.training.config import TrainConfig, save_config
-    from audiocnn.training.state import save_state
-
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    with pytest.raises(fileio.FileWriteError, match=r"file/run/config.yaml: cannot create its folder"):
-        save_config(TrainConfig(dataset="d", model="m"), blocker / "run" / "config.yaml")
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    (ro / "last.pt").write_bytes(b"previous")
-    real_open = os.open
-
-    def read_only(path, flags, *a, **kw):  # root ignores chmod: simulate EROFS
-        if Path(path).parent == ro and flags & (os.O_WRONLY | os.O_RDWR):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-        return real_open(path, flags, *a, **kw)
-
-    monkeypatch.setattr(os, "open", read_only)
-    with pytest.raises(
-        fileio.FileWriteError,
-        match=r"ro/config.yaml: cannot write \(Read-only file system\); "
-        "nothing was written",
-    ):
-        save_config(TrainConfig(dataset="d", model="m"), ro / "config.yaml")
-    from audiocnn.errors import CheckpointError
-
-    with pytest.raises(CheckpointError, match=r"ro/last.pt: cannot write \(Read-only file system\)"):
-        save_state(ro / "last.pt", {"epoch": 3})
-    monkeypatch.undo()
-    assert sorted(p.name for p in ro.iterdir()) == ["last.pt"] and (ro / "last.pt").read_bytes() == b"previous"
-
-
-def test_feature_store_write_failure_is_one_line_and_leaves_no_temp_files(data_dir, monkeypatch, capsys):
-    _slow_dataset(data_dir, 6)
-    with monkeypatch.context() as m:
-        seen = _enospc_for(m, "complete.json")
-        assert run(["features", "slow", "--kind", "waveform", "-j", "1", "--no-progress"]) == 1
-    line = _one_line_error(capsys.readouterr().err)
-    assert seen and "complete.json: cannot write (No space left on device)" in line
-    assert "audiocnn features slow --kind waveform" in line
-    store = next((data_dir / "slow" / "features").glob("waveform-*"))
-    assert not [p for p in store.rglob("*") if ".tmp" in p.name]
-    assert run(["features", "slow", "--kind", "waveform", "-j", "1", "--no-progress"]) == 0
-    assert (store / "complete.json").is_file()
-
-
-def test_chunk_temp_file_is_removed_when_the_disk_fills(data_dir, monkeypatch):
-    from audiocnn.features.frontends import WaveformConfig
-    from audiocnn.features.store import chunks as store_mod
-    from audiocnn.training.data import open_dataset_store
-
-    ds = _slow_dataset(data_dir, 3)
-    real = store_mod._write
-    calls: list[int] = []
-    monkeypatch.setattr(store_mod, "_write", lambda fh, arr: real(_Failing(fh, calls), arr))
-    with pytest.raises(FeatureError, match="No space left on device"):
-        open_dataset_store(ds, WaveformConfig(), jobs=1, progress=False)
-    store = next((ds / "features").glob("waveform-*"))
-    assert not [p for p in store.rglob("*") if ".tmp" in p.name]
-
-
-class _Failing:
-    """A file object whose third write fails with ENOSPC."""
-
-    def __init__(self, fh, calls: list) -> None:
-        self.fh, self.calls, self.name = fh, calls, fh.name
-
-    def write(self, b):
-        self.calls.append(1)
-        if len(self.calls) > 2:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return self.fh.write(b)
 
 
 # -- 4. unreadable last.pt ------------------------------------------------------------------------
@@ -505,11 +165,11 @@ def test_empty_last_pt_without_a_good_previous_state(data, tmp_path, capsys, pre
         (rd / "last.prev.pt").write_bytes(b"")
     capsys.readouterr()
     assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu", "--resume") == 1
-    line = _one_line_error(capsys.readouterr().err)
+    line = last_line(capsys.readouterr().err)
     assert f"{rd / 'last.pt'}: unreadable training state (empty file)" in line
     assert f"`audiocnn train {cfg} --run-dir {rd} --restart`" in line and "fresh --run-dir" in line
     assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu") == 2
-    line = _one_line_error(capsys.readouterr().err)
+    line = last_line(capsys.readouterr().err)
     assert "already holds a run" in line and "--restart" in line
     assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu", "--restart", "--set", "epochs=2") == 0
     assert [r["epoch"] for r in _rows(rd / "metrics.csv")] == ["1", "2"] and _epoch(rd / "last.pt") == 2
@@ -550,7 +210,7 @@ def test_a_state_that_would_run_code_is_refused_and_never_replaced(data, tmp_pat
         assert (
             cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu", "--resume", "--set", "epochs=3") == 1
         )
-        line = _one_line_error(capsys.readouterr().err)
+        line = last_line(capsys.readouterr().err)
         assert line.startswith(f"error: {rd / broken}: refused: this training state would run code when loaded ("), line
         assert f"`audiocnn train {cfg} --run-dir {rd} --restart`" in line
         assert not marker.exists()
@@ -598,7 +258,7 @@ def test_a_folder_audiocnn_did_not_write_is_never_written_or_cleared(data, tmp_p
     for extra in ([], ["--restart"], ["--resume"]):
         capsys.readouterr()
         assert cli(data, "train", str(cfg), "--run-dir", str(mine), "--device", "cpu", *extra) == 2
-        assert _one_line_error(capsys.readouterr().err) == (
+        assert last_line(capsys.readouterr().err) == (
             f"error: {mine} is not an audiocnn run folder (no audiocnn-run.json) and not empty (best.safetensors, "
             "config.yaml, curves.png, ...); audiocnn writes into, restarts and deletes from no other folder "
             "(pass a new or empty --run-dir)"
@@ -617,7 +277,7 @@ def test_a_folder_audiocnn_did_not_write_is_never_written_or_cleared(data, tmp_p
 
     (rd / "audiocnn-run.json").unlink()  # a run folder written before the marker is still one
     assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu") == 2
-    assert "already holds a run" in _one_line_error(capsys.readouterr().err)
+    assert "already holds a run" in last_line(capsys.readouterr().err)
     assert cli(data, "train", str(cfg), "--run-dir", str(rd), "--device", "cpu", "--resume", "--set", "epochs=2") == 0
     assert (rd / "audiocnn-run.json").is_file() and _epoch(rd / "last.pt") == 2
 
@@ -625,4 +285,4 @@ def test_a_folder_audiocnn_did_not_write_is_never_written_or_cleared(data, tmp_p
 def test_restart_and_resume_together_is_a_usage_error(data, tmp_path, capsys):
     cfg = write_config(tmp_path / "c.yaml", dataset="tones", model="test-tiny-mel", epochs=1)
     assert cli(data, "train", str(cfg), "--run-dir", str(tmp_path / "r"), "--resume", "--restart") == 2
-    assert "--resume and --restart" in _one_line_error(capsys.readouterr().err)
+    assert "--resume and --restart" in last_line(capsys.readouterr().err)

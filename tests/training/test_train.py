@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_helpers import TinyMel, last_line, make_dataset, run_limited, write_config
 
 from audiocnn.cli.main import run
 from audiocnn.datasets.manifest import read_manifest
 from audiocnn.models.checkpoint import load_checkpoint, read_metadata
+from audiocnn.testing.commands import last_line, run_commands
+from audiocnn.testing.models import TinyMel
+from audiocnn.testing.training import make_dataset, write_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -343,7 +345,7 @@ def test_sizes_that_only_pad_or_cannot_fit_are_refused(data, tmp_path, monkeypat
 
     cfg = write_config(tmp_path / "c.yaml", dataset="tones", model="test-tiny-mel", epochs=1)
     train = ["--data-dir", str(data), "train", str(cfg), "--device", "cpu", "--run-dir"]
-    (c1, e1), (c2, e2) = run_limited(
+    (c1, e1), (c2, e2) = run_commands(
         [*train, str(tmp_path / "r1"), "--set", "crop_frames=10000000"],
         [*train, str(tmp_path / "r2"), "--set", "eval_chunks=1000000"],
         timeout=90,

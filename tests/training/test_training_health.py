@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import make_dataset, write_config
 
 from audiocnn.cli.main import run
+from audiocnn.testing.training import make_dataset, write_config
 from audiocnn.training import health as H
 from audiocnn.training.state import load_state
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import make_dataset, write_config
 
 from audiocnn.cli.main import run
 from audiocnn.features.store import StoreDataset
 from audiocnn.models.checkpoint import load_checkpoint
+from audiocnn.testing.training import make_dataset, write_config
 from audiocnn.training.config import config_from_mapping
 from audiocnn.training.data import open_dataset_store
 from audiocnn.training.embeddings import EmbeddingDataset, HeadOnly, cache_key, compute_embeddings
