@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU checks for audiocnn, one call on a CUDA machine, under 8 minutes:
-#   1. the learning checks (tests/test_learning.py) on cuda under fp16 with a gradient
+#   1. the learning checks (tests/models/test_learning.py) on cuda under fp16 with a gradient
 #      scaler, bf16, bf16 + channels-last, and bf16 + torch.compile;
 #   2. the training-throughput benchmark (benchmarks/train.py, AMP rows included);
 #   3. the tagging benchmark (benchmarks/tag.py --quick) when musicnn's weights are there.
@@ -33,7 +33,7 @@ for variant in "amp=fp16" "amp=bf16" "amp=bf16 channels_last=true" "amp=bf16 com
   log "learning checks on cuda: $variant"
   start=$SECONDS
   AUDIOCNN_LEARNING_DEVICE=cuda AUDIOCNN_LEARNING_SET="$variant" \
-    timeout 100 "$PY" -m pytest -q -p no:cacheprovider tests/test_learning.py -k test_model_learns_timbre \
+    timeout 100 "$PY" -m pytest -q -p no:cacheprovider tests/models/test_learning.py -k test_model_learns_timbre \
     2>&1 | tee "$OUT/learning-${variant// /_}.log" | tail -3 | tee -a "$OUT/summary.txt"
   rc=${PIPESTATUS[0]}
   log "  exit $rc in $((SECONDS - start)) s"

@@ -1,8 +1,8 @@
 """Calibrate the learning checks: each model with true and with shuffled labels, several seeds.
 
-The bars in ``tests/test_learning.py`` must separate a model that learned from one that
+The bars in ``tests/models/test_learning.py`` must separate a model that learned from one that
 could not have: this script trains every registered model family (as the checks build
-it, ``tests/learning_checks.py``) on the checks' two datasets with the true labels and
+it, ``audiocnn/testing/learning_checks.py``) on the checks' two datasets with the true labels and
 with the labels shuffled across clips (seed s shuffles with s and trains with s), and
 prints the test-split range of each metric per model, task and labelling.
 
@@ -25,9 +25,7 @@ from pathlib import Path
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-import learning_checks as L  # noqa: E402
+import audiocnn.testing.learning_checks as L
 
 METRICS = {"single-label": ("accuracy", "roc_auc_macro"), "multi-label": ("roc_auc_macro", "f1_macro")}
 

@@ -53,11 +53,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from tag import bench_env, run_cli, source_audio  # benchmarks/tag.py: this script's folder is on sys.path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tag import bench_env, run_cli, source_audio  # noqa: E402
-
-from audiocnn.constants import DEFAULT_MODEL  # noqa: E402
+from audiocnn.constants import DEFAULT_MODEL
 
 FORMATS = [  # (suffix, soundfile format, subtype, sample rate, channels)
     ("wav", "WAV", "PCM_16", 44100, 2),

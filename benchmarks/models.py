@@ -33,10 +33,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from audiocnn.models import create_model, get_model_class, list_models  # noqa: E402
-from audiocnn.models.base import count_parameters  # noqa: E402
+from audiocnn.models import create_model, get_model_class, list_models
+from audiocnn.models.base import count_parameters
 
 PRECISIONS = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "bf16", "fp16")}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -6,7 +6,7 @@
 What a new user does after README's two commands, from a fresh working folder with a
 fresh data folder (the default ``./data``) and a fresh model cache
 (``AUDIOCNN_CACHE_DIR``, so musicnn's weights import once, as on a new machine): their
-own folder of 24 clips (three synthetic instruments of ``tests/learning_data.py``, 4 s at
+own folder of 24 clips (three synthetic instruments of ``audiocnn/testing/learning_data.py``, 4 s at
 16 kHz, 12 train / 6 valid / 6 test, ``labels.csv`` beside the audio), the recommended
 recipe (transfer from musicnn-msd, frozen, cached embeddings) trained briefly, evaluate,
 tag one clip, a library run (twice: the second has nothing left to tag and loads no
@@ -27,10 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+from audiocnn.testing import learning_data
 
-import learning_data  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 COUNTS = {"train": 12, "valid": 6, "test": 6}
 SOURCES = ("pluck", "reed", "bowed")

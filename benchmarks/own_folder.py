@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/own_folder.py --rows transfer --seeds 0 1 2
     .venv/bin/python benchmarks/own_folder.py --task multi-label --rows transfer transfer-uncached
 
-Writes the learning checks' synthetic instruments (``tests/learning_data.py``: six
+Writes the learning checks' synthetic instruments (``audiocnn/testing/learning_data.py``: six
 timbres, pitch, loudness and noise randomised per clip) as a folder of audio files plus
 ``labels.csv`` (default 64 train / 16 valid / 20 test clips of 8 s at 16 kHz), runs
 ``audiocnn prepare folder`` on it, then for each recipe and seed runs the commands a user
@@ -32,10 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+from audiocnn.testing import learning_data
 
-import learning_data  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 DATASET = "own-folder"
 AUGMENT_OFF = [

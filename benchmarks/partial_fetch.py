@@ -9,17 +9,14 @@ Nothing leaves 127.0.0.1. Byte counts are exact and machine-independent; times a
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from dataset_fixtures import FixtureServer, fma_fixture, patch_remotes  # noqa: E402
-
-from audiocnn.datasets import prepare_dataset  # noqa: E402
+from audiocnn.datasets import prepare_dataset
+from audiocnn.testing.datasets import fma_fixture, patch_remotes
+from audiocnn.testing.server import FixtureServer
 
 
 def main() -> None:

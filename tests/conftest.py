@@ -1,4 +1,6 @@
-"""Shared fixtures: synthetic audio written in several formats. No test touches the network."""
+"""Fixtures for the whole suite, and its network guard: no test touches an address but
+127.0.0.1. Each folder's own fixtures live in its conftest.py (tests/datasets/conftest.py:
+the HTTP server); helpers that are not fixtures live in :mod:`audiocnn.testing`."""
 
 from __future__ import annotations
 
@@ -6,32 +8,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 
-
-def synth_tone(
-    seconds: float = 2.0,
-    sample_rate: int = 22050,
-    freqs: tuple[float, ...] = (220.0, 330.0, 440.0),
-    channels: int = 1,
-    seed: int = 0,
-) -> np.ndarray:
-    """A deterministic chord plus a little noise, shape (frames,) or (frames, channels)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sample_rate)) / sample_rate
-    y = sum(np.sin(2 * np.pi * f * t + i) for i, f in enumerate(freqs)) / (len(freqs) * 2)
-    y = y + 0.01 * rng.standard_normal(t.shape)
-    if channels == 1:
-        return y.astype(np.float32)
-    return np.stack([y * (0.5 + 0.5 * c / channels) for c in range(channels)], axis=1).astype(np.float32)
-
-
-def write_audio(path: Path, y: np.ndarray, sample_rate: int, **kw) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), y, sample_rate, **kw)
-    return path
+from audiocnn.testing.audio import synth_tone, write_audio
 
 
 @pytest.fixture(scope="session")

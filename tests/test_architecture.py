@@ -10,6 +10,8 @@ Layers, bottom to top (README, "Architecture"):
     4 training | tagging
     5 evaluation (tag's prediction path + training's metrics) | pipeline (prepare -> extract)
     6 cli
+    7 testing     helpers for tests and benchmarks (audiocnn.testing): may import anything,
+                  nothing else in audiocnn imports it
 
 A module may import from its own layer group and from any lower layer, never from a
 higher one nor from a sibling group of its layer (datasets <-> models, training <->
@@ -49,6 +51,7 @@ LAYERS = [
     ("audiocnn.pipeline", 5, "pipeline"),
     ("audiocnn.cli", 6, "cli"),
     ("audiocnn.__main__", 6, "cli"),
+    ("audiocnn.testing", 7, "testing"),
 ]
 CORE = {
     "audiocnn.zoo",

@@ -16,7 +16,7 @@ the commands of its part in the order the docs show them, in-process
 (`audiocnn.cli.main.run`). The sandbox's working folder links `configs/` and `examples/`
 from the repository and holds the files the commands name (`song.mp3`, `my_music/`,
 `labels.csv`, `new-clip.wav`); its HOME holds `~/Downloads/genres.tar.gz` (the GTZAN-layout
-fixture archive of tests/dataset_fixtures.py), `~/music`, `~/clips` and `~/Music` (short
+fixture archive of audiocnn/testing/datasets.py), `~/music`, `~/clips` and `~/Music` (short
 synthetic audio); every sandbox shares the session's model cache (`AUDIOCNN_CACHE_DIR`, set
 in tests/conftest.py), so musicnn's models are imported once per session. A command is
 changed in these ways only (`_argv`): `~` is expanded; a run folder named by its time (`runs/NAME-<timestamp>`,
@@ -40,10 +40,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import synth_tone, write_audio
-from dataset_fixtures import gtzan_fixture, mtat_fixture, no_slow_retries, patch_remotes
 
 from audiocnn.cli.main import run
+from audiocnn.testing.audio import synth_tone, write_audio
+from audiocnn.testing.datasets import gtzan_fixture, mtat_fixture, no_slow_retries, patch_remotes
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_MUSICNN = importlib.util.find_spec("musicnn") is None
@@ -232,9 +232,9 @@ WALKS: dict[str, list[str]] = {
 
 # Shown commands another test runs as they are (its source holds the argv, checked below).
 RUN_ELSEWHERE = {
-    "audiocnn models": ("test_models.py", "test_cli_models_table_and_bad_format", 'run(["models"])'),
+    "audiocnn models": ("models/test_models.py", "test_cli_models_table_and_bad_format", 'run(["models"])'),
     "audiocnn export musicnn-mtt --format onnx --output musicnn-mtt.onnx": (
-        "test_export_onnx.py",
+        "tagging/test_export_onnx.py",
         "test_musicnn_mtt_in_onnxruntime_matches_tag",
         '"export", "musicnn-mtt", "--format", "onnx", "-o", str(out)',
     ),
@@ -310,7 +310,7 @@ def test_walk_mtat(box, capsys, monkeypatch) -> None:
 def test_walk_own_folder(box, capsys) -> None:
     """Your own folder: sub-folder labels, a labels CSV, both recipes, evaluate, tag; and
     the small-folder experiment of training.md (fewer, shorter clips)."""
-    from learning_data import write_folder
+    from audiocnn.testing.learning_data import write_folder
 
     rels = _labelled_folder(box.home / "music")
     (box.cwd / "labels.csv").write_text(
@@ -504,9 +504,9 @@ def test_links_point_at_files_and_headings_that_exist(doc: str) -> None:
 
 @pytest.mark.parametrize("doc", DOCS)
 def test_every_test_the_docs_name_exists(doc: str) -> None:
-    """A guarantee is only as good as its test: each `file.py::name` the docs cite is a test
-    function of that file (parametrised ids allowed)."""
-    for file, name in re.findall(r"`?(test_\w+\.py)::(\w+)", _text(doc)):
+    """A guarantee is only as good as its test: each `folder/file.py::name` the docs cite
+    (a path under tests/) is a test function of that file (parametrised ids allowed)."""
+    for file, name in re.findall(r"`?((?:\w+/)*test_\w+\.py)::(\w+)", _text(doc)):
         path = ROOT / "tests" / file
         assert path.is_file(), f"{doc} cites {file}, which does not exist"
         assert re.search(rf"^def {name}\(", path.read_text(encoding="utf-8"), flags=re.M), (
