@@ -39,8 +39,9 @@ def run(argv: Optional[list[str]] = None) -> int:
     except AudiocnnError as exc:
         if common.state.verbose:
             traceback.print_exc()
-        # one line whatever the message holds (a file name with a newline, say)
-        print(f"error: {common.printable(exc)}", file=sys.stderr)
+        # one line whatever the message holds (a file name with a newline, say); a next
+        # call it quotes as the command that does it
+        print(f"error: {common.printable(common.commands_in(str(exc)))}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:
         return 0
