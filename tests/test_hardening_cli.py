@@ -283,6 +283,30 @@ def pretrained(tmp_path) -> Path:
     return data
 
 
+def test_evaluate_of_a_run_folder_without_a_model_says_train_first(tmp_path, capsys):
+    """The library names the next call (``train('CONFIG', run_dir=...)``); the CLI shows the command."""
+    run_dir = tmp_path / "my run"
+    run_dir.mkdir()
+    assert run(["evaluate", str(run_dir), "--device", "cpu", "--no-plots"]) == 1
+    line = _one_line_error(capsys.readouterr().err)
+    assert line == (
+        f"error: {run_dir}: run folder without best.safetensors "
+        f"(train first: `audiocnn train CONFIG --run-dir '{run_dir}'`)"
+    )
+    assert_hints_are_real(line, capsys)
+
+
+def test_the_flags_of_next_calls_are_real_options(capsys):
+    """Each flag cli/ writes for a library argument of a suggested command is an option of it."""
+    from audiocnn.cli.common import COMMAND_FLAGS
+
+    for command, names in COMMAND_FLAGS.items():
+        assert run([command, "--help"]) == 0
+        help_text = capsys.readouterr().out
+        for flag in names.values():
+            assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text), f"{command} has no option {flag}"
+
+
 def test_evaluate_accepts_pretrained_names(pretrained, capsys):
     assert run(["--data-dir", str(pretrained), "evaluate", "musicnn-mtt", "--device", "cpu", "--no-plots"]) == 2
     line = _one_line_error(capsys.readouterr().err)

@@ -74,7 +74,7 @@ class GTZAN(RemoteDataset):
         "since 2022. genres.tar.gz is usually found on Hugging Face (dataset marsyas/gtzan, "
         'file data/genres.tar.gz) or Kaggle ("GTZAN Dataset - Music Genre Classification", '
         "the genres_original/*.wav variant); download it by hand and pass the file or its "
-        "folder with --source"
+        "folder with `source`"
     )
     # jazz.00054.wav in the genres_original repackaging cannot be decoded (widely reported
     # by Kaggle users of "GTZAN Dataset - Music Genre Classification").
@@ -93,7 +93,8 @@ class GTZAN(RemoteDataset):
             raise DatasetError(
                 f"{base}: no GTZAN layout found (expected genres/<genre>/<genre>.000NN.au "
                 "or genres_original/<genre>/<genre>.000NN.wav)",
-                hint="pass the original genres.tar.gz with --source",
+                hint="pass the original genres.tar.gz with `source`",
+                arguments=("source",),
             )
         clips: dict[str, tuple[str, str]] = {}  # id -> (path relative to base, genre)
         for genre_dir in sorted(p for p in layout.iterdir() if p.is_dir()):

@@ -12,7 +12,7 @@ from typing import Any
 
 from audiocnn.datasets.manifest import MANIFEST_NAME, manifest_path, read_manifest, read_manifest_header
 from audiocnn.datasets.registry import get_dataset, list_datasets
-from audiocnn.errors import DatasetError
+from audiocnn.errors import DatasetError, next_call
 from audiocnn.progress import human_size
 
 
@@ -21,9 +21,9 @@ def prepared_dataset_dir(data_dir: str | os.PathLike, name: str) -> Path:
     if not manifest_path(d).is_file():
         known = ", ".join(prepared_datasets(data_dir)) or "none"
         hint = (
-            f"run `audiocnn prepare {name}`"
+            f"run `{next_call('prepare', name)}`"
             if name in list_datasets()
-            else "run `audiocnn prepare folder --source DIR --name NAME`"
+            else f"run `{next_call('prepare', 'folder', source='DIR', dataset_name='NAME')}`"
         )
         raise DatasetError(f"{d}: {name} is not prepared under {data_dir} (prepared: {known})", hint=hint)
     return d
