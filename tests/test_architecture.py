@@ -53,6 +53,7 @@ LAYERS = [
     ("audiocnn.__main__", 6, "cli"),
 ]
 CORE = {
+    "audiocnn.zoo",
     "audiocnn",
     "audiocnn.errors",
     "audiocnn.fileio",

@@ -40,7 +40,7 @@ from audiocnn.datasets.spec import DatasetSpec
 from audiocnn.datasets.splits import stratified_split
 from audiocnn.errors import DownloadError, UsageError
 
-INFO_KEYS = {"name", "task", "labels", "splits", "excluded"}
+INFO_KEYS = {"name", "task", "labels", "splits", "label_counts", "excluded"}
 
 
 @pytest.fixture(autouse=True)
@@ -156,7 +156,8 @@ def test_gtzan_dead_host_says_where_to_get_it(http_server, data_dir, monkeypatch
     # the CLI says it in flags, the hint as the whole command
     code, _out, err = run_cli(capsys, "--data-dir", str(data_dir), "prepare", "gtzan")
     line = err.strip().splitlines()[-1]
-    assert code == 1 and "Hugging Face" in line and "offline since 2022" in line and "folder with --source" in line
+    assert code == 1 and "Hugging Face" in line and "folder with --source" in line
+    assert "offline since 2022 (--source http://opihi.cs.uvic.ca/sound)" in line
     assert line.endswith("(`audiocnn prepare gtzan --source /path/to/genres.tar.gz`)")
 
 

@@ -186,6 +186,12 @@ def commands_in(text: str) -> str:
     return _CALL.sub(command, text)
 
 
+def cli_words(exc: AudiocnnError) -> str:
+    """The one line of an error as the CLI prints it: next calls as commands and, where no
+    :func:`flags` block has shown them already, its arguments as their ``--`` flags."""
+    return in_flags(commands_in(str(exc)), exc.arguments, {})
+
+
 @contextlib.contextmanager
 def flags(**names: str) -> Iterator[None]:
     """Inside, a library error (:class:`UsageError`, or any :class:`AudiocnnError` that

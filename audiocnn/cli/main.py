@@ -10,7 +10,7 @@ import typer
 
 # each module adds its commands to ``app``; the order here is the order in --help
 from audiocnn.cli import common, data, evaluate, export, features, models, tag, train  # noqa: F401
-from audiocnn.cli.app import app
+from audiocnn.cli.app import app, plain_help
 from audiocnn.cli.pretrained import pretrained_app
 from audiocnn.errors import AudiocnnError
 
@@ -19,7 +19,7 @@ app.add_typer(pretrained_app, name="pretrained")
 
 def run(argv: Optional[list[str]] = None) -> int:
     """Run the CLI and return the exit code (what tests call)."""
-    command = typer.main.get_command(app)
+    command = plain_help(typer.main.get_command(app))
     common.state.verbose = False
     try:
         # Standalone mode: click prints usage errors and handles --help/--version exits;
@@ -39,9 +39,8 @@ def run(argv: Optional[list[str]] = None) -> int:
     except AudiocnnError as exc:
         if common.state.verbose:
             traceback.print_exc()
-        # one line whatever the message holds (a file name with a newline, say); a next
-        # call it quotes as the command that does it
-        print(f"error: {common.printable(common.commands_in(str(exc)))}", file=sys.stderr)
+        # one line whatever the message holds (a file name with a newline, say), in CLI words
+        print(f"error: {common.printable(common.cli_words(exc))}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:
         return 0

@@ -21,7 +21,8 @@ from audiocnn.audio import AUDIO_EXTENSIONS, find_audio_files, is_audio_path, no
 from audiocnn.constants import DEFAULT_MODEL
 from audiocnn.errors import AudiocnnError, UsageError
 from audiocnn.fileio import ensure_writable_dir
-from audiocnn.models.checkpoint import checkpoint_sha256
+from audiocnn.models.checkpoint import checkpoint_sha256, read_metadata
+from audiocnn.pretrained import resolve_model
 from audiocnn.progress import StepBar
 from audiocnn.tagging.backends import check_arrays
 from audiocnn.tagging.options import TagOptions, tag_options
@@ -30,13 +31,14 @@ from audiocnn.tagging.results import (
     RESULTS_SUFFIXES,
     RateInfo,
     ResultsFile,
+    ResultsPlan,
     check_results_file,
     make_record,
     plan_results,
     results_lock,
 )
 from audiocnn.tagging.stream import tag_stream
-from audiocnn.tagging.tagger import Tagger, TagResult
+from audiocnn.tagging.tagger import Tagger, TagResult, shown_name
 
 log = logging.getLogger("audiocnn.tag")
 
@@ -124,7 +126,7 @@ def tag_command(
     options: TagOptions | None = None,
     *,
     model: str | os.PathLike = DEFAULT_MODEL,
-    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
     device: str = "auto",
     batch_size: int | None = None,
     backend: str = "torch",
@@ -154,7 +156,7 @@ def tag_command(
     ``jobs``: decoding processes, and on a CPU batches run at once, each on its share of
     the threads (1: decode here, one file after the other, one batch at a time).
     ``show_progress``: a progress bar on stderr (files/s, audio hours/s, time left)
-    instead of one line per file. ``model``, ``data_dir``, ``device``, ``batch_size`` and
+    instead of one line per file. ``model``, ``cache_dir``, ``device``, ``batch_size`` and
     ``backend`` are those of :class:`Tagger`.
     """
     t0 = time.perf_counter() if started is None else started
@@ -170,23 +172,28 @@ def tag_command(
     if not files:
         raise UsageError("nothing to tag: none of the given paths is an audio file or holds one")
     jobs = _usable_jobs(int(jobs), report)
+    total = len(files) + len(failures)
     with contextlib.ExitStack() as held:
+        library = None
         if output is not None:  # another run's lock, or a file audiocnn did not write: before the model loads
             held.enter_context(results_lock(output))
             check_results_file(output)
-        tagger = Tagger(model, device=device, batch_size=batch_size, data_dir=data_dir, backend=backend)
-        tagger.plan(options)
-        report(
-            f"model {tagger.name} ({tagger.task}, {len(tagger.labels)} labels) loaded in "
-            f"{time.perf_counter() - t0:.1f} s; {len(files)} file{'s' if len(files) != 1 else ''} to tag"
-        )
-        run = _Run(tagger, options, jobs, outputs, on_result, report, show_progress, failures)
-        run.library = output is not None
-        total = len(files) + len(failures)
-        skipped = 0 if output is None else _tag_library(run, files, ResultsFile(output, tagger.labels), force)
-        if output is None:
-            _tag_each(run, files)
-    summary = TagSummary(total, failures, time.perf_counter() - t0, skipped)
+            library = _plan_library(output, files, model, cache_dir, options, force, report)
+        if library is None or library.plan.todo:  # a library run with every file done never loads the model
+            tagger = Tagger(model, device=device, batch_size=batch_size, cache_dir=cache_dir, backend=backend)
+            tagger.plan(options)
+            todo = len(files) if library is None else len(library.plan.todo)
+            report(
+                f"model {tagger.name} ({tagger.task}, {len(tagger.labels)} labels) loaded in "
+                f"{time.perf_counter() - t0:.1f} s; {todo} file{'s' if todo != 1 else ''} to tag"
+            )
+            run = _Run(tagger, options, jobs, outputs, on_result, report, show_progress, failures)
+            run.library = library is not None
+            if library is None:
+                _tag_each(run, files)
+            else:
+                _tag_library(run, library)
+    summary = TagSummary(total, failures, time.perf_counter() - t0, 0 if library is None else library.plan.skipped)
     report(str(summary))
     return summary
 
@@ -271,25 +278,53 @@ def _tag_each(run: _Run, files: list[Path]) -> None:
     for n, (_, path, res) in enumerate(run.results(files), 1):
         run.done(path, res)
         if not isinstance(res, AudiocnnError):
-            run.report(f"[{n}/{len(files)}] {path}: {res.num_windows} windows, {res.duration:.1f} s")
+            windows = f"{res.num_windows} window{'s' if res.num_windows != 1 else ''}"
+            run.report(f"[{n}/{len(files)}] {path}: {windows}, {res.duration:.1f} s")
 
 
-def _tag_library(run: _Run, files: list[Path], out: ResultsFile, force: bool) -> int:
-    """Tag the files ``out`` does not hold yet, appending a record per file (its lock is
-    held by the caller); returns how many were skipped."""
-    tagger = run.tagger
-    model = {"model": tagger.name, "model_sha256": checkpoint_sha256(tagger.path)}
-    options = run.options.record()
-    plan = plan_results(out, files, model["model_sha256"], options, force)
+@dataclass
+class _Library:
+    """A library run's results file, the model's identity its records hold, and what is
+    left to tag."""
+
+    out: ResultsFile
+    model: dict[str, str]  # {"model": shown name, "model_sha256": the checkpoint's digest}
+    options: dict[str, Any]
+    plan: ResultsPlan
+
+
+def _plan_library(
+    output: str | os.PathLike,
+    files: list[Path],
+    model: str | os.PathLike,
+    cache_dir: str | os.PathLike | None,
+    options: TagOptions,
+    force: bool,
+    report: Callable[[str], None],
+) -> _Library:
+    """Read the results file (its lock is held by the caller) and decide what to tag. The
+    model's identity (checkpoint digest, name, labels) comes from its file, without
+    building the network, so that a run with nothing left to tag never loads it."""
+    path = resolve_model(model, cache_dir=cache_dir)
+    ident = {"model": shown_name(model, path), "model_sha256": checkpoint_sha256(path)}
+    out = ResultsFile(output, [str(x) for x in read_metadata(path).get("labels") or []])
+    record = options.record()
+    plan = plan_results(out, files, ident["model_sha256"], record, force)
     if plan.skipped:
-        run.report(
+        report(
             f"skipping {plan.skipped} file{'s' if plan.skipped != 1 else ''} already in {out.path} "
             "(same size, modification time, model and options)"
         )
     if plan.retried:
-        run.report(f"trying again {plan.retried} file{'s' if plan.retried != 1 else ''} that failed before")
+        report(f"trying again {plan.retried} file{'s' if plan.retried != 1 else ''} that failed before")
     if plan.repaired:
-        run.report(f"{out.path}: dropped {plan.repaired} incomplete or invalid line(s)")
+        report(f"{out.path}: dropped {plan.repaired} incomplete or invalid line(s)")
+    return _Library(out, ident, record, plan)
+
+
+def _tag_library(run: _Run, library: _Library) -> None:
+    """Tag the files the plan left, appending a record per file."""
+    out, model, options, plan = library.out, library.model, library.options, library.plan
     rate = RateInfo(len(plan.todo))
     out.open()
     try:
@@ -305,7 +340,6 @@ def _tag_library(run: _Run, files: list[Path], out: ResultsFile, force: bool) ->
                     run.report(f"[{rate.done}/{rate.total}] {path}: {res.duration:.1f} s; {info}")
     finally:
         out.close()
-    return plan.skipped
 
 
 def _write_files(
