@@ -47,23 +47,28 @@ def resolve_device(name: str = "auto") -> torch.device:
         if not torch.cuda.is_available():
             why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
             raise DeviceError(
-                f"--device {name}: CUDA is not available ({why}, torch {torch.__version__})",
-                hint="use --device auto or --device cpu",
+                f"device={name}: CUDA is not available ({why}, torch {torch.__version__})",
+                hint="use device=auto or device=cpu",
+                arguments=("device",),
             )
         if index:
             if not index.isdigit() or int(index) >= torch.cuda.device_count():
                 raise DeviceError(
-                    f"--device {name}: no such CUDA device "
+                    f"device={name}: no such CUDA device "
                     f"({torch.cuda.device_count()} visible: cuda:0..cuda:{torch.cuda.device_count() - 1})",
-                    hint="use --device cuda",
+                    hint="use device=cuda",
+                    arguments=("device",),
                 )
             return torch.device("cuda", int(index))
         return torch.device("cuda")
     if kind == "mps" and not index:
         if not _mps_available():
             raise DeviceError(
-                f"--device {name}: Apple MPS is not available on this machine",
-                hint="use --device auto or --device cpu",
+                f"device={name}: Apple MPS is not available on this machine",
+                hint="use device=auto or device=cpu",
+                arguments=("device",),
             )
         return torch.device("mps")
-    raise DeviceError(f"--device {name!r}: expected one of {', '.join(DEVICE_CHOICES)} (or cuda:N)")
+    raise DeviceError(
+        f"device={name!r}: expected one of {', '.join(DEVICE_CHOICES)} (or cuda:N)", arguments=("device",)
+    )

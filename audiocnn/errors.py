@@ -6,6 +6,8 @@ next command to run (``hint``).
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class AudiocnnError(Exception):
     """Base class of every error audiocnn reports to users."""
@@ -23,6 +25,15 @@ class AudiocnnError(Exception):
         if self.hint:
             return f"{self.message} ({self.hint})"
         return self.message
+
+
+def next_call(command: str, *values: Any, **arguments: Any) -> str:
+    """A command for a message to suggest, written as a Python call of the step by its
+    arguments: ``next_call("prepare", "gtzan", force=True)`` is ``prepare('gtzan', force=True)``.
+    Quoted in backticks in a message or hint, a front-end shows it in its own terms (the CLI
+    as ``audiocnn prepare gtzan --force``, see :func:`audiocnn.cli.common.commands_in`);
+    a list value is an argument given once per item."""
+    return f"{command}({', '.join([*map(repr, values), *(f'{k}={v!r}' for k, v in arguments.items())])})"
 
 
 class NotAvailableError(AudiocnnError):

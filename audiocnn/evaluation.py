@@ -31,7 +31,7 @@ from audiocnn.constants import SINGLE_LABEL, SPLITS
 from audiocnn.datasets.info import prepared_dataset_dir
 from audiocnn.datasets.manifest import read_manifest
 from audiocnn.datasets.registry import get_dataset, list_datasets
-from audiocnn.errors import AudioDecodeError, CheckpointError, DatasetError, UsageError
+from audiocnn.errors import AudioDecodeError, CheckpointError, DatasetError, UsageError, next_call
 from audiocnn.fileio import atomic_write_bytes, ensure_writable_dir
 from audiocnn.models.checkpoint import DEFAULT_THRESHOLD, thresholds_of
 from audiocnn.pretrained import is_pretrained_name, resolve_model
@@ -55,7 +55,8 @@ def resolve_target(target: str | os.PathLike) -> tuple[Path, Path | None, dict[s
         ckpt = p / BEST_NAME
         if not ckpt.is_file():
             raise CheckpointError(
-                f"{p}: run folder without {BEST_NAME}", hint=f"train first: `audiocnn train CONFIG --run-dir {p}`"
+                f"{p}: run folder without {BEST_NAME}",
+                hint=f"train first: `{next_call('train', 'CONFIG', run_dir=str(p))}`",
             )
         cfg = read_yaml(p / CONFIG_NAME) if (p / CONFIG_NAME).is_file() else None
         return ckpt, p, cfg
@@ -88,7 +89,7 @@ def _dataset_name(dataset: str | None, meta: dict[str, Any], run_cfg: dict[str, 
     hint = "pass dataset='NAME' for a dataset prepared with `audiocnn prepare` (see `audiocnn datasets`)"
     match = _registered_dataset(trained_on)
     if match:
-        hint = f"e.g. `audiocnn prepare {match}`, then `audiocnn evaluate {target} --dataset {match}`"
+        hint = f"e.g. `{next_call('prepare', match)}`, then `{next_call('evaluate', str(target), dataset=match)}`"
     raise UsageError(
         f"{target}: a pretrained model (trained on {trained_on} outside audiocnn) names no prepared "
         "dataset to evaluate on",
@@ -236,7 +237,7 @@ def _decision_thresholds(
 ) -> tuple[list[float] | None, str]:
     """(one threshold per model label, where they come from) of a multi-label model."""
     if threshold is not None:
-        return [float(threshold)] * n_labels, f"--threshold {threshold:g}"
+        return [float(threshold)] * n_labels, f"threshold={threshold:g}"
     stored = thresholds_of(meta, ckpt)
     if stored is not None:
         return stored, "checkpoint (best F1 per tag on the validation split)"

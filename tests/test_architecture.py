@@ -1,5 +1,6 @@
 """The shape of the package, checked: layers import only downward, no import hides a cycle,
-no function grows past 80 lines, no module past 450, no import circle inside a package.
+no function grows past 80 lines, no module past 450, no import circle inside a package, and
+the command-line words stay in cli/ (at most ten strings elsewhere name a ``--flag``).
 
 Layers, bottom to top (README, "Architecture"):
 
@@ -23,6 +24,7 @@ dependency, or the CLI's start-up time), so none can hide a cycle.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -254,3 +256,60 @@ def test_the_circle_check_sees_a_circle_behind_type_checking(tmp_path):
     graph = {"p.a": {"p.b"}, "p.b": {"p.c"}, "p.c": {"p.a"}, "p.d": {"p.a"}}
     assert find_cycle(graph) == ["p.a", "p.b", "p.c", "p.a"]
     assert find_cycle({"p.a": {"p.b"}, "p.b": set()}) is None
+
+
+#: strings outside cli/ that may name a --flag: another program's (``pip install --no-deps``)
+#: or the version to report (``audiocnn --version``); the library names its arguments instead
+#: (``force=True``, `` `data_dir` ``) and its next calls (``prepare('gtzan', force=True)``),
+#: and cli/ shows them as flags and commands (audiocnn.cli.common)
+MAX_FLAG_STRINGS = 10
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]+")
+
+
+def flag_strings(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of each string in ``path`` that names a ``--flag``: a string constant, or
+    an f-string by its literal parts; docstrings aside."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = {
+        id(n.body[0].value)
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and n.body
+        and isinstance(n.body[0], ast.Expr)
+        and isinstance(n.body[0].value, ast.Constant)
+    }
+    texts = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.JoinedStr):
+            skip.update(id(v) for v in n.values)
+            texts.append((n.lineno, "".join(v.value for v in n.values if isinstance(v, ast.Constant))))
+    texts += [
+        (n.lineno, n.value)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in skip
+    ]
+    return [(line, text) for line, text in texts if FLAG.search(text)]
+
+
+def test_few_strings_outside_the_cli_name_a_flag():
+    found = [
+        f"{path.relative_to(PACKAGE)}:{line}: {text[:80]!r}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if "cli" not in path.relative_to(PACKAGE).parts
+        for line, text in flag_strings(path)
+    ]
+    assert len(found) <= MAX_FLAG_STRINGS, (
+        f"{len(found)} strings outside cli/ name a --flag (at most {MAX_FLAG_STRINGS}): name the argument "
+        "(`name`, name=value) or the next call (audiocnn.errors.next_call) and list it in arguments=; "
+        "cli/ shows them as flags:\n" + "\n".join(found)
+    )
+
+
+def test_the_flag_count_sees_a_flag(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        '"""Docs may say --force."""\n\n\ndef f(x):\n    """So may --resume."""\n'
+        '    log.info("use --force to prepare it again", x)\n    raise ValueError(f"--device {x}: no such device")\n'
+    )
+    assert sorted(flag_strings(bad)) == [(6, "use --force to prepare it again"), (7, "--device : no such device")]
+    assert flag_strings(PACKAGE / "pretrained" / "musicnn.py"), "pip's --no-deps is counted among the ten"

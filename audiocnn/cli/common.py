@@ -5,10 +5,12 @@ Results go to stdout (``out``); logs, warnings and progress bars to stderr (``er
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import logging
 import re
+import shlex
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,12 +60,23 @@ def resolve_data_dir(value: str | None) -> Path:
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_CliWords("%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
+
+
+class _CliWords(logging.Formatter):
+    """Log lines in CLI words: a library line that names its arguments
+    (``log.info("... use force=True ...", extra={"arguments": ("force",)})``) shows them as
+    the flags of the innermost :func:`flags` block, and a next call it quotes as a command,
+    as errors do."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        arguments = tuple(getattr(record, "arguments", ()))
+        if arguments or "`" in str(record.msg):
+            text = in_flags(commands_in(record.getMessage()), arguments, _names[-1])
+            record = logging.makeLogRecord({**record.__dict__, "msg": text, "args": ()})
+        return super().format(record)
 
 
 def print_json(obj: Any) -> None:
@@ -105,6 +118,18 @@ def log(message: str) -> None:
     err_console().print(message, highlight=False)
 
 
+#: the flags of each command's library arguments whose flag is not ``--`` and the name with dashes
+COMMAND_FLAGS: dict[str, dict[str, str]] = {
+    "prepare": {"labels_file": "--labels", "dataset_name": "--name", "jobs": "-j"},
+    "features": {"overrides": "--set", "jobs": "-j", "max_failure_fraction": "--max-failures"},
+    "train": {"overrides": "--set"},
+    "evaluate": {"chunks": "--eval-chunks", "out_dir": "--out"},
+    "verify": {"jobs": "-j"},
+}
+#: the flag names of the ``flags()`` blocks we are in (log lines use the innermost)
+_names: list[dict[str, str]] = [{}]
+
+
 def flag_of(argument: str, names: dict[str, str]) -> str:
     """The flag of a library argument: ``names[argument]``, else ``--`` and the argument
     with dashes (``top_k`` -> ``--top-k``)."""
@@ -130,16 +155,57 @@ def in_flags(text: str, arguments: tuple[str, ...], names: dict[str, str]) -> st
     return text
 
 
+_CALL = re.compile(r"`([a-z]+)\(([^`]*)\)`")
+
+
+def commands_in(text: str) -> str:
+    """``text`` with each next call it quotes (`` `prepare('gtzan', force=True)` ``, see
+    :func:`audiocnn.errors.next_call`) as the command line that does it
+    (`` `audiocnn prepare gtzan --force` ``)."""
+
+    def command(m: re.Match) -> str:
+        name = m.group(1)
+        try:
+            call = ast.parse(f"f({m.group(2)})", mode="eval").body
+            values = [ast.literal_eval(v) for v in call.args]
+            arguments = [(k.arg, ast.literal_eval(k.value)) for k in call.keywords]
+        except (SyntaxError, ValueError):
+            return m.group(0)
+        if name not in COMMAND_FLAGS or None in (k for k, _ in arguments):
+            return m.group(0)
+        words = ["audiocnn", name, *map(str, values)]
+        for arg, value in arguments:
+            flag = flag_of(arg, COMMAND_FLAGS[name])
+            if value is True:
+                words.append(flag)
+            elif value not in (False, None):
+                for item in value if isinstance(value, (list, tuple)) else [value]:
+                    words += [flag, str(item)]
+        return f"`{shlex.join(words)}`"
+
+    return _CALL.sub(command, text)
+
+
+def cli_words(exc: AudiocnnError) -> str:
+    """The one line of an error as the CLI prints it: next calls as commands and, where no
+    :func:`flags` block has shown them already, its arguments as their ``--`` flags."""
+    return in_flags(commands_in(str(exc)), exc.arguments, {})
+
+
 @contextlib.contextmanager
 def flags(**names: str) -> Iterator[None]:
     """Inside, a library error (:class:`UsageError`, or any :class:`AudiocnnError` that
-    names ``arguments``) speaks CLI: the arguments it names are shown as flags
-    (:func:`in_flags`); ``names`` maps the arguments whose flag is not ``--`` and their
-    name with dashes (``taggram_dir="--taggram"``)."""
+    names ``arguments``) and a library log line that names them speak CLI: the arguments
+    are shown as flags (:func:`in_flags`), next calls as commands (:func:`commands_in`);
+    ``names`` maps the arguments whose flag is not ``--`` and their name with dashes
+    (``taggram_dir="--taggram"``)."""
+    _names.append(names)
     try:
         yield
     except AudiocnnError as exc:
         if not exc.arguments:
             raise
-        hint = in_flags(exc.hint, exc.arguments, names) if exc.hint else None
-        raise type(exc)(in_flags(exc.message, exc.arguments, names), hint=hint) from exc
+        hint = in_flags(commands_in(exc.hint), exc.arguments, names) if exc.hint else None
+        raise type(exc)(in_flags(commands_in(exc.message), exc.arguments, names), hint=hint) from exc
+    finally:
+        _names.pop()

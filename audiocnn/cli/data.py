@@ -26,7 +26,7 @@ Features = Enum("Features", [(k, k) for k in pipeline.FEATURE_CHOICES], type=str
 Task = Enum("Task", [(t, t) for t in TASKS], type=str)
 #: The flags of the library arguments whose flag is not ``--`` and their name with dashes.
 LABELS_HELP = "folder: CSV with path,labels[,split]; labels ';'-separated. Looked for here, then in --source."
-PREPARE_FLAGS = {"labels_file": "--labels", "dataset_name": "--name", "jobs": "-j"}
+PREPARE_FLAGS = common.COMMAND_FLAGS["prepare"]
 
 
 @app.command("datasets")
@@ -168,10 +168,11 @@ def verify(
     fmt: common.TableOrJson = typer.Option(common.TableOrJson.table, "--format", help="table or json."),
 ) -> None:
     """Re-check every file of a prepared dataset; report missing and corrupt files. Exit 1 if any."""
-    with common.flags(jobs="-j"):
+    with common.flags(**common.COMMAND_FLAGS["verify"]):
         report = verify_dataset(common.state.data_dir, dataset, jobs=jobs, full=full, progress=sys.stderr.isatty())
+    fix = common.commands_in(report.fix)
     if fmt is common.TableOrJson.json:
-        common.print_json(report.to_dict())
+        common.print_json({**report.to_dict(), "fix": fix})
     else:
         out = common.out_console()
         out.print(
@@ -185,7 +186,7 @@ def verify(
             out.print(f"  {c['id']}  {c['path']}: {c['reason']}", highlight=False)
         out.print("ok" if report.ok else "FAILED", highlight=False)
     if not report.ok:
-        common.log(f"{dataset}: {len(report.missing)} missing and {len(report.corrupt)} corrupt files; {report.fix}")
+        common.log(f"{dataset}: {len(report.missing)} missing and {len(report.corrupt)} corrupt files; {fix}")
         raise typer.Exit(code=1)
 
 

@@ -15,7 +15,7 @@ from audiocnn.constants import SCALAR_METRICS
 from audiocnn.fileio import ensure_writable_dir
 
 #: evaluate's arguments whose flag is not ``--`` and their name
-EVALUATE_FLAGS = {"chunks": "--eval-chunks", "out_dir": "--out"}
+EVALUATE_FLAGS = common.COMMAND_FLAGS["evaluate"]
 JSON_KEYS = [
     *SCALAR_METRICS,
     "n_clips",
@@ -85,6 +85,7 @@ def evaluate(
             plots=not no_plots,
             progress=True,
         )
+    m["thresholds"] = common.in_flags(m["thresholds"], ("threshold",), EVALUATE_FLAGS)
     if fmt is common.TableOrJson.json:
         common.print_json({k: _clean(m[k]) for k in JSON_KEYS if k in m})
         return

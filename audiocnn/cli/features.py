@@ -75,17 +75,18 @@ def features(
     """
     from audiocnn.features.store import extraction_summary  # deferred: torch, only once there is work to do
 
-    with common.flags(overrides="--set"):
+    with common.flags(**common.COMMAND_FLAGS["features"]):
         options = parse_overrides(overrides or [])
     configs = pipeline.frontend_configs(kind.value, sample_rate, options)
-    stores = pipeline.extract(
-        resolve_dataset_dir(dataset),
-        configs,
-        jobs=jobs,
-        min_seconds=min_seconds,
-        max_failure_fraction=max_failures,
-        progress=not no_progress,
-    )
+    with common.flags(**common.COMMAND_FLAGS["features"]):
+        stores = pipeline.extract(
+            resolve_dataset_dir(dataset),
+            configs,
+            jobs=jobs,
+            min_seconds=min_seconds,
+            max_failure_fraction=max_failures,
+            progress=not no_progress,
+        )
     results = [extraction_summary(store) for store in stores]
     if fmt is TextOrJson.json:
         common.print_json(results if len(results) > 1 else results[0])

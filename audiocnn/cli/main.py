@@ -39,8 +39,8 @@ def run(argv: Optional[list[str]] = None) -> int:
     except AudiocnnError as exc:
         if common.state.verbose:
             traceback.print_exc()
-        # one line whatever the message holds (a file name with a newline, say)
-        print(f"error: {common.printable(exc)}", file=sys.stderr)
+        # one line whatever the message holds (a file name with a newline, say), in CLI words
+        print(f"error: {common.printable(common.cli_words(exc))}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:
         return 0

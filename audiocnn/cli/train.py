@@ -15,7 +15,7 @@ from audiocnn.cli.app import app
 from audiocnn.errors import AudiocnnError
 
 #: train_command's arguments whose flag is not their name with dashes
-TRAIN_FLAGS = {"overrides": "--set"}
+TRAIN_FLAGS = common.COMMAND_FLAGS["train"]
 
 
 @contextlib.contextmanager

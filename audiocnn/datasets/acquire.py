@@ -22,7 +22,7 @@ from audiocnn.datasets.markers import read_marker, write_marker
 from audiocnn.datasets.remotezip import fetch_members
 from audiocnn.datasets.spec import DatasetSpec, PrepareContext, Remote
 from audiocnn.datasets.splits import proportional_subset, stratum_keys
-from audiocnn.errors import ChecksumError, DownloadError, UsageError
+from audiocnn.errors import ChecksumError, DownloadError, UsageError, next_call
 from audiocnn.progress import human_size
 
 log = logging.getLogger("audiocnn.datasets")
@@ -178,7 +178,14 @@ def _select(spec: DatasetSpec, ctx: PrepareContext) -> None:
     ctx.selected = chosen
     ctx.listed = dict(Counter(c.split for c in usable))
     ctx.selected_paths = {c.path for c in usable if c.id in chosen}
-    log.info("%s: %d of %d listed clips chosen (--max-clips %d)", spec.name, len(chosen), len(usable), ctx.max_clips)
+    log.info(
+        "%s: %d of %d listed clips chosen (max_clips=%d)",
+        spec.name,
+        len(chosen),
+        len(usable),
+        ctx.max_clips,
+        extra={"arguments": ("max_clips",)},
+    )
 
 
 def _by_members(spec: RemoteDataset, ctx: PrepareContext, group: str, members: list[Remote]) -> bool:
@@ -273,7 +280,8 @@ def _fetch_one(spec: DatasetSpec, r: Remote, ctx: PrepareContext, located: Path 
         if official and spec.unavailable_hint:
             raise DownloadError(
                 f"{r.filename}: {exc.message}. {spec.unavailable_hint}",
-                hint=f"audiocnn prepare {spec.name} --source /path/to/{r.filename}",
+                hint=f"`{next_call('prepare', spec.name, source=f'/path/to/{r.filename}')}`",
+                arguments=("source",),
             ) from None
         raise
 

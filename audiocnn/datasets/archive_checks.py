@@ -50,8 +50,10 @@ class CorruptArchiveError(DatasetError):
     ``archive`` is the name used in the message (the file, or the first part..last).
     """
 
-    def __init__(self, message: str, *, hint: str | None = None, archive: str = "") -> None:
-        super().__init__(message, hint=hint)
+    def __init__(
+        self, message: str, *, hint: str | None = None, archive: str = "", arguments: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, hint=hint, arguments=arguments)
         self.archive = archive
 
 
@@ -250,7 +252,8 @@ def ensure_space(dest: Path, sizes: Iterable[tuple[Path, int]], archive: str) ->
     if need > free:
         raise DatasetError(
             f"{dest}: extracting {archive} needs {human_size(need)}, only {human_size(free)} is free there",
-            hint="free some space, or pass --data-dir on a disk with more room",
+            hint="free some space, or pass `data_dir` on a disk with more room",
+            arguments=("data_dir",),
         )
 
 

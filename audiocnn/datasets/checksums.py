@@ -56,11 +56,12 @@ def verify_file(
         return
     if skip_checksum:
         log.warning(
-            "WARNING: --skip-checksum: %s is NOT verified against its published %s %s; "
+            "WARNING: skip_checksum=True: %s is NOT verified against its published %s %s; "
             "a corrupt or tampered file will go unnoticed",
             p.name,
             algorithm,
             checksum,
+            extra={"arguments": ("skip_checksum",)},
         )
         return
     actual = file_digest(p, algorithm, progress=progress)
@@ -68,5 +69,6 @@ def verify_file(
         raise ChecksumError(
             f"{p}: {algorithm} mismatch: expected {checksum.lower()}, got {actual}",
             hint="the file is corrupt or not the published one; delete it and run again, "
-            "or pass --skip-checksum to use it anyway",
+            "or pass skip_checksum=True to use it anyway",
+            arguments=("skip_checksum",),
         )

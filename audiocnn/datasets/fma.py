@@ -25,7 +25,7 @@ from audiocnn.constants import MULTI_LABEL, SINGLE_LABEL
 from audiocnn.datasets.acquire import RemoteDataset
 from audiocnn.datasets.registry import register_dataset
 from audiocnn.datasets.spec import MISSING_FROM_ARCHIVE, Candidate, Collected, PrepareContext, Remote
-from audiocnn.errors import DatasetError
+from audiocnn.errors import DatasetError, next_call
 
 log = logging.getLogger("audiocnn.datasets")
 
@@ -127,7 +127,8 @@ class _FMA(RemoteDataset):
         for p in (tracks_csv, genres_csv):
             if not p.is_file():
                 raise DatasetError(
-                    f"{p}: missing; fma_metadata.zip was not extracted", hint=f"audiocnn prepare {self.name} --force"
+                    f"{p}: missing; fma_metadata.zip was not extracted",
+                    hint=f"`{next_call('prepare', self.name, force=True)}`",
                 )
         genre_names = read_genres(genres_csv)
         base = ctx.audio_base or ctx.raw_dir
@@ -173,7 +174,7 @@ class _FMA(RemoteDataset):
         if not ctx.listing and not audio_dir.is_dir():
             raise DatasetError(
                 f"{audio_dir}: no fma_{self.subset} folder; the audio archive was not extracted",
-                hint=f"audiocnn prepare {self.name} --force",
+                hint=f"`{next_call('prepare', self.name, force=True)}`",
             )
         return Collected(
             labels=sorted(labels_seen),

@@ -83,7 +83,9 @@ class Folder(DatasetSpec):
             rows = _scan_subfolders(root)
         if not rows:
             raise DatasetError(
-                f"{root}: no audio files found", hint="audio files go in DIR/<label>/ or are listed in --labels"
+                f"{root}: no audio files found",
+                hint="audio files go in DIR/<label>/ or are listed in `labels_file`",
+                arguments=("labels_file",),
             )
         excluded = []
         present = []
@@ -158,7 +160,8 @@ def _check_inside(path: Path, root: Path, *, where: str | None = None) -> str:
         prefix = f"{where}: " if where else ""
         raise DatasetError(
             f"{prefix}{path} is outside the source folder {root} (it resolves to {real})",
-            hint="copy the file into the folder, or pass the folder that holds it as --source",
+            hint="copy the file into the folder, or pass the folder that holds it as `source`",
+            arguments=("source",),
         ) from None
 
 

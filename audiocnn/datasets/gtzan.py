@@ -77,7 +77,7 @@ class GTZAN(RemoteDataset):
         "genres.tar.gz comes from Hugging Face (dataset marsyas/gtzan, file data/genres.tar.gz). "
         'Other copies: Kaggle ("GTZAN Dataset - Music Genre Classification", the '
         "genres_original/*.wav variant; download it by hand and pass the file or its folder "
-        f"with --source), or the original host, offline since 2022 (--source {ORIGINAL_HOST})"
+        f"with `source`), or the original host, offline since 2022 (source={ORIGINAL_HOST})"
     )
     # jazz.00054.wav in the genres_original repackaging cannot be decoded (widely reported
     # by Kaggle users of "GTZAN Dataset - Music Genre Classification").
@@ -96,7 +96,8 @@ class GTZAN(RemoteDataset):
             raise DatasetError(
                 f"{base}: no GTZAN layout found (expected genres/<genre>/<genre>.000NN.au "
                 "or genres_original/<genre>/<genre>.000NN.wav)",
-                hint="pass the original genres.tar.gz with --source",
+                hint="pass the original genres.tar.gz with `source`",
+                arguments=("source",),
             )
         clips: dict[str, tuple[str, str]] = {}  # id -> (path relative to base, genre)
         for genre_dir in sorted(p for p in layout.iterdir() if p.is_dir()):

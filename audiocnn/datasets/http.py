@@ -240,8 +240,9 @@ def download_file(
             part.unlink(missing_ok=True)
             raise ChecksumError(
                 f"{dest}: {algorithm} mismatch after download from {url}: expected {checksum.lower()}, got {actual}",
-                hint="the server sent a different file; try another mirror with --source, "
-                "or pass --skip-checksum to accept it",
+                hint="the server sent a different file; try another mirror with `source`, "
+                "or pass skip_checksum=True to accept it",
+                arguments=("source", "skip_checksum"),
             )
     elif checksum is not None:
         verify_file(part, checksum, algorithm, skip_checksum=True)

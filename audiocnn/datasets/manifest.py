@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 from audiocnn import __version__
 from audiocnn.constants import SINGLE_LABEL, TASKS
-from audiocnn.errors import DatasetError
+from audiocnn.errors import DatasetError, next_call
 from audiocnn.fileio import atomic_write_bytes, json_text
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -181,12 +181,14 @@ def not_prepared(
     dataset's; None: not known here) or point at another data folder."""
     d = Path(dataset_dir).absolute()
     known = f" (prepared there: {', '.join(prepared) or 'none'})" if prepared is not None else ""
-    how = {True: f"`audiocnn prepare {d.name}`", False: "`audiocnn prepare folder --source DIR --name NAME`"}.get(
-        builtin, f"`audiocnn prepare {d.name}` (or `audiocnn prepare folder --source DIR --name {d.name}`)"
-    )
+    builtin_call = f"`{next_call('prepare', d.name)}`"
+    name = d.name if builtin is None else "NAME"
+    folder_call = f"`{next_call('prepare', 'folder', source='DIR', dataset_name=name)}`"
+    how = {True: builtin_call, False: folder_call}.get(builtin, f"{builtin_call} (or {folder_call})")
     return DatasetError(
         f"{d.name} is not prepared under {d.parent}{known}",
-        hint=f"run {how}, or point at the data folder that holds it with --data-dir DIR or AUDIOCNN_DATA_DIR=DIR",
+        hint=f"run {how}, or point at the data folder that holds it with data_dir=DIR or AUDIOCNN_DATA_DIR=DIR",
+        arguments=("data_dir",),
     )
 
 

@@ -263,12 +263,13 @@ class _MTGJamendo(DatasetSpec):
             ctx.listed = dict(sum(per_tar.values(), Counter()))
             ctx.selected = {tid for tid, t in tar_of.items() if t in chosen}
             log.info(
-                "%s: %d of %d tars hold %d clips for --max-clips %d",
+                "%s: %d of %d tars hold %d clips for max_clips=%d",
                 self.name,
                 len(tars),
                 len(members),
                 len(ctx.selected),
                 ctx.max_clips,
+                extra={"arguments": ("max_clips",)},
             )
         for i, t in enumerate(tars, 1):
             if t not in tars_sha:

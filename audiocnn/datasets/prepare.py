@@ -154,7 +154,8 @@ def _not_writable(path: Path, exc: OSError | FileWriteError) -> DatasetError:
     cause = (exc.strerror or exc) if isinstance(exc, OSError) else exc.message
     return DatasetError(
         f"{existing}: not writable ({cause}); prepare writes the dataset there",
-        hint="pass --data-dir with a writable folder, or fix its permissions",
+        hint="pass `data_dir` with a writable folder, or fix its permissions",
+        arguments=("data_dir",),
     )
 
 
@@ -268,7 +269,12 @@ def prepare_dataset(
 
 
 def _already_prepared(ctx: PrepareContext) -> Manifest:
-    log.info("%s is already prepared in %s; nothing to do (use --force to prepare it again)", ctx.name, ctx.dataset_dir)
+    log.info(
+        "%s is already prepared in %s; nothing to do (use force=True to prepare it again)",
+        ctx.name,
+        ctx.dataset_dir,
+        extra={"arguments": ("force",)},
+    )
     return read_manifest(ctx.dataset_dir)
 
 
@@ -304,7 +310,7 @@ def _prepare_now(spec: DatasetSpec, ctx: PrepareContext, fingerprint: dict[str, 
         manifest_path(ctx.dataset_dir),
     )
     for warning in split_warnings(manifest):
-        log.warning("WARNING: %s", warning)
+        log.warning("WARNING: %s", warning, extra={"arguments": ("labels_file",)})
     return manifest
 
 
@@ -325,8 +331,10 @@ def _corrupt_with_next_step(exc: CorruptArchiveError, ctx: PrepareContext) -> Co
         what = exc.archive if ".." not in Path(exc.archive).name else f"its parts in {ctx.downloads_dir}"
         hint = f"delete {what} and run the same command again to download it anew"
     else:
-        hint = "download a fresh copy and pass it with --source"
-    return CorruptArchiveError(exc.message, hint=f"{hint}; files already extracted are kept", archive=exc.archive)
+        hint = "download a fresh copy and pass it with `source`"
+    return CorruptArchiveError(
+        exc.message, hint=f"{hint}; files already extracted are kept", archive=exc.archive, arguments=("source",)
+    )
 
 
 def split_warnings(manifest: Manifest) -> list[str]:
@@ -347,7 +355,7 @@ def split_warnings(manifest: Manifest) -> list[str]:
             f"{manifest.name}: the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty "
             f"(train {counts['train']}, valid {counts['valid']}, test {counts['test']}): training cannot "
             "choose its best epoch and evaluation has nothing to score (ROC-AUC undefined); give every "
-            "label at least 3 clips (10 for a full 80/10/10 split), or a split column in --labels"
+            "label at least 3 clips (10 for a full 80/10/10 split), or a split column in `labels_file`"
         )
     for split in ("valid", "test"):
         n = counts[split]
@@ -400,7 +408,8 @@ def _finish(spec: DatasetSpec, ctx: PrepareContext, collected: Collected, jobs: 
     if not clips:
         raise DatasetError(
             f"{ctx.dataset_dir}: no usable clips found ({len(excluded)} excluded)",
-            hint="check --source and the excluded reasons with -v",
+            hint="check `source` and the excluded reasons with -v",
+            arguments=("source",),
         )
     extra = dict(collected.extra)
     extra.setdefault("seed", ctx.seed)

@@ -136,7 +136,8 @@ class RangeFile(PartsStream):
         if total is None:
             raise DownloadError(
                 f"{url}: the server does not answer HTTP Range requests, so part of the file cannot be fetched",
-                hint="run prepare without --max-clips to download the whole archive",
+                hint="run prepare without `max_clips` to download the whole archive",
+                arguments=("max_clips",),
             )
         return total
 
@@ -174,7 +175,8 @@ class RangeFile(PartsStream):
                 raise DownloadError(
                     f"{url}: asked for bytes {first}-{last}, the server answered HTTP {resp.status} "
                     f"({headers.get('Content-Range', 'no Content-Range')})",
-                    hint="run prepare without --max-clips to download the whole archive",
+                    hint="run prepare without `max_clips` to download the whole archive",
+                    arguments=("max_clips",),
                 )
             chunks, want = [], last - first + 1
             while want > 0 and (block := resp.read1(want)):  # what has arrived: slow is not stalled

@@ -4,7 +4,6 @@ and say the command that prepares it again when something is missing or corrupt.
 from __future__ import annotations
 
 import os
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from audiocnn.datasets import probe as _probe
 from audiocnn.datasets.info import prepared_dataset_dir
 from audiocnn.datasets.manifest import Manifest, read_manifest
 from audiocnn.datasets.registry import get_dataset, list_datasets
+from audiocnn.errors import next_call
 
 
 @dataclass
@@ -25,7 +25,7 @@ class VerifyReport:
     missing: list[dict[str, str]] = field(default_factory=list)
     corrupt: list[dict[str, str]] = field(default_factory=list)
     full: bool = False
-    #: what to do when something is missing or corrupt (the command that prepares it again)
+    #: what to do when something is missing or corrupt (the call that prepares it again)
     fix: str = ""
 
     @property
@@ -69,32 +69,32 @@ def verify_dataset(
     return report
 
 
-def reprepare_command(manifest: Manifest) -> str:
-    """The command that prepares ``manifest``'s dataset again as it was prepared: a built-in
-    one by its name; a user's folder (or previews) from its --source, under its --name."""
+def reprepare_call(manifest: Manifest, source: str | None = None) -> str:
+    """The call (:func:`audiocnn.errors.next_call`) that prepares ``manifest``'s dataset
+    again as it was prepared: a built-in one by its name; a user's folder (or previews)
+    from its ``source`` (or the one given), under its ``dataset_name``."""
     spec = get_dataset(manifest.dataset) if manifest.dataset in list_datasets() else None
     if spec is None:
-        return f"audiocnn prepare {shlex.quote(manifest.name)} --force"
-    args = ["audiocnn", "prepare", spec.name]
+        return next_call("prepare", manifest.name, force=True)
+    args: dict[str, Any] = {}
     if spec.needs_name or spec.indexes_source:
-        args += ["--source", str(manifest.extra.get("source") or manifest.audio_dir())]
+        args["source"] = source or str(manifest.extra.get("source") or manifest.audio_dir())
     if manifest.extra.get("labels_file"):
-        args += ["--labels", str(manifest.extra["labels_file"])]
+        args["labels_file"] = str(manifest.extra["labels_file"])
     if spec.needs_name:
-        args += ["--name", manifest.name]
+        args["dataset_name"] = manifest.name
     if manifest.split_scheme != spec.default_split_scheme:
-        args += ["--split-scheme", manifest.split_scheme]
+        args["split_scheme"] = manifest.split_scheme
     if manifest.task != spec.task:
-        args += ["--task", manifest.task]
+        args["task"] = manifest.task
     if manifest.extra.get("seed"):
-        args += ["--seed", str(manifest.extra["seed"])]
-    return shlex.join([*args, "--force"])
+        args["seed"] = manifest.extra["seed"]
+    return next_call("prepare", spec.name, **args, force=True)
 
 
 def _fix_hint(manifest: Manifest) -> str:
-    command = reprepare_command(manifest)
     audio = manifest.audio_dir()
     if Path(manifest.audio_root).is_absolute() and not audio.is_dir():
-        moved = command.replace(shlex.quote(str(audio)), "NEW_PLACE", 1)
+        moved = reprepare_call(manifest, source="NEW_PLACE")
         return f"the audio folder {audio} is gone; if it moved, run `{moved}`"
-    return f"run `{command}` to prepare it again"
+    return f"run `{reprepare_call(manifest)}` to prepare it again"

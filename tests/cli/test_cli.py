@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -104,3 +105,12 @@ def test_typer_app_has_no_hidden_commands() -> None:
     names = {c.name for c in app.registered_commands}
     assert set(COMMANDS) <= names
     assert isinstance(app, typer.Typer)
+
+
+def test_the_flags_of_next_calls_are_real_options(capsys):
+    """Each flag cli/ writes for a library argument of a suggested command is an option of it."""
+    for command, names in common.COMMAND_FLAGS.items():
+        assert run([command, "--help"]) == 0
+        help_text = capsys.readouterr().out
+        for flag in names.values():
+            assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text), f"{command} has no option {flag}"

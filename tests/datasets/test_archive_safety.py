@@ -354,15 +354,23 @@ def test_a_member_larger_than_any_file_of_the_dataset_is_refused(tmp_path, capsy
     assert [p for p in (data / "gtzan").rglob("*.au")] == []
 
 
-def test_too_little_free_space_is_refused_before_extracting(tmp_path, monkeypatch):
+def test_too_little_free_space_is_refused_before_extracting(tmp_path, monkeypatch, capsys):
     archive = make_archive(tmp_path / "src", "tar.gz", GOOD)
     dest = tmp_path / "raw"
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=20 << 10))  # a 20 KiB disk
     with pytest.raises(DatasetError, match=r"needs \d+\.\d KiB, only 20\.0 KiB is free") as err:
         extract_archive(archive, dest)
-    assert str(dest) in str(err.value) and "--data-dir" in str(err.value)
+    assert str(dest) in str(err.value) and "pass `data_dir` on a disk" in str(err.value)
     assert list(dest.rglob("*")) == []
+    data = tmp_path / "data"  # the CLI names the flag
+    code, _out, err = run_cli(
+        capsys, "--data-dir", str(data), "prepare", "gtzan", "--source", str(archive), "--skip-checksum", "-j", "1"
+    )
+    line = one_error_line(err)
+    assert "WARNING: --skip-checksum: genres.tar.gz is NOT verified" in err
+    assert code == 1 and "only 20.0 KiB is free" in line and "pass --data-dir on a disk with more room" in line
+    assert [p for p in data.rglob("*.au")] == []
 
 
 @pytest.mark.parametrize("fmt", ["zip", "tar"])

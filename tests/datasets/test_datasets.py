@@ -145,12 +145,19 @@ def test_prepare_can_extract_features(tmp_path, data_dir):
     assert all((p / "complete.json").is_file() for p in (data_dir / "gtzan" / "features").iterdir())
 
 
-def test_gtzan_dead_host_says_where_to_get_it(http_server, data_dir, monkeypatch):
+def test_gtzan_dead_host_says_where_to_get_it(http_server, data_dir, monkeypatch, capsys):
     patch_remotes(monkeypatch, "gtzan", {}, urls={"genres.tar.gz": http_server.base_url + "/gone/genres.tar.gz"})
     with pytest.raises(DownloadError) as err:
         prepare_dataset("gtzan", data_dir, progress=False)
     msg = str(err.value)
-    assert "--source" in msg and "Hugging Face" in msg and "offline since 2022" in msg
+    assert "folder with `source`" in msg and "Hugging Face" in msg and "offline since 2022" in msg
+    assert msg.endswith("(`prepare('gtzan', source='/path/to/genres.tar.gz')`)")
+    # the CLI says it in flags, the hint as the whole command
+    code, _out, err = run_cli(capsys, "--data-dir", str(data_dir), "prepare", "gtzan")
+    line = err.strip().splitlines()[-1]
+    assert code == 1 and "Hugging Face" in line and "folder with --source" in line
+    assert "offline since 2022 (--source http://opihi.cs.uvic.ca/sound)" in line
+    assert line.endswith("(`audiocnn prepare gtzan --source /path/to/genres.tar.gz`)")
 
 
 def test_gtzan_checksum_mismatch_from_mirror(http_server, data_dir, monkeypatch, capsys):

@@ -138,6 +138,6 @@ def test_same_name_from_another_source_needs_force(tmp_path, capsys):
 
     assert read_manifest(tmp_path / "data" / "m").labels == ["calm", "loud"]  # untouched
     code, _out, err = run_cli(capsys, *base, "--source", str(a))
-    assert code == 0 and "nothing to do" in err
+    assert code == 0 and "nothing to do (use --force to prepare it again)" in err  # a log line in flags
     assert run_cli(capsys, *base, "--source", str(b), "--force")[0] == 0
     assert read_manifest(tmp_path / "data" / "m").labels == ["x", "y"]

@@ -40,10 +40,11 @@ def test_fma_small_200_clips_fetch_under_a_tenth_of_the_zip_and_train(
     base = http_server.add_files("/fma", big_fma.files)
     zip_size = len(big_fma.files["fma_small.zip"])
 
-    code, out, _err = run_cli(
+    code, out, err = run_cli(
         capsys, "--data-dir", str(data_dir), "prepare", "fma-small", "--source", base, "--max-clips", "200", "-j", "1"
     )
     assert code == 0 and "partial:" in out and "--max-clips 200" in out
+    assert "listed clips chosen (--max-clips 200)" in err  # the library's log line, in flags
     sent = http_server.bytes_served("/fma/fma_small.zip")
     assert sent < 0.10 * zip_size, f"{sent} of {zip_size} bytes"
     assert all(r["range"] for r in http_server.requests if r["path"] == "/fma/fma_small.zip")

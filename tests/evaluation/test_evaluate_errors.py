@@ -127,3 +127,16 @@ def test_evaluate_eval_chunks_is_bounded_before_anything_loads(tmp_path, capsys)
     assert run(["--data-dir", str(tmp_path), "evaluate", "not-a-model", "--eval-chunks", "1000000"]) == 2
     line = last_line(capsys.readouterr().err)
     assert "--eval-chunks must be between 1 and 256, got 1000000" in line
+
+
+def test_evaluate_of_a_run_folder_without_a_model_says_train_first(tmp_path, capsys):
+    """The library names the next call (``train('CONFIG', run_dir=...)``); the CLI shows the command."""
+    run_dir = tmp_path / "my run"
+    run_dir.mkdir()
+    assert run(["evaluate", str(run_dir), "--device", "cpu", "--no-plots"]) == 1
+    line = last_line(capsys.readouterr().err)
+    assert line == (
+        f"error: {run_dir}: run folder without best.safetensors "
+        f"(train first: `audiocnn train CONFIG --run-dir '{run_dir}'`)"
+    )
+    assert_hints_are_real(line, capsys)

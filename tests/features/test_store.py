@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from audiocnn.audio import load_audio
+from audiocnn.cli.common import commands_in
 from audiocnn.cli.main import run
 from audiocnn.datasets.manifest import Clip, Manifest, read_manifest, write_manifest
 from audiocnn.errors import FeatureError
@@ -171,7 +172,9 @@ def test_resume_after_worker_crash(tmp_path, audio_files, monkeypatch) -> None:
     monkeypatch.delenv(CRASH_ENV)
     path = store_dir(ds, config)
     assert not (path / "complete.json").exists()
-    with pytest.raises(FeatureError, match="was not finished.*audiocnn features"):
+    with pytest.raises(
+        FeatureError, match=r"was not finished \(run `features\('ds', kind='mel', overrides=\['n_mels=32'\]\)`\)"
+    ):
         open_store(ds, config)
     committed = {p.stem for p in (path / "parts").glob("*.json")}
     assert committed, "a worker should have committed its first chunk before dying"
@@ -217,9 +220,11 @@ def test_bad_clips_are_skipped_and_listed(tmp_path, audio_files) -> None:
     clips = CLIPS + [("short", 0.3, 22050, 1, "wav")]
     # write_audio above made short.wav; make_dataset must not overwrite the copied files
     ds = make_dataset(tmp_path / "ds", clips=clips, audio_root=raw, extra_files=bad)
-    with pytest.raises(FeatureError, match=r"3 of 11 clips failed .*--max-failures"):
+    with pytest.raises(FeatureError, match=r"3 of 11 clips failed .*max_failure_fraction=0\.28\)`") as err:
         open_dataset_store(ds, WaveformConfig(), jobs=1, progress=False)
-    st = open_dataset_store(ds, WaveformConfig(), jobs=2, progress=False, max_failure_fraction=0.3, chunk_clips=3)
+    # the CLI shows the hint as the command, with the failure budget that lets this run pass
+    assert "or allow more: `audiocnn features ds --kind waveform --max-failures 0.28`" in commands_in(str(err.value))
+    st = open_dataset_store(ds, WaveformConfig(), jobs=2, progress=False, max_failure_fraction=0.28, chunk_clips=3)
     failures = {f["id"]: f["reason"] for f in st.failures()}
     assert set(failures) == {"corrupt", "empty", "short"}
     assert "empty file" in failures["empty"]
@@ -260,7 +265,9 @@ def test_open_store_missing_names_the_command(tmp_path) -> None:
         open_store(ds, MelConfig(sample_rate=22050, n_mels=128))
     msg = str(err.value)
     assert "does not exist" in msg
-    assert "audiocnn features gtzan --kind mel --sample-rate 22050 --set n_mels=128" in msg
+    assert "`features('gtzan', kind='mel', sample_rate=22050, overrides=['n_mels=128'])`" in msg
+    # what the CLI prints (audiocnn.cli.main shows every next call as its command)
+    assert "`audiocnn features gtzan --kind mel --sample-rate 22050 --set n_mels=128`" in commands_in(msg)
 
 
 def test_store_is_picklable_and_multilabel_targets(tmp_path, audio_files) -> None:

@@ -126,7 +126,7 @@ def test_thresholds_are_picked_on_valid_and_round_trip_the_checkpoint(trained, t
     assert stored == pytest.approx(best_f1_thresholds(y, scores).tolist(), abs=1e-5)
 
 
-def test_evaluate_decides_at_the_stored_thresholds(trained, tmp_path):
+def test_evaluate_decides_at_the_stored_thresholds(trained, tmp_path, capsys):
     data, run_dir, name = trained["multi-label"]
     manifest = read_manifest(data / name)
     stored = np.asarray(thresholds_of(read_metadata(run_dir / "best.safetensors")))
@@ -143,7 +143,10 @@ def test_evaluate_decides_at_the_stored_thresholds(trained, tmp_path):
     assert list(rows[0]) == ["label", "n_positive", "roc_auc", "pr_auc", "threshold", "precision", "recall", "f1"]
     assert [float(r["threshold"]) for r in rows] == pytest.approx(stored.tolist(), abs=1e-6)
     everything = _eval(data, run_dir, "test", tmp_path / "zero", threshold=0.0)
-    assert everything["recall_micro"] == 1.0 and everything["thresholds"] == "--threshold 0"
+    assert everything["recall_micro"] == 1.0 and everything["thresholds"] == "threshold=0"
+    args = ["--data-dir", str(data), "evaluate", str(run_dir), "--threshold", "0", "--device", "cpu", "--no-plots"]
+    assert run([*args, "--out", str(tmp_path / "cli"), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["thresholds"] == "--threshold 0"  # the CLI says it in flags
 
 
 def _tag_json(capsys, data, model, files, *extra):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -273,6 +274,11 @@ def _drop_failed_chunks(run: _Run, meta: dict[str, Any], records: dict[str, list
                         (run.path / "parts" / f"{name}{suffix}").unlink()
 
 
+def _at_least(fraction: float) -> float:
+    """``fraction`` rounded up to a whole percent: a failure budget that lets it pass."""
+    return math.ceil(round(fraction * 100, 6)) / 100
+
+
 def _finish(run: _Run, meta: dict[str, Any], tasks: list[dict[str, Any]]) -> FeatureStore:
     """Check the failure budget, merge each split's parts, write failures and the marker."""
     path = run.path
@@ -282,10 +288,11 @@ def _finish(run: _Run, meta: dict[str, Any], tasks: list[dict[str, Any]]) -> Fea
     if total and len(failures) / total > run.max_failure_fraction:
         _drop_failed_chunks(run, meta, records)
         first = failures[0]
+        more = features_command(path.parent.parent, run.config, max_failure_fraction=_at_least(len(failures) / total))
         raise FeatureError(
             f"{path}: {len(failures)} of {total} clips failed ({len(failures) / total:.1%}, "
             f"more than the allowed {run.max_failure_fraction:.0%}); first: {first['path']}: {first['reason']}",
-            hint="fix or remove those files (`audiocnn verify`), or allow more with --max-failures",
+            hint=f"fix or remove those files (`audiocnn verify`), or allow more: `{more}`",
         )
     dtype, dim = storage(run.config)
     for split in meta["splits"]:

@@ -37,7 +37,7 @@ import numpy as np
 
 from audiocnn import __version__
 from audiocnn.constants import SPLITS
-from audiocnn.errors import ConfigError
+from audiocnn.errors import ConfigError, next_call
 from audiocnn.features.frontends import FrontendConfig, MelConfig, WaveformConfig
 from audiocnn.fileio import atomic_write_bytes
 
@@ -88,19 +88,23 @@ def store_dir(dataset_dir: str | os.PathLike, config: FrontendConfig) -> Path:
     return Path(dataset_dir) / "features" / f"{config.kind}-{config.hash}"
 
 
-def features_command(dataset_dir: str | os.PathLike, config: FrontendConfig) -> str:
-    """The ``audiocnn features`` command line that builds the store of ``config``."""
-    parts = ["audiocnn", "features", Path(dataset_dir).name, "--kind", config.kind]
+def features_command(dataset_dir: str | os.PathLike, config: FrontendConfig, **more: Any) -> str:
+    """The ``features`` call (:func:`audiocnn.errors.next_call`) that builds the store of
+    ``config``, with ``more`` arguments."""
+    args: dict[str, Any] = {"kind": config.kind}
     default = default_frontend(config.kind)
     if config.sample_rate != default.sample_rate:
-        parts += ["--sample-rate", str(config.sample_rate)]
+        args["sample_rate"] = config.sample_rate
+    overrides = []
     for f in dataclasses.fields(config):
         if f.name in ("kind", "sample_rate"):
             continue
         value = getattr(config, f.name)
         if value != getattr(default, f.name):
-            parts += ["--set", f"{f.name}={'null' if value is None else json.dumps(value).strip(chr(34))}"]
-    return " ".join(parts)
+            overrides.append(f"{f.name}={'null' if value is None else json.dumps(value).strip(chr(34))}")
+    if overrides:
+        args["overrides"] = overrides
+    return next_call("features", Path(dataset_dir).name, **args, **more)
 
 
 def storage(config: FrontendConfig) -> tuple[np.dtype, int]:
