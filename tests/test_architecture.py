@@ -62,6 +62,7 @@ CORE = {
     "audiocnn.devices",
     "audiocnn.configio",
     "audiocnn.splits",
+    "audiocnn.shards",
 }
 
 

@@ -23,9 +23,11 @@ from audiocnn.errors import AudiocnnError, UsageError
 from audiocnn.fileio import ensure_writable_dir
 from audiocnn.models.checkpoint import checkpoint_sha256
 from audiocnn.progress import StepBar
+from audiocnn.shards import Shard
 from audiocnn.tagging.backends import check_arrays
 from audiocnn.tagging.options import TagOptions, tag_options
 from audiocnn.tagging.outputs import PER_WINDOW_WRITERS, output_stem
+from audiocnn.tagging.parts import merge_when_complete, merged_done, shard_device, share_of
 from audiocnn.tagging.results import (
     RESULTS_SUFFIXES,
     RateInfo,
@@ -136,6 +138,7 @@ def tag_command(
     report: Callable[[str], None] = log.info,
     started: float | None = None,
     show_progress: bool = False,
+    shard: Shard | None = None,
     **fields: Any,
 ) -> TagSummary:
     """Tag every audio file that ``paths`` name (files, folders, globs) with one model.
@@ -155,12 +158,14 @@ def tag_command(
     the threads (1: decode here, one file after the other, one batch at a time).
     ``show_progress``: a progress bar on stderr (files/s, audio hours/s, time left)
     instead of one line per file. ``model``, ``data_dir``, ``device``, ``batch_size`` and
-    ``backend`` are those of :class:`Tagger`.
+    ``backend`` are those of :class:`Tagger`. ``shard``: tag only this process's share of
+    the files into its part file next to ``output``, merged when every share is done
+    (:mod:`audiocnn.tagging.parts`).
     """
     t0 = time.perf_counter() if started is None else started
     outputs = dict(outputs or {})
     options = tag_options(options, **fields, **{kind: True for kind in _checked_outputs(outputs)})
-    _check_run_options(output, jobs, force)
+    _check_run_options(output, jobs, force, shard)
     check_arrays(backend, options)  # before the model loads (and an ONNX export)
     for folder in outputs.values():
         ensure_writable_dir(folder)
@@ -170,10 +175,12 @@ def tag_command(
     if not files:
         raise UsageError("nothing to tag: none of the given paths is an audio file or holds one")
     jobs = _usable_jobs(int(jobs), report)
+    library, files, into = files, *_share(files, shard, output, report)
     with contextlib.ExitStack() as held:
         if output is not None:  # another run's lock, or a file audiocnn did not write: before the model loads
-            held.enter_context(results_lock(output))
-            check_results_file(output)
+            held.enter_context(results_lock(into))
+            check_results_file(into)
+        device = device if shard is None else shard_device(device)
         tagger = Tagger(model, device=device, batch_size=batch_size, data_dir=data_dir, backend=backend)
         tagger.plan(options)
         report(
@@ -183,12 +190,27 @@ def tag_command(
         run = _Run(tagger, options, jobs, outputs, on_result, report, show_progress, failures)
         run.library = output is not None
         total = len(files) + len(failures)
-        skipped = 0 if output is None else _tag_library(run, files, ResultsFile(output, tagger.labels), force)
+        merged = None if shard is None else Path(output)
+        skipped = 0 if output is None else _tag_library(run, files, ResultsFile(into, tagger.labels), force, merged)
         if output is None:
             _tag_each(run, files)
     summary = TagSummary(total, failures, time.perf_counter() - t0, skipped)
     report(str(summary))
+    if shard is not None:
+        key = (checkpoint_sha256(tagger.path), options.record())
+        merge_when_complete(Path(output), shard, library, tagger.labels, key, report)
     return summary
+
+
+def _share(
+    files: list[Path], shard: Shard | None, output: str | os.PathLike | None, report: Callable[[str], None]
+) -> tuple[list[Path], str | os.PathLike | None]:
+    """The files this process tags, and the results file it writes them to."""
+    if shard is None:
+        return files, output
+    mine, part = share_of(files, shard), shard.part_path(output)
+    report(f"share {shard}: {len(mine)} of {len(files)} files, into {part}")
+    return mine, part
 
 
 def _checked_outputs(outputs: Mapping[str, Any]) -> list[str]:
@@ -201,10 +223,15 @@ def _checked_outputs(outputs: Mapping[str, Any]) -> list[str]:
     return list(outputs)
 
 
-def _check_run_options(output: str | os.PathLike | None, jobs: int, force: bool) -> None:
+def _check_run_options(output: str | os.PathLike | None, jobs: int, force: bool, shard: Shard | None) -> None:
     """The library-run options, checked before the model loads."""
     if int(jobs) < 1:
         raise UsageError(f"jobs must be >= 1, got {jobs}", arguments=("jobs",))
+    if shard is not None and output is None:
+        raise UsageError(
+            f"shard {shard}: each process writes its share to a part of a results file, so it needs output",
+            arguments=("shard", "output"),
+        )
     if output is None:
         if force:
             raise UsageError(
@@ -274,13 +301,18 @@ def _tag_each(run: _Run, files: list[Path]) -> None:
             run.report(f"[{n}/{len(files)}] {path}: {res.num_windows} windows, {res.duration:.1f} s")
 
 
-def _tag_library(run: _Run, files: list[Path], out: ResultsFile, force: bool) -> int:
+def _tag_library(run: _Run, files: list[Path], out: ResultsFile, force: bool, merged: Path | None = None) -> int:
     """Tag the files ``out`` does not hold yet, appending a record per file (its lock is
-    held by the caller); returns how many were skipped."""
+    held by the caller); returns how many were skipped. ``merged``: the output a part file
+    ``out`` is merged into, whose records count as done too."""
     tagger = run.tagger
     model = {"model": tagger.name, "model_sha256": checkpoint_sha256(tagger.path)}
     options = run.options.record()
+    before = 0
+    if merged is not None and not force:
+        files, before = merged_done(files, merged, tagger.labels, model["model_sha256"], options)
     plan = plan_results(out, files, model["model_sha256"], options, force)
+    plan.skipped += before
     if plan.skipped:
         run.report(
             f"skipping {plan.skipped} file{'s' if plan.skipped != 1 else ''} already in {out.path} "
