@@ -33,16 +33,30 @@ SCALAR_METRICS = (
 BEST_CHECKPOINT_NAME = "best.safetensors"  # what a run folder's best weights are called (training.rundir)
 
 DATA_DIR_ENV = "AUDIOCNN_DATA_DIR"
-DEFAULT_DATA_DIR = "data"  # datasets and pretrained models live here unless told otherwise
-PRETRAINED_DIR_NAME = "pretrained"  # data dir sub-folder of imported pretrained checkpoints
-ONNX_DIR_NAME = "onnx"  # data dir sub-folder of ONNX exports
-#: data dir sub-folders that are not datasets: no prepared dataset may take these names
+DEFAULT_DATA_DIR = "data"  # datasets, their feature stores and embedding caches live here unless told otherwise
+CACHE_DIR_ENV = "AUDIOCNN_CACHE_DIR"
+PRETRAINED_DIR_NAME = "pretrained"  # cache sub-folder of imported pretrained checkpoints
+ONNX_DIR_NAME = "onnx"  # cache sub-folder of ONNX exports
+#: names no prepared dataset may take: data folders of earlier development versions kept
+#: these two caches there, so an old data folder may still hold them
 RESERVED_DATA_DIR_NAMES = (PRETRAINED_DIR_NAME, ONNX_DIR_NAME)
 
 
 def default_data_dir() -> Path:
     """``$AUDIOCNN_DATA_DIR``, else ``./data``: the data root of a command given no ``--data-dir``."""
     return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+
+
+def default_cache_dir() -> Path:
+    """Where model caches (pretrained imports, ONNX exports) live, shared by every project
+    and every working folder: ``$AUDIOCNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/audiocnn``,
+    else ``~/.cache/audiocnn`` (as torch hub and Hugging Face keep theirs)."""
+    explicit = os.environ.get(CACHE_DIR_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg and Path(xdg).expanduser().is_absolute() else Path.home() / ".cache"
+    return base / "audiocnn"
 
 
 class Aggregate(str, Enum):

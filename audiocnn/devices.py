@@ -25,8 +25,8 @@ def _mps_available() -> bool:
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps`` -> an available ``torch.device``.
 
-    ``auto`` logs which device it chose. Raises :class:`DeviceError` when the requested
-    device does not exist on this machine.
+    ``auto`` logs the accelerator it chose (the CPU, the usual case, only at debug level).
+    Raises :class:`DeviceError` when the requested device does not exist on this machine.
     """
     raw = str(name).strip().lower()
     kind, _, index = raw.partition(":")
@@ -39,7 +39,7 @@ def resolve_device(name: str = "auto") -> torch.device:
             log.info("device: mps")
         else:
             dev = torch.device("cpu")
-            log.info("device: cpu (no cuda or mps device found)")
+            log.debug("device: cpu (no cuda or mps device found)")  # the usual case: said at -v only
         return dev
     if kind == "cpu" and not index:
         return torch.device("cpu")

@@ -5,9 +5,12 @@ checkpoint file or a pretrained name. Each clip is scored from its audio file by
 tagger, exactly as ``audiocnn tag`` scores it (this module sits above both training and
 tagging: tag's prediction path, training's metrics).
 
-Written next to each other in the output folder: ``metrics.json``, ``per_tag.csv``,
-``per_tag_roc_auc.png``, ``roc_pr_curves.png``, ``confusion_matrix.png`` (single-label)
-and ``curves.png`` (training curves, when the run's ``metrics.csv`` is there).
+Written next to each other in the output folder: ``metrics.json``, ``scores.csv`` (per
+clip: its true labels, the model's decision, whether they agree, every label's score),
+``misclassified.csv`` (the clips whose decision is wrong), ``per_tag.csv``,
+``per_tag_roc_auc.png``, ``roc_pr_curves.png``, ``confusion_matrix.png`` and
+``confusion_matrix.txt`` (single-label) and ``curves.png`` (training curves, when the
+run's ``metrics.csv`` is there).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 
 from audiocnn.configio import read_yaml
 from audiocnn.constants import SINGLE_LABEL, SPLITS
+from audiocnn.datasets.info import prepared_dataset_dir
 from audiocnn.datasets.manifest import read_manifest
 from audiocnn.datasets.registry import get_dataset, list_datasets
 from audiocnn.errors import AudioDecodeError, CheckpointError, DatasetError, UsageError
@@ -40,15 +44,12 @@ from audiocnn.training.rundir import BEST_NAME, CONFIG_NAME, METRICS_NAME
 log = logging.getLogger("audiocnn.evaluate")
 
 
-def resolve_target(
-    target: str | os.PathLike,
-    data_dir: str | os.PathLike | None = None,
-) -> tuple[Path, Path | None, dict[str, Any] | None]:
-    """``(checkpoint, run_dir or None, run config dict or None)``; with ``data_dir``, the
-    pretrained names ``tag`` accepts (``musicnn-mtt``...) resolve as they do there."""
+def resolve_target(target: str | os.PathLike) -> tuple[Path, Path | None, dict[str, Any] | None]:
+    """``(checkpoint, run_dir or None, run config dict or None)``; the pretrained names
+    ``tag`` accepts (``musicnn-mtt``...) resolve as they do there."""
 
-    if data_dir is not None and is_pretrained_name(str(target)) and not Path(target).exists():
-        return resolve_model(str(target), data_dir), None, None
+    if is_pretrained_name(str(target)) and not Path(target).exists():
+        return resolve_model(str(target)), None, None
     p = Path(target).expanduser()
     if p.is_dir():
         ckpt = p / BEST_NAME
@@ -160,14 +161,14 @@ def evaluate(
     options = TagOptions() if options is None else options
     if split not in SPLITS:
         raise UsageError(f"split must be one of {', '.join(SPLITS)}, got {split!r}", arguments=("split",))
-    ckpt, run_dir, run_cfg = resolve_target(target, data_dir)
+    ckpt, run_dir, run_cfg = resolve_target(target)
     if out_dir is not None:  # before the model loads and every clip is scored
         ensure_writable_dir(out_dir)
-    tagger = Tagger(ckpt, device=device, batch_size=batch_size, data_dir=data_dir)
+    tagger = Tagger(ckpt, device=device, batch_size=batch_size)
     meta = tagger.meta
     name = _dataset_name(dataset, meta, run_cfg, target)
-    out = Path(out_dir) if out_dir else ensure_writable_dir(_default_out(ckpt, run_dir, name, split, meta))
-    manifest = read_manifest(Path(data_dir) / name)
+    out = Path(out_dir) if out_dir else ensure_writable_dir(_default_out(ckpt, run_dir, data_dir, name, split, meta))
+    manifest = read_manifest(prepared_dataset_dir(data_dir, name))
     if manifest.split_counts().get(split, 0) == 0:
         raise DatasetError(f"dataset {name!r} has no clips in its {split!r} split", hint=f"see `audiocnn info {name}`")
     task = meta["task"]
@@ -184,6 +185,7 @@ def evaluate(
             "dataset": name,
             "checkpoint": str(ckpt),
             "model": meta["model"],
+            "epoch": meta.get("epoch"),  # of the checkpoint, when training wrote it
             "task": task,
             "framing": "windows" if options.chunks is None else "chunks",
             "eval_chunks": options.chunks,
@@ -199,7 +201,8 @@ def evaluate(
         )
 
     metrics["out_dir"] = str(out)
-    _write_scores(out / "scores.csv", clips, scores, labels)
+    decided = decisions(scores, task, None if cut is None else [cut[c] for c in columns])
+    _write_clip_outputs(out, metrics, clips, to_multi_hot(targets, len(labels)) > 0, decided, scores, labels)
     _write_outputs(out, metrics, targets, scores, labels, task, run_dir / METRICS_NAME if run_dir else None, plots)
     return metrics
 
@@ -275,20 +278,90 @@ def _targets(manifest, clips: list, labels: list[str], task: str) -> np.ndarray:
     return y
 
 
-def _write_scores(path: Path, clips: list, scores: np.ndarray, labels: list[str]) -> None:
-    """One row per clip: id, path and the score of every label (what ``tag`` prints)."""
+def decisions(scores: np.ndarray, task: str, thresholds: list[float] | None) -> np.ndarray:
+    """``(clips, labels)`` booleans: the label a single-label model picks (arg-max), the
+    tags a multi-label model predicts (score >= the tag's threshold, default 0.5)."""
+    if task == SINGLE_LABEL:
+        out = np.zeros(scores.shape, dtype=bool)
+        out[np.arange(len(scores)), scores.argmax(axis=1)] = True
+        return out
+    cut = np.full(scores.shape[1], DEFAULT_THRESHOLD) if thresholds is None else np.asarray(thresholds)
+    return scores >= cut
 
+
+def _names(row: np.ndarray, labels: list[str]) -> str:
+    return ";".join(labels[j] for j in np.flatnonzero(row))
+
+
+def _write_clip_outputs(
+    out: Path,
+    metrics: dict[str, Any],
+    clips: list,
+    truth: np.ndarray,
+    decided: np.ndarray,
+    scores: np.ndarray,
+    labels: list[str],
+) -> None:
+    """``scores.csv``: per clip its id, path, true labels, the decision, whether they agree
+    and every label's score (what ``tag`` prints); ``misclassified.csv``: the clips that
+    disagree, with the labels missed and those predicted in excess; for single-label
+    models ``confusion_matrix.txt`` and the most confused pairs in ``metrics``."""
+    right = (truth == decided).all(axis=1)
+    rows, wrong = [], []
+    for i, clip in enumerate(clips):
+        true, said = _names(truth[i], labels), _names(decided[i], labels)
+        rows.append([clip.id, clip.path, true, said, int(right[i]), *(f"{float(v):.8f}" for v in scores[i])])
+        if not right[i]:
+            missed, extra = _names(truth[i] & ~decided[i], labels), _names(decided[i] & ~truth[i], labels)
+            wrong.append([clip.id, clip.path, true, said, missed, extra])
+    _write_csv(out / "scores.csv", ["id", "path", "true", "predicted", "correct", *labels], rows)
+    _write_csv(out / "misclassified.csv", ["id", "path", "true", "predicted", "missed", "extra"], wrong)
+    metrics["n_misclassified"] = len(wrong)
+    if "confusion_matrix" in metrics:
+        cm = np.asarray(metrics["confusion_matrix"])
+        metrics["confused_pairs"] = confused_pairs(cm, labels)
+        atomic_write_bytes(out / "confusion_matrix.txt", confusion_text(cm, labels).encode("utf-8"))
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["id", "path", *labels])
-    for clip, row in zip(clips, scores):
-        w.writerow([clip.id, clip.path, *(f"{float(v):.8f}" for v in row)])
-    atomic_write_bytes(path, buf.getvalue().encode())
+    w.writerow(header)
+    w.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
-def _default_out(ckpt: Path, run_dir: Path | None, dataset: str, split: str, meta: dict[str, Any]) -> Path:
+def confused_pairs(cm: np.ndarray, labels: list[str], top: int = 5) -> list[dict[str, Any]]:
+    """The ``top`` most frequent mistakes of a confusion matrix (rows: true, columns:
+    predicted): ``{"true", "predicted", "clips", "of"}`` (``of``: the true class's clips)."""
+    pairs = [(int(cm[i, j]), i, j) for i in range(len(labels)) for j in range(len(labels)) if i != j and cm[i, j]]
+    pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
+    return [{"true": labels[i], "predicted": labels[j], "clips": n, "of": int(cm[i].sum())} for n, i, j in pairs[:top]]
+
+
+def confusion_text(cm: np.ndarray, labels: list[str]) -> str:
+    """The confusion matrix as a text table: one row per true class, one column per
+    predicted class (columns numbered, their labels in the row header)."""
+    cm = np.asarray(cm)
+    names = [f"{k + 1:>2} {lab}" for k, lab in enumerate(labels)]
+    corner = "true \\ predicted"
+    first = max(len(corner), *(len(n) for n in names))
+    width = max(3, len(str(int(cm.max()) if cm.size else 0)), len(str(len(labels))))
+    lines = [f"{corner:<{first}}  " + " ".join(f"{k + 1:>{width}}" for k in range(len(labels)))]
+    for name, row in zip(names, cm):
+        lines.append(f"{name:<{first}}  " + " ".join(f"{int(v):>{width}}" for v in row))
+    return "\n".join(lines) + "\n"
+
+
+def _default_out(
+    ckpt: Path, run_dir: Path | None, data_dir: str | os.PathLike, dataset: str, split: str, meta: dict[str, Any]
+) -> Path:
+    """A run's ``eval-<split>``; beside another checkpoint, ``eval-<checkpoint>-<dataset>-<split>``;
+    a pretrained model's results beside the dataset (its checkpoint is in the model cache)."""
     if run_dir is not None and dataset == meta.get("dataset", dataset):
         return run_dir / f"eval-{split}"
+    if meta.get("pretrained"):
+        return Path(data_dir) / dataset / f"eval-{meta['pretrained']}-{split}"
     return ckpt.parent / f"eval-{ckpt.stem}-{dataset}-{split}"
 
 
@@ -338,7 +411,7 @@ def _draw(
         if task == SINGLE_LABEL:
             made.append(P.plot_confusion_matrix(metrics["confusion_matrix"], labels, out / "confusion_matrix.png"))
         if metrics_csv is not None and metrics_csv.is_file():
-            made.append(P.plot_training_curves(metrics_csv, out / "curves.png"))
+            made.append(P.plot_training_curves(metrics_csv, out / "curves.png", best_epoch=metrics.get("epoch")))
     except Exception as exc:  # plots are a convenience; the numbers are already written
         log.warning("could not draw every plot: %s", exc)
     metrics["plots"] = [str(p) for p in made if p is not None]

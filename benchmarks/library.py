@@ -221,14 +221,14 @@ def _median_s(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
-def backends_rows(model: str, data_dir: str, song: Path, repeat: int) -> list[tuple[str, float, float]]:
+def backends_rows(model: str, song: Path, repeat: int) -> list[tuple[str, float, float]]:
     """(what, torch s, onnxruntime s): one window of the network, one whole song."""
     import torch
 
     from audiocnn.tagging import Tagger
 
-    torch_tagger = Tagger(model, data_dir=data_dir)
-    ort_tagger = Tagger(model, data_dir=data_dir, backend="onnxruntime")
+    torch_tagger = Tagger(model)
+    ort_tagger = Tagger(model, backend="onnxruntime")
     m = torch_tagger.model
     window = np.random.default_rng(0).standard_normal((1, *m.feature_shape())).astype(np.float32)
 
@@ -253,7 +253,7 @@ def backends_rows(model: str, data_dir: str, song: Path, repeat: int) -> list[tu
     ]
 
 
-def streams_rows(model: str, data_dir: str, windows: int = 200) -> list[tuple[str, int, float, float]]:
+def streams_rows(model: str, windows: int = 200) -> list[tuple[str, int, float, float]]:
     """(backend, threads, ms per window with one batch at a time on all threads, ms per window
     with one batch per thread at once): what ``-j N`` on a CPU changes for the network."""
     from concurrent.futures import ThreadPoolExecutor
@@ -265,7 +265,7 @@ def streams_rows(model: str, data_dir: str, windows: int = 200) -> list[tuple[st
     threads = torch.get_num_threads()
     rows = []
     for name in ("torch", "onnxruntime"):
-        tagger = Tagger(model, data_dir=data_dir, backend=name)
+        tagger = Tagger(model, backend=name)
         window = np.random.default_rng(0).standard_normal(tagger.model.feature_shape()).astype(np.float32)
 
         def one(_: int, t: Tagger = tagger, w: np.ndarray = window) -> None:
@@ -278,7 +278,7 @@ def streams_rows(model: str, data_dir: str, windows: int = 200) -> list[tuple[st
     return rows
 
 
-def breakdown(model: str, data_dir: str, files: list[Path]) -> list[dict]:
+def breakdown(model: str, files: list[Path]) -> list[dict]:
     """Seconds per stage for each song: decode, resample, front-end, network."""
     import torch
 
@@ -286,7 +286,7 @@ def breakdown(model: str, data_dir: str, files: list[Path]) -> list[dict]:
     from audiocnn.features.frontends import MelStream
     from audiocnn.tagging import Tagger
 
-    tagger = Tagger(model, data_dir=data_dir)
+    tagger = Tagger(model)
     m, frames = tagger.model, tagger.model.input_frames
     rows = []
     for path in files:
@@ -378,7 +378,7 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=300.0)
     ap.add_argument("--repeat", type=int, default=1, help="runs per row (median)")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "audiocnn-bench-library")
-    ap.add_argument("--data-dir", type=Path, default=None, help="audiocnn data dir (pretrained models)")
+    ap.add_argument("--data-dir", type=Path, default=None, help="audiocnn data dir")
     ap.add_argument("--musicnn-python", default=sys.executable, help="a Python with TensorFlow and musicnn")
     ap.add_argument("--quick", action="store_true", help="6 songs of 30-60 s: a check that everything runs")
     ap.add_argument("--export-zoo", action="store_true", help="only: export every architecture to ONNX and check it")
@@ -439,9 +439,9 @@ def main() -> None:
         musicnn_api_row(opts.musicnn_python, files, audio_s, opts.repeat),
     ]
     longest = max(files, key=lambda f: sf.info(str(f)).duration)
-    backends = backends_rows(opts.model, env["AUDIOCNN_DATA_DIR"], longest, max(1, opts.repeat) * 3)
-    streams = streams_rows(opts.model, env["AUDIOCNN_DATA_DIR"])
-    stages = breakdown(opts.model, env["AUDIOCNN_DATA_DIR"], files)
+    backends = backends_rows(opts.model, longest, max(1, opts.repeat) * 3)
+    streams = streams_rows(opts.model)
+    stages = breakdown(opts.model, files)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     header = (
         f"audiocnn library benchmark: model {opts.model}, {len(files)} songs, {audio_s / 3600:.2f} h of audio "

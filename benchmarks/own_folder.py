@@ -158,8 +158,8 @@ def main() -> None:
     data = prepare(work, a.task, counts, a.seconds, a.data_seed)
     if any(r.startswith(("transfer", "fine-tune")) for r in a.rows):  # one-time weight conversion, not timed
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        code = "from audiocnn.pretrained import resolve_model; import sys; resolve_model('musicnn-msd', sys.argv[1])"
-        subprocess.run([sys.executable, "-c", code, str(data)], check=True, env=env)
+        code = "from audiocnn.pretrained import resolve_model; resolve_model('musicnn-msd')"  # into the cache
+        subprocess.run([sys.executable, "-c", code], check=True, env=env)
     results = []
     for row in a.rows:
         for seed in a.seeds:

@@ -77,8 +77,8 @@ def make_song(src: Path, dst: Path, seconds: float, shift: float = 0.0, gain: fl
 
 
 def bench_env(data_dir: Path | None, work: Path) -> dict[str, str]:
-    """The environment of the measured commands: the data dir (pretrained models) and
-    ``work`` (created) as their working folder."""
+    """The environment of the measured commands: the data dir and ``work`` (created) as
+    their working folder (pretrained models are in the user's cache, AUDIOCNN_CACHE_DIR)."""
     env = dict(os.environ)
     if data_dir is not None:
         env["AUDIOCNN_DATA_DIR"] = str(data_dir.resolve())
@@ -141,7 +141,7 @@ def main() -> None:
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "audiocnn-bench-tag")
-    ap.add_argument("--data-dir", type=Path, default=None, help="audiocnn data dir (pretrained models)")
+    ap.add_argument("--data-dir", type=Path, default=None, help="audiocnn data dir")
     ap.add_argument("--song-seconds", type=float, default=318.0)
     ap.add_argument("--folder-seconds", type=float, default=60.0)
     ap.add_argument("--quick", action="store_true", help="only the 318 s song and the folder, default settings")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,28 @@ def data_dir(tmp_path, monkeypatch) -> Path:
     d = tmp_path / "data"
     d.mkdir()
     monkeypatch.setenv("AUDIOCNN_DATA_DIR", str(d))
+    return d
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory) -> Iterator[Path]:
+    """The model cache (pretrained imports, ONNX exports) of the whole test session: a
+    temporary folder, never the user's ~/.cache; musicnn's models import once per session."""
+    d = tmp_path_factory.mktemp("audiocnn-cache")
+    before = os.environ.get("AUDIOCNN_CACHE_DIR")
+    os.environ["AUDIOCNN_CACHE_DIR"] = str(d)
+    yield d
+    if before is None:
+        os.environ.pop("AUDIOCNN_CACHE_DIR", None)
+    else:
+        os.environ["AUDIOCNN_CACHE_DIR"] = before
+
+
+@pytest.fixture()
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    """An empty model cache of this test only, set as AUDIOCNN_CACHE_DIR."""
+    d = tmp_path / "cache"
+    monkeypatch.setenv("AUDIOCNN_CACHE_DIR", str(d))
     return d
 
 

@@ -577,6 +577,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         data, mode = entry
+        if mode.startswith("redirect-to:"):  # as Hugging Face's resolve/ URLs answer: 302 to a CDN
+            srv.record(path, rng, 302, 0)
+            self.send_response(302)
+            self.send_header("Location", mode.split(":", 1)[1])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if mode == "redirect-loop":
             srv.record(path, rng, 302, 0)
             self.send_response(302)
@@ -632,7 +639,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class FixtureServer:
     """Serves registered byte strings; modes: normal, drop-once, corrupt-once, ignore-range,
-    stall (half the body, then silence for ``stall_seconds``), redirect-loop.
+    stall (half the body, then silence for ``stall_seconds``), redirect-loop, redirect-to:PATH.
     Range requests may name an end (``bytes=a-b``), as :mod:`audiocnn.datasets.remotezip` asks."""
 
     def __init__(self) -> None:

@@ -51,6 +51,7 @@ LAYERS = [
     ("audiocnn.__main__", 6, "cli"),
 ]
 CORE = {
+    "audiocnn.zoo",
     "audiocnn",
     "audiocnn.errors",
     "audiocnn.fileio",

@@ -86,7 +86,7 @@ def test_every_loader_verifies(ckpt, tmp_path):
     from audiocnn.training.setup import build_model
 
     with pytest.raises(CheckpointError, match="tensor checksum mismatch"):
-        build_model(TrainConfig(init=str(ckpt)), LABELS, "multi-label", tmp_path)
+        build_model(TrainConfig(init=str(ckpt)), LABELS, "multi-label")
 
 
 def test_best_weights_reloaded_after_training_are_verified(ckpt):
@@ -119,7 +119,7 @@ def test_pretrained_import_carries_the_digest(tmp_path):
     pkg = installed_package_dir()
     if pkg is None or not (pkg / "MTT_musicnn" / ".index").is_file():
         pytest.skip("musicnn package not installed (pip install --no-deps musicnn==0.1.0)")
-    (path,) = import_musicnn(None, tmp_path, ["musicnn-mtt"])
+    (path,) = import_musicnn(None, ["musicnn-mtt"], cache_dir=tmp_path)
     meta = read_metadata(path)
     assert meta[DIGEST_KEY] == tensor_digest(load_weights(path))
     flip_tensor_bytes(path)

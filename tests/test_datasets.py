@@ -40,7 +40,7 @@ from audiocnn.datasets.spec import DatasetSpec
 from audiocnn.datasets.splits import stratified_split
 from audiocnn.errors import DownloadError, UsageError
 
-INFO_KEYS = {"name", "task", "labels", "splits", "excluded"}
+INFO_KEYS = {"name", "task", "labels", "splits", "label_counts", "excluded"}
 
 
 @pytest.fixture(autouse=True)

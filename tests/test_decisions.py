@@ -108,7 +108,7 @@ def _eval(data, run_dir, split, out, **options):
 def _scores(path):
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    labels = [k for k in rows[0] if k not in ("id", "path")]
+    labels = [k for k in rows[0] if k not in ("id", "path", "true", "predicted", "correct")]
     return [r["path"] for r in rows], np.array([[float(r[k]) for k in labels] for r in rows])
 
 

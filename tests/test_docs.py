@@ -17,9 +17,9 @@ the commands of its part in the order the docs show them, in-process
 from the repository and holds the files the commands name (`song.mp3`, `my_music/`,
 `labels.csv`, `new-clip.wav`); its HOME holds `~/Downloads/genres.tar.gz` (the GTZAN-layout
 fixture archive of tests/dataset_fixtures.py), `~/music`, `~/clips` and `~/Music` (short
-synthetic audio); its data folder shares one `pretrained/` folder (and XDG_CACHE_HOME one cache folder), so
-musicnn's models are imported once per session. A command is changed in these ways only (`_argv`): `~` is
-expanded; a run folder named by its time (`runs/NAME-<timestamp>`,
+synthetic audio); every sandbox shares the session's model cache (`AUDIOCNN_CACHE_DIR`, set
+in tests/conftest.py), so musicnn's models are imported once per session. A command is
+changed in these ways only (`_argv`): `~` is expanded; a run folder named by its time (`runs/NAME-<timestamp>`,
 `runs/NAME-20260101-120000`) is the folder `train` made; `/tmp/six` is a sandbox folder;
 and `train` gets SMOKE appended (one step of one epoch, one validation chunk), because the
 shipped configs train for hours: the command still loads its config, builds its model,
@@ -142,23 +142,21 @@ def _run(box: Sandbox, capsys, line: str) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="session")
-def shared_pretrained(tmp_path_factory) -> Path:
-    """One pretrained/ folder (and one cache folder) for every sandbox: musicnn's models
-    are imported once."""
-    return tmp_path_factory.mktemp("pretrained")
+def shared_xdg_cache(tmp_path_factory) -> Path:
+    """One XDG cache folder for every sandbox (audiocnn's own cache is the session's)."""
+    return tmp_path_factory.mktemp("xdg-cache")
 
 
 @pytest.fixture()
-def box(tmp_path, monkeypatch, shared_pretrained) -> Sandbox:
+def box(tmp_path, monkeypatch, shared_xdg_cache) -> Sandbox:
     home, cwd = tmp_path / "home", tmp_path / "work"
     data = cwd / "data"
     data.mkdir(parents=True)
     home.mkdir()
-    (data / "pretrained").symlink_to(shared_pretrained, target_is_directory=True)
     for name in ("configs", "examples"):
         (cwd / name).symlink_to(ROOT / name, target_is_directory=True)
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(shared_pretrained.parent / "cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared_xdg_cache))
     monkeypatch.setenv("AUDIOCNN_DATA_DIR", str(data))
     monkeypatch.delenv("AUDIOCNN_MIRROR", raising=False)
     monkeypatch.chdir(cwd)

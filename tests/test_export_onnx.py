@@ -114,7 +114,7 @@ def test_missing_onnxruntime_is_a_one_line_error(capsys, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["test-probe-mel", "test-probe-wave"])
-def test_backend_onnxruntime_gives_torch_scores(capsys, tmp_path, data_dir, name):
+def test_backend_onnxruntime_gives_torch_scores(capsys, tmp_path, cache_dir, name):
     ckpt = make_checkpoint(tmp_path / "m.safetensors", name)
     songs = [write_audio(tmp_path / f"s{i}.wav", synth_tone(2.5 + i, SR, seed=i), SR) for i in range(2)]
     results = {}
@@ -123,8 +123,8 @@ def test_backend_onnxruntime_gives_torch_scores(capsys, tmp_path, data_dir, name
         out = capsys.readouterr().out
         assert code == 0
         results[backend] = [{t["tag"]: t["score"] for t in json.loads(line)["tags"]} for line in out.splitlines()]
-    exported = [p for p in (data_dir / "onnx").glob("m-*.onnx") if not p.name.endswith(".frontend.onnx")]
-    assert len(exported) == 1  # exported once, into the data folder
+    exported = [p for p in (cache_dir / "onnx").glob("m-*.onnx") if not p.name.endswith(".frontend.onnx")]
+    assert len(exported) == 1  # exported once, into the cache folder
     for a, b in zip(results["torch"], results["onnxruntime"]):
         assert max(abs(a[k] - b[k]) for k in a) < 1e-5
     code = run(["tag", str(songs[0]), "-m", str(ckpt), "--backend", "onnxruntime", "--embeddings", str(tmp_path)])
@@ -140,7 +140,7 @@ def test_backend_onnxruntime_library_jobs_run_one_thread_sessions(tmp_path, data
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        tagger = Tagger(ckpt, data_dir=data_dir, backend="onnxruntime")
+        tagger = Tagger(ckpt, cache_dir=tmp_path / "cache", backend="onnxruntime")
         whole = tagger.backend.session
         seen = []
         run_batch = tagger.score
@@ -158,6 +158,6 @@ def test_backend_onnxruntime_library_jobs_run_one_thread_sessions(tmp_path, data
     # no reference cycle keeps the sessions' thread pools alive past this test: later tests
     # fork (DataLoader workers), and a fork beside live threads can hang the child
     del tagger.score
-    torch_tagger = Tagger(ckpt, data_dir=data_dir)
+    torch_tagger = Tagger(ckpt, cache_dir=tmp_path / "cache")
     for i, song in enumerate(songs):
         assert np.abs(got[i].scores - torch_tagger.tag_file(song).scores).max() < 1e-5

@@ -267,10 +267,11 @@ def test_a_one_line_error_stays_one_line(capsys, tmp_path):
 
 
 @pytest.fixture()
-def pretrained(tmp_path) -> Path:
-    """A data root with a prepared dataset and a pretrained checkpoint installed under
-    the name `musicnn-mtt` (a tiny model with that dataset's labels)."""
+def pretrained(tmp_path, monkeypatch) -> Path:
+    """A data root with a prepared dataset, and a cache folder with a pretrained checkpoint
+    under the name `musicnn-mtt` (a tiny model with that dataset's labels)."""
     from audiocnn.datasets.manifest import read_manifest
+    from audiocnn.pretrained.musicnn import content_key, import_file_name, installed_package_dir, open_source
 
     data = tmp_path / "data"
     data.mkdir()
@@ -279,7 +280,9 @@ def pretrained(tmp_path) -> Path:
     torch.manual_seed(0)
     model = TinyMel(len(labels), "single-label")
     meta = model_metadata(model, labels, {}, pretrained="musicnn-mtt", dataset="MagnaTagATune", source="tests")
-    save_checkpoint(data / "pretrained" / "musicnn-mtt.safetensors", model, meta)
+    key = content_key(open_source(None), "musicnn-mtt") if installed_package_dir() else "0" * 12
+    monkeypatch.setenv("AUDIOCNN_CACHE_DIR", str(tmp_path / "cache"))
+    save_checkpoint(tmp_path / "cache" / "pretrained" / import_file_name("musicnn-mtt", key), model, meta)
     return data
 
 
@@ -310,7 +313,10 @@ def test_evaluate_accepts_pretrained_names(pretrained, capsys):
     )
     out = capsys.readouterr()
     assert code == 0, out.err
-    assert '"n_clips": 4' in out.out and "musicnn-mtt.safetensors" in out.out
+    got = json.loads(out.out)
+    assert got["n_clips"] == 4 and Path(got["checkpoint"]).name.startswith("musicnn-mtt-")
+    # the results go beside the dataset, not into the model cache
+    assert got["out_dir"] == str(pretrained / "tones" / "eval-musicnn-mtt-valid")
 
 
 def test_evaluate_names_the_clips_it_could_not_score(tmp_path, capsys):

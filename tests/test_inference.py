@@ -242,15 +242,15 @@ def test_corrupt_and_missing_files(ckpts, song, tmp_path):
 
 def test_checkpoint_resolution(ckpts, tmp_path):
     data = tmp_path / "data"
-    assert resolve_model(ckpts["mel"], data) == ckpts["mel"]
+    assert resolve_model(ckpts["mel"], cache_dir=data) == ckpts["mel"]
     with pytest.raises(CheckpointError, match="no such checkpoint"):
-        resolve_model(tmp_path / "nope.safetensors", data)
+        resolve_model(tmp_path / "nope.safetensors", cache_dir=data)
     with pytest.raises(CheckpointError, match="no best.safetensors"):
-        resolve_model(tmp_path, data)
+        resolve_model(tmp_path, cache_dir=data)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "best.safetensors").write_bytes(ckpts["mel"].read_bytes())
-    assert resolve_model(run_dir, data) == run_dir / "best.safetensors"
+    assert resolve_model(run_dir, cache_dir=data) == run_dir / "best.safetensors"
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError, match="junk.safetensors"):

@@ -32,7 +32,7 @@ def trained(tmp_path_factory) -> dict[str, tuple[Path, Path, str]]:
 def _scores_csv(path: Path) -> dict[str, np.ndarray]:
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    labels = [k for k in rows[0] if k not in ("id", "path")]
+    labels = [k for k in rows[0] if k not in ("id", "path", "true", "predicted", "correct")]
     return {r["path"]: np.array([float(r[k]) for k in labels]) for r in rows}, labels
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import tarfile
 import zipfile
@@ -56,11 +57,12 @@ def reference() -> Path:
 
 @pytest.fixture(scope="module")
 def imported(musicnn_pkg: Path, tmp_path_factory) -> Path:
-    """A data dir with all four models imported from the installed package."""
-    data = tmp_path_factory.mktemp("data")
-    paths = import_musicnn(None, data)
-    assert [p.name for p in paths] == [f"{n}.safetensors" for n in NAMES]
-    return data
+    """A cache folder with all four models imported from the installed package."""
+    cache = tmp_path_factory.mktemp("cache")
+    paths = import_musicnn(None, cache_dir=cache)
+    assert [p.name.rsplit("-", 1)[0] for p in paths] == NAMES
+    assert all(re.fullmatch(r"[0-9a-f]{12}\.safetensors", p.name.rsplit("-", 1)[1]) for p in paths)
+    return cache
 
 
 @pytest.fixture(scope="module")
@@ -195,8 +197,8 @@ def test_import_from_wheel_sdist_and_folder(musicnn_pkg: Path, imported: Path, t
         (unpacked / rel).write_bytes(data)
     for i, source in enumerate((wheel, sdist, tmp_path / "unpacked")):
         out = tmp_path / f"data{i}"
-        (path,) = import_musicnn(source, out, ["vgg-mtt"])
-        assert path == pretrained_path("vgg-mtt", out)
+        (path,) = import_musicnn(source, ["vgg-mtt"], cache_dir=out)
+        assert path == pretrained_path("vgg-mtt", out)  # the same content key from every source
         _same_weights(path, pretrained_path("vgg-mtt", imported))
         assert str(source) in read_metadata(path)["source"]
 
@@ -209,8 +211,8 @@ def test_import_from_truncated_wheel_names_the_member(musicnn_pkg: Path, tmp_pat
         for rel, data in files.items():
             zf.writestr(f"musicnn/{rel}", data)
     with pytest.raises(CheckpointError, match=r"musicnn\.whl!musicnn/MTT_vgg/\.data-00000-of-00001.*truncated"):
-        import_musicnn(wheel, tmp_path / "data", ["vgg-mtt"])
-    assert not pretrained_path("vgg-mtt", tmp_path / "data").exists()
+        import_musicnn(wheel, ["vgg-mtt"], cache_dir=tmp_path / "cache")
+    assert pretrained_path("vgg-mtt", tmp_path / "cache") is None
 
 
 def test_import_from_corrupted_folder_fails_on_checksum(musicnn_pkg: Path, tmp_path: Path) -> None:
@@ -231,32 +233,32 @@ def test_import_from_corrupted_folder_fails_on_checksum(musicnn_pkg: Path, tmp_p
     blob[e.offset + 17] ^= 0x01
     data.write_bytes(bytes(blob))
     with pytest.raises(CheckpointError, match=r"MTT_musicnn/\.data-00000-of-00001.*checksum mismatch.*conv2d_5/kernel"):
-        import_musicnn(pkg, tmp_path / "data", ["musicnn-mtt"])
+        import_musicnn(pkg, ["musicnn-mtt"], cache_dir=tmp_path / "cache")
 
 
 def test_import_from_wrong_places(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no such file"):
-        import_musicnn(tmp_path / "missing.whl", tmp_path)
+        import_musicnn(tmp_path / "missing.whl", cache_dir=tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no musicnn models found") as err:
-        import_musicnn(tmp_path / "empty", tmp_path)
+        import_musicnn(tmp_path / "empty", cache_dir=tmp_path)
     assert "pip install --no-deps musicnn==0.1.0" in str(err.value)
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"not an archive")
     with pytest.raises(CheckpointError, match="not a musicnn package"):
-        import_musicnn(junk, tmp_path)
+        import_musicnn(junk, cache_dir=tmp_path)
     with pytest.raises(CheckpointError, match="unknown pretrained model"):
-        import_musicnn(None, tmp_path, ["musicnn-big"])
+        import_musicnn(None, ["musicnn-big"], cache_dir=tmp_path)
 
 
 # --------------------------------------------------------------------------- resolve_model
 
 
 def test_resolve_imports_on_first_use(musicnn_pkg: Path, tmp_path: Path) -> None:
-    path = resolve_model("vgg-msd", tmp_path)
-    assert path == tmp_path / "pretrained" / "vgg-msd.safetensors" and path.is_file()
-    assert resolve_model("vgg-msd", tmp_path) == path
-    assert not pretrained_path("musicnn-mtt", tmp_path).exists()  # only what was asked for
+    path = resolve_model("vgg-msd", cache_dir=tmp_path)
+    assert path.parent == tmp_path / "pretrained" and path.name.startswith("vgg-msd-") and path.is_file()
+    assert resolve_model("vgg-msd", cache_dir=tmp_path) == path
+    assert pretrained_path("musicnn-mtt", tmp_path) is None  # only what was asked for
 
 
 def test_resolve_without_package_says_what_to_run(tmp_path: Path, monkeypatch) -> None:
@@ -264,7 +266,7 @@ def test_resolve_without_package_says_what_to_run(tmp_path: Path, monkeypatch) -
 
     monkeypatch.setattr(pretrained, "installed_package_dir", lambda: None)
     with pytest.raises(PretrainedNotFound) as err:
-        resolve_model("musicnn-mtt", tmp_path)
+        resolve_model("musicnn-mtt", cache_dir=tmp_path)
     assert isinstance(err.value, CheckpointError)
     assert "pip install --no-deps musicnn==0.1.0 && audiocnn pretrained import musicnn" in str(err.value)
     assert "\n" not in str(err.value)
@@ -273,15 +275,15 @@ def test_resolve_without_package_says_what_to_run(tmp_path: Path, monkeypatch) -
 def test_resolve_paths_and_unknown_names(tmp_path: Path) -> None:
     ckpt = tmp_path / "model.safetensors"
     ckpt.write_bytes(b"x")
-    assert resolve_model(str(ckpt), tmp_path) == ckpt
+    assert resolve_model(str(ckpt), cache_dir=tmp_path) == ckpt
     run = tmp_path / "runs" / "exp"
     run.mkdir(parents=True)
     with pytest.raises(CheckpointError, match="no best.safetensors"):
-        resolve_model(run, tmp_path)
+        resolve_model(run, cache_dir=tmp_path)
     (run / "best.safetensors").write_bytes(b"x")
-    assert resolve_model(run, tmp_path) == run / "best.safetensors"
+    assert resolve_model(run, cache_dir=tmp_path) == run / "best.safetensors"
     with pytest.raises(CheckpointError, match="not a pretrained model name"):
-        resolve_model("musicnn-mtat", tmp_path)
+        resolve_model("musicnn-mtat", cache_dir=tmp_path)
 
 
 def test_list_pretrained(tmp_path: Path) -> None:
@@ -303,9 +305,10 @@ def _cli():
     return run
 
 
-def test_cli_list_and_import(musicnn_pkg: Path, tmp_path: Path, capsys) -> None:
+def test_cli_list_and_import(musicnn_pkg: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     import json
 
+    monkeypatch.setenv("AUDIOCNN_CACHE_DIR", str(tmp_path / "cache"))
     run = _cli()
     assert run(["--data-dir", str(tmp_path), "pretrained", "list", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -325,6 +328,7 @@ def test_cli_list_and_import(musicnn_pkg: Path, tmp_path: Path, capsys) -> None:
     )
     assert code == 0
     assert "vgg-mtt" in capsys.readouterr().out
+    assert [p.name[:8] for p in (tmp_path / "cache" / "pretrained").iterdir()] == ["vgg-mtt-"]
     assert run(["--data-dir", str(tmp_path), "pretrained", "list"]) == 0
     out = capsys.readouterr().out
     assert "vgg-mtt" in out and "musicnn-mtt (default)" in out

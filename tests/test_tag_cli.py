@@ -306,7 +306,7 @@ def _musicnn_ready() -> str | None:
 
 @pytest.fixture(scope="module")
 def musicnn_data_dir(tmp_path_factory) -> Path:
-    """One data dir for the musicnn tests: musicnn-mtt is imported into it on first use."""
+    """One data dir for the musicnn tests (musicnn-mtt imports into the session's cache on first use)."""
     return tmp_path_factory.mktemp("musicnn-data")
 
 

@@ -310,9 +310,7 @@ def test_init_with_same_labels_keeps_the_head(data, tmp_path):
     assert run(["--data-dir", str(data), "train", str(cfg), "--run-dir", str(tmp_path / "r"), "--device", "cpu"]) == 0
     ckpt = tmp_path / "r" / "best.safetensors"
     labels = read_manifest(data / "tones").labels
-    model, info = build_model(
-        config_from_mapping({"dataset": "tones", "init": str(ckpt)}), labels, "single-label", data
-    )
+    model, info = build_model(config_from_mapping({"dataset": "tones", "init": str(ckpt)}), labels, "single-label")
     ref, _ = load_checkpoint(ckpt)
     assert info["head_reset"] is False and model.registry_name == "test-tiny-mel"
     for (k, v), (_, w) in zip(model.state_dict().items(), ref.state_dict().items()):
@@ -324,14 +322,12 @@ def test_init_with_same_labels_keeps_the_head(data, tmp_path):
             config_from_mapping({"dataset": "tones", "model": "test-tiny-wave", "init": str(ckpt)}),
             labels,
             "single-label",
-            data,
         )
     with pytest.raises(ConfigError, match="no such checkpoint file"):
         build_model(
             config_from_mapping({"dataset": "tones", "init": str(tmp_path / "nope.safetensors")}),
             labels,
             "single-label",
-            data,
         )
 
 

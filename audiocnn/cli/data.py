@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+import textwrap
 from enum import Enum
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -23,6 +25,7 @@ Features = Enum("Features", [(k, k) for k in pipeline.FEATURE_CHOICES], type=str
 #: ``prepare --task``
 Task = Enum("Task", [(t, t) for t in TASKS], type=str)
 #: The flags of the library arguments whose flag is not ``--`` and their name with dashes.
+LABELS_HELP = "folder: CSV with path,labels[,split]; labels ';'-separated. Looked for here, then in --source."
 PREPARE_FLAGS = {"labels_file": "--labels", "dataset_name": "--name", "jobs": "-j"}
 
 
@@ -35,22 +38,23 @@ def datasets(
     if fmt is common.TableOrJson.json:
         common.print_json(rows)
         return
-    table = Table(title=f"datasets (data dir: {common.state.data_dir})", title_justify="left")
-    table.add_column("name", no_wrap=True)
-    for col in ("task", "classes", "download", "on disk", "prepared"):
-        table.add_column(col)
+    out = common.out_console()
+    out.print(f"datasets (data dir: {Path(common.state.data_dir).absolute()})", highlight=False)
+    # plain columns that fit 80 characters (a pipe, a narrow terminal): no box, nothing cut
+    table = Table(box=None, padding=(0, 1), pad_edge=False, show_edge=False)
+    for col in ("name", "task", "classes", "download", "prepared"):
+        table.add_column(col, no_wrap=True, justify="right" if col == "classes" else "left")
     for r in rows:
+        disk = f" ({r['size_on_disk_human']})" if r["size_on_disk_human"] else ""
         table.add_row(
             r["name"],
-            r["task"],
+            r["task"].replace("single/multi-label", "single/multi"),
             "-" if r["classes"] is None else str(r["classes"]),
             r["download_size"] or "-",
-            r["size_on_disk_human"] or "-",
-            "yes" if r["prepared"] else "no",
+            ("yes" if r["prepared"] else "no") + disk,
         )
-    out = common.out_console()
     out.print(table)
-    # One line per family of datasets (the FMA subsets share theirs): license, then citation.
+    # One entry per family of datasets (the FMA subsets share theirs): license, then citation.
     cited: dict[str, list[str]] = {}
     for r in rows:
         if r.get("citation"):
@@ -58,7 +62,15 @@ def datasets(
     if cited:
         out.print("licenses and citations:", highlight=False)
         for text, names in cited.items():
-            out.print(f"  {', '.join(names)}: {text}", highlight=False)
+            wrapped = textwrap.fill(
+                f"{', '.join(names)}: {text}",
+                width=max(40, out.width),
+                initial_indent="  ",
+                subsequent_indent="    ",
+                break_on_hyphens=False,
+                break_long_words=False,
+            )
+            out.print(wrapped, highlight=False, markup=False)
 
 
 @app.command("prepare")
@@ -77,9 +89,7 @@ def prepare(
         "won2020|choi2017 (msd).",
     ),
     task: Optional[Task] = typer.Option(None, "--task", help="single-label or multi-label (fma, folder)."),
-    labels: Optional[str] = typer.Option(
-        None, "--labels", help="folder: CSV with path,labels[,split]; labels ';'-separated."
-    ),
+    labels: Optional[str] = typer.Option(None, "--labels", help=LABELS_HELP),
     name: Optional[str] = typer.Option(
         None, "--name", help="folder: name of the prepared dataset (folder under --data-dir)."
     ),
@@ -222,3 +232,15 @@ def _print_info(data: dict, *, short: bool) -> None:
             out.print(f"  {e['id']}: {e['reason']}", highlight=False)
         if len(excluded) > len(shown):
             out.print(f"  ... {len(excluded) - len(shown)} more (--format json lists all)", highlight=False)
+        _print_label_counts(data["label_counts"])
+
+
+def _print_label_counts(counts: dict[str, dict[str, int]]) -> None:
+    """Clips per label and split: whether a split can tell a class apart at all."""
+    table = Table(box=None, padding=(0, 1), pad_edge=False, show_edge=False)
+    table.add_column("clips per label", no_wrap=True)
+    for split in ("train", "valid", "test"):
+        table.add_column(split, justify="right", no_wrap=True)
+    for label, n in counts.items():
+        table.add_row(common.printable(readable_label(label)), *(str(n.get(s, 0)) for s in ("train", "valid", "test")))
+    common.out_console().print(table)

@@ -30,8 +30,12 @@ JSON_KEYS = [
     "n_labels",
     "n_labels_scored",
     "excluded_labels",
+    "n_misclassified",
+    "confused_pairs",
     "out_dir",
 ]
+#: a confusion matrix of more classes than this is only written to confusion_matrix.txt
+MAX_PRINTED_CLASSES = 20
 
 
 @app.command("evaluate")
@@ -106,12 +110,53 @@ def _print_table(m: dict) -> None:
     t.add_row("decisions at", str(m.get("thresholds", "")))
     console = common.out_console()
     console.print(t)
-    scored = [x for x in m["per_tag"] if x["roc_auc"] is not None]
-    if scored:
-        scored.sort(key=lambda x: x["roc_auc"])
-        worst = ", ".join(f"{x['label']} {x['roc_auc']:.3f}" for x in scored[:3])
-        best = ", ".join(f"{x['label']} {x['roc_auc']:.3f}" for x in scored[::-1][:3])
-        console.print(f"best tags: {best}\nworst tags: {worst}", highlight=False)
+    for line in best_and_worst(m["per_tag"]):
+        console.print(line, highlight=False)
     for e in m["excluded_labels"]:
         console.print(f"not scored: {e['label']} ({e['reason']})", highlight=False)
-    console.print(f"written to {m['out_dir']}", highlight=False)
+    if "confusion_matrix" in m:
+        _print_confusion(m)
+    out = m["out_dir"]
+    wrong = m.get("n_misclassified", 0)
+    console.print(
+        f"misclassified: {wrong} of {m['n_clips']} clips" + (f" (listed in {out}/misclassified.csv)" if wrong else ""),
+        highlight=False,
+    )
+    console.print(f"written to {out}", highlight=False)
+
+
+def best_and_worst(per_tag: list[dict], k: int = 3) -> list[str]:
+    """The lines naming the best and the worst tags by ROC-AUC; never the same tag in both,
+    and one line when every tag has the same ROC-AUC."""
+    scored = sorted((x for x in per_tag if x["roc_auc"] is not None), key=lambda x: (-x["roc_auc"], x["label"]))
+    if not scored:
+        return []
+    top, bottom = scored[0]["roc_auc"], scored[-1]["roc_auc"]
+    if top == bottom:
+        return [f"every tag: ROC-AUC {top:.3f} ({len(scored)} tag{'s' if len(scored) != 1 else ''})"]
+    k = max(1, min(k, len(scored) // 2))
+    best = [x for x in scored[:k] if x["roc_auc"] > bottom]
+    worst = [x for x in scored[::-1][:k] if x["roc_auc"] < top]
+    lines = []
+    for title, group, value in (("best tags", best, top), ("worst tags", worst, bottom)):
+        tied = sum(1 for x in scored if x["roc_auc"] == value) - sum(1 for x in group if x["roc_auc"] == value)
+        more = f" (and {tied} more at {value:.3f})" if tied > 0 else ""
+        names = ", ".join(f"{common.printable(x['label'])} {x['roc_auc']:.3f}" for x in group)
+        lines.append(f"{title}: {names}{more}")
+    return lines
+
+
+def _print_confusion(m: dict) -> None:
+    from audiocnn.evaluation import confusion_text  # deferred: torch, loaded by evaluate already
+
+    console = common.out_console()
+    labels = [common.printable(x["label"]) for x in m["per_tag"]]
+    if len(labels) <= MAX_PRINTED_CLASSES:
+        console.print(confusion_text(m["confusion_matrix"], labels).rstrip("\n"), highlight=False, markup=False)
+    pairs = m.get("confused_pairs") or []
+    if pairs:
+        text = "; ".join(
+            f"{common.printable(p['true'])} -> {common.printable(p['predicted'])} {p['clips']} of {p['of']}"
+            for p in pairs
+        )
+        console.print(f"most confused (true -> predicted): {text}", highlight=False)

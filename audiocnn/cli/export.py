@@ -12,7 +12,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from audiocnn.cli import common
 from audiocnn.cli.app import app
 from audiocnn.cli.tag import _progress  # one plain line per message on stderr, as tag prints them
 
@@ -22,7 +21,11 @@ class ExportFormat(str, Enum):
 
 
 ModelArg = Annotated[
-    str, typer.Argument(help="Pretrained model name (see `audiocnn pretrained list`) or a .safetensors checkpoint.")
+    str,
+    typer.Argument(
+        help="Pretrained model name (see `audiocnn pretrained list`), a .safetensors checkpoint or a run folder "
+        "of `audiocnn train`."
+    ),
 ]
 FormatOpt = Annotated[ExportFormat, typer.Option("--format", "-f", help="Export format: onnx.")]
 OutputOpt = Annotated[
@@ -53,7 +56,7 @@ def export(
         raise typer.BadParameter(f"{output}: the file name must end in .onnx", param_hint="--output")
     from audiocnn.tagging.export import export_onnx  # deferred: torch and onnx, only once there is work to do
 
-    rep = export_onnx(model, output, data_dir=common.state.data_dir, audio=audio, report=_progress)
+    rep = export_onnx(model, output, audio=audio, report=_progress)
     _progress(f"largest difference {rep.max_abs_diff:.2e} <= {1e-4:g}: the export reproduces the torch model")
     for p in (rep.model, rep.frontend):
         if p is not None:

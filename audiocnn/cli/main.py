@@ -10,7 +10,7 @@ import typer
 
 # each module adds its commands to ``app``; the order here is the order in --help
 from audiocnn.cli import common, data, evaluate, export, features, models, tag, train  # noqa: F401
-from audiocnn.cli.app import app
+from audiocnn.cli.app import app, plain_help
 from audiocnn.cli.pretrained import pretrained_app
 from audiocnn.errors import AudiocnnError
 
@@ -19,7 +19,7 @@ app.add_typer(pretrained_app, name="pretrained")
 
 def run(argv: Optional[list[str]] = None) -> int:
     """Run the CLI and return the exit code (what tests call)."""
-    command = typer.main.get_command(app)
+    command = plain_help(typer.main.get_command(app))
     common.state.verbose = False
     try:
         # Standalone mode: click prints usage errors and handles --help/--version exits;

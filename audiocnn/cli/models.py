@@ -8,6 +8,7 @@ from audiocnn.cli import common
 from audiocnn.cli.app import app
 from audiocnn.cli.common import print_json
 from audiocnn.errors import UsageError
+from audiocnn.zoo import zoo_rows
 
 
 def _human(n: int) -> str:
@@ -24,11 +25,9 @@ def models(
     num_outputs: int = typer.Option(50, "--outputs", help="Output size used to count parameters."),
 ) -> None:
     """List the model zoo: input kind and length, parameters, paper."""
-    from audiocnn.models.registry import describe_models  # deferred: torch, only once there is work to do
-
     if num_outputs < 1:
         raise UsageError(f"--outputs must be >= 1, got {num_outputs}")
-    rows = describe_models(num_outputs)
+    rows = zoo_rows(num_outputs)  # the zoo as data: no torch, no network built
     if fmt is common.TableOrJson.json:
         print_json(rows)
         return

@@ -21,10 +21,11 @@ pretrained_app = typer.Typer(
 def list_cmd(
     fmt: common.TableOrJson = typer.Option(common.TableOrJson.table, "--format", help="table or json."),
 ) -> None:
-    """List the pretrained models and whether they are imported into the data folder."""
-    from audiocnn.pretrained import list_pretrained  # deferred: torch, only once there is work to do
+    """List the pretrained models and whether they are imported into the cache folder."""
+    from audiocnn.pretrained import list_pretrained, pretrained_dir  # deferred: torch, only once there is work to do
+    from audiocnn.pretrained.musicnn import installed_package_dir  # deferred: as above
 
-    rows = list_pretrained(common.state.data_dir)
+    rows = list_pretrained()
     if fmt is common.TableOrJson.json:
         common.print_json(rows)
         return
@@ -35,9 +36,14 @@ def list_cmd(
         name = r["name"] + (" (default)" if r["default"] else "")
         table.add_row(name, r["model"], r["dataset"], "yes" if r["imported"] else "no")
     common.out_console().print(table)
-    if not all(r["imported"] for r in rows):
+    if all(r["imported"] for r in rows):
+        return
+    if installed_package_dir() is None:
+        common.log("the musicnn package is not installed: pip install --no-deps musicnn==0.1.0")
+    else:
         common.log(
-            "import them with: audiocnn pretrained import musicnn  (needs: pip install --no-deps musicnn==0.1.0)"
+            f"a model not imported yet imports itself into {pretrained_dir()} the first time it is used "
+            "(once for every project)"
         )
 
 
@@ -58,14 +64,16 @@ def import_cmd(
 ) -> None:
     """Convert a package's pretrained TensorFlow models into audiocnn checkpoints."""
     from audiocnn.pretrained import import_musicnn, pretrained_dir  # deferred: torch, only once there is work to do
+    from audiocnn.pretrained.musicnn import MUSICNN_MODELS  # deferred: as above
 
     if package != "musicnn":
         raise UsageError(f"unknown package {package!r}; pretrained models can be imported from: musicnn")
-    common.log(f"importing musicnn models into {pretrained_dir(common.state.data_dir)}")
+    common.log(f"importing musicnn models into {pretrained_dir()}")
+    wanted = list(names) if names else list(MUSICNN_MODELS)
     with common.flags(source="--from"):
-        paths = import_musicnn(source, common.state.data_dir, list(names) if names else None)
+        paths = import_musicnn(source, wanted)
     if fmt is common.TableOrJson.json:
-        common.print_json([{"name": p.stem, "path": str(p)} for p in paths])
+        common.print_json([{"name": n, "path": str(p)} for n, p in zip(wanted, paths)])
         return
-    for p in paths:
-        typer.echo(f"{p.stem}\t{p}")
+    for n, p in zip(wanted, paths):
+        typer.echo(f"{n}\t{p}")

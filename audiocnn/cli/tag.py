@@ -73,7 +73,10 @@ Paths = Annotated[
 ModelName = Annotated[
     str,
     typer.Option(
-        "--model", "-m", help="Pretrained model name (see `audiocnn pretrained list`) or a .safetensors checkpoint."
+        "--model",
+        "-m",
+        help="Pretrained model name (see `audiocnn pretrained list`), a .safetensors checkpoint or a run folder "
+        "of `audiocnn train`.",
     ),
 ]
 TopK = Annotated[
@@ -280,7 +283,6 @@ def tag(
             paths,
             options,
             model=model,
-            data_dir=common.state.data_dir,
             device=device,
             batch_size=batch_size,
             backend=backend.value,

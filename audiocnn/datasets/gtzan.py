@@ -31,6 +31,8 @@ from audiocnn.errors import DatasetError
 GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
 _CLIP_RE = re.compile(r"^(?P<genre>[a-z]+)\.(?P<num>\d{5})\.(?P<ext>au|wav)$")
 LAYOUT_DIRS = ("genres", "genres_original")
+GTZAN_URL = "https://huggingface.co/datasets/marsyas/gtzan/resolve/main/data/genres.tar.gz"
+ORIGINAL_HOST = "http://opihi.cs.uvic.ca/sound"  # offline since 2022: a mirror for --source
 
 
 @register_dataset
@@ -41,12 +43,14 @@ class GTZAN(RemoteDataset):
     classes = 10
     split_schemes = ("fault-filtered", "random")
     default_split_scheme = "fault-filtered"
-    # URL and md5 as in mirdata's gtzan_genre loader (mir-dataset-loaders/mirdata,
-    # mirdata/datasets/gtzan_genre.py) and torchaudio.datasets.GTZAN. The host has been
-    # unreachable since 2022.
+    # The original archive (md5 as in mirdata's gtzan_genre loader and
+    # torchaudio.datasets.GTZAN), as Marsyas publishes it on Hugging Face (dataset
+    # marsyas/gtzan, data/genres.tar.gz, 1.23 GB). The original host,
+    # http://opihi.cs.uvic.ca/sound/, has been offline since 2022; it stays reachable as a
+    # mirror (--source http://opihi.cs.uvic.ca/sound) should it come back.
     remotes = (
         Remote(
-            url="http://opihi.cs.uvic.ca/sound/genres.tar.gz",
+            url=GTZAN_URL,
             filename="genres.tar.gz",
             checksum="5b3d6dddb579ab49814ab86dba69e7c7",
             algorithm="md5",
@@ -70,11 +74,10 @@ class GTZAN(RemoteDataset):
     )
     homepage = "http://marsyas.info/downloads/datasets.html"
     unavailable_hint = (
-        "The original GTZAN host (opihi.cs.uvic.ca, linked from marsyas.info) has been offline "
-        "since 2022. genres.tar.gz is usually found on Hugging Face (dataset marsyas/gtzan, "
-        'file data/genres.tar.gz) or Kaggle ("GTZAN Dataset - Music Genre Classification", '
-        "the genres_original/*.wav variant); download it by hand and pass the file or its "
-        "folder with --source"
+        "genres.tar.gz comes from Hugging Face (dataset marsyas/gtzan, file data/genres.tar.gz). "
+        'Other copies: Kaggle ("GTZAN Dataset - Music Genre Classification", the '
+        "genres_original/*.wav variant; download it by hand and pass the file or its folder "
+        f"with --source), or the original host, offline since 2022 (--source {ORIGINAL_HOST})"
     )
     # jazz.00054.wav in the genres_original repackaging cannot be decoded (widely reported
     # by Kaggle users of "GTZAN Dataset - Music Genre Classification").

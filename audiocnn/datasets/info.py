@@ -10,22 +10,21 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from audiocnn.datasets.manifest import MANIFEST_NAME, manifest_path, read_manifest, read_manifest_header
+from audiocnn.datasets.manifest import (
+    MANIFEST_NAME,
+    manifest_path,
+    not_prepared,
+    read_manifest,
+    read_manifest_header,
+)
 from audiocnn.datasets.registry import get_dataset, list_datasets
-from audiocnn.errors import DatasetError
 from audiocnn.progress import human_size
 
 
 def prepared_dataset_dir(data_dir: str | os.PathLike, name: str) -> Path:
     d = Path(data_dir) / name
     if not manifest_path(d).is_file():
-        known = ", ".join(prepared_datasets(data_dir)) or "none"
-        hint = (
-            f"run `audiocnn prepare {name}`"
-            if name in list_datasets()
-            else "run `audiocnn prepare folder --source DIR --name NAME`"
-        )
-        raise DatasetError(f"{d}: {name} is not prepared under {data_dir} (prepared: {known})", hint=hint)
+        raise not_prepared(d, prepared_datasets(data_dir), builtin=name in list_datasets())
     return d
 
 

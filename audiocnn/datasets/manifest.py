@@ -81,6 +81,15 @@ class Manifest:
             counts[c.split] = counts.get(c.split, 0) + 1
         return counts
 
+    def label_counts(self) -> dict[str, dict[str, int]]:
+        """Clips of each label in each split: ``{label: {"train": n, "valid": n, "test": n}}``."""
+        counts = {label: dict.fromkeys(SPLITS, 0) for label in self.labels}
+        for c in self.clips:
+            for label in c.labels:
+                if label in counts:
+                    counts[label][c.split] = counts[label].get(c.split, 0) + 1
+        return counts
+
     def audio_dir(self) -> Path:
         root = Path(self.audio_root)
         if not root.is_absolute():
@@ -104,6 +113,7 @@ class Manifest:
             "task": self.task,
             "labels": list(self.labels),
             "splits": self.split_counts(),
+            "label_counts": self.label_counts(),
             "excluded": [{"id": e["id"], "reason": e["reason"]} for e in self.excluded],
         }
         if self.extra.get("partial"):
@@ -162,14 +172,29 @@ def write_manifest(manifest: Manifest, dataset_dir: str | os.PathLike) -> Path:
     return path
 
 
+def not_prepared(
+    dataset_dir: str | os.PathLike, prepared: Iterable[str] | None = None, builtin: bool | None = None
+) -> DatasetError:
+    """The error of a dataset folder without a manifest: it names the absolute data folder
+    looked in (the working folder matters for the default ``./data``), the datasets
+    ``prepared`` there, and how to prepare it (``builtin``: whether the name is a built-in
+    dataset's; None: not known here) or point at another data folder."""
+    d = Path(dataset_dir).absolute()
+    known = f" (prepared there: {', '.join(prepared) or 'none'})" if prepared is not None else ""
+    how = {True: f"`audiocnn prepare {d.name}`", False: "`audiocnn prepare folder --source DIR --name NAME`"}.get(
+        builtin, f"`audiocnn prepare {d.name}` (or `audiocnn prepare folder --source DIR --name {d.name}`)"
+    )
+    return DatasetError(
+        f"{d.name} is not prepared under {d.parent}{known}",
+        hint=f"run {how}, or point at the data folder that holds it with --data-dir DIR or AUDIOCNN_DATA_DIR=DIR",
+    )
+
+
 def read_manifest(dataset_dir_or_file: str | os.PathLike) -> Manifest:
     p = Path(dataset_dir_or_file)
     path = p if p.is_file() else manifest_path(p)
     if not path.is_file():
-        raise DatasetError(
-            f"{path}: no manifest; the dataset is not prepared",
-            hint=f"run `audiocnn prepare {p.name}`",
-        )
+        raise not_prepared(p)
     clips: list[Clip] = []
     header: dict[str, Any] | None = None
     with open(path, encoding="utf-8") as fh:

@@ -126,9 +126,24 @@ def _check_options(
                 f"own files (reserved: {', '.join(RESERVED_DATA_DIR_NAMES)}); pick another",
                 arguments=("dataset_name",),
             )
-    if labels_file is not None and not Path(labels_file).expanduser().is_file():
-        raise UsageError(f"labels_file={labels_file}: no such file", arguments=("labels_file",))
     return scheme, chosen_task
+
+
+def find_labels_file(labels_file: str | os.PathLike | None, sources: Sequence[str]) -> Path | None:
+    """The labels CSV ``labels_file`` names: as given (a relative path from the working
+    folder), else inside a ``source`` folder, where the CSV's own paths start (README's
+    ``--source ~/clips --labels labels.csv``). Logs the absolute path it reads."""
+    if labels_file is None:
+        return None
+    given = Path(labels_file).expanduser()
+    places = [given] if given.is_absolute() else [given, *(Path(s).expanduser() / given for s in sources)]
+    found = next((p for p in places if p.is_file()), None)
+    if found is None:
+        looked = " nor ".join(str(p.absolute()) for p in places)
+        raise UsageError(f"labels_file={labels_file}: no such file ({looked})", arguments=("labels_file",))
+    where = "" if found == given else " (found in source)"
+    log.info("labels: %s%s", found.absolute(), where)
+    return found.absolute()
 
 
 def _not_writable(path: Path, exc: OSError | FileWriteError) -> DatasetError:
@@ -216,17 +231,18 @@ def prepare_dataset(
         max_clips=max_clips,
         variant=variant,
     )
+    sources = [source] if isinstance(source, str) else list(source or [])
     ctx = PrepareContext(
         name=dataset_name or spec.name,
         dataset_dir=Path(data_dir) / (dataset_name or spec.name),
-        sources=[source] if isinstance(source, str) else list(source or []),
+        sources=sources,
         mirror=mirror_from_env(),
         split_scheme=scheme,
         task=chosen_task,
         skip_checksum=skip_checksum,
         force=force,
         progress=progress,
-        labels_file=Path(labels_file).expanduser() if labels_file is not None else None,
+        labels_file=find_labels_file(labels_file, sources),
         seed=seed,
         task_explicit=task is not None,
         max_clips=max_clips,

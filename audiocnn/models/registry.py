@@ -9,13 +9,17 @@ front-end and paper reference. The family modules register themselves when
 from __future__ import annotations
 
 import difflib
+import json
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import torch
 
 from audiocnn.constants import MULTI_LABEL, TASKS
 from audiocnn.errors import ModelError
+from audiocnn.fileio import atomic_write_bytes
 from audiocnn.models.base import count_parameters
+from audiocnn.zoo import ZOO_TABLE
 
 _REGISTRY: dict[str, type] = {}
 
@@ -99,3 +103,28 @@ def model_info(name: str, num_classes: int = 50) -> dict[str, Any]:
 def describe_models(num_classes: int = 50) -> list[dict[str, Any]]:
     """:func:`model_info` for every registered model, sorted by name."""
     return [model_info(name, num_classes) for name in list_models()]
+
+
+def builtin_models() -> list[str]:
+    """The registered models that audiocnn itself defines (not a test's or a plugin's)."""
+    return [n for n in list_models() if _REGISTRY[n].__module__.startswith("audiocnn.models.")]
+
+
+def zoo_table() -> list[dict[str, Any]]:
+    """The rows of :data:`audiocnn.zoo.ZOO_TABLE`: :func:`model_info` of every built-in
+    model with the parameter count split into a base and a count per output (it is
+    linear in the outputs)."""
+    rows = []
+    for name in builtin_models():
+        one, two = model_info(name, 1), model_info(name, 2)
+        per = two["parameters"] - one["parameters"]
+        row = {k: v for k, v in one.items() if k not in ("num_outputs", "parameters")}
+        rows.append({**row, "parameters_base": one["parameters"] - per, "parameters_per_output": per})
+    return rows
+
+
+def write_zoo_table(path: Path = ZOO_TABLE) -> Path:
+    """Write the zoo table (after a model changes:
+    ``python -c "from audiocnn.models.registry import write_zoo_table; write_zoo_table()"``)."""
+    atomic_write_bytes(path, (json.dumps(zoo_table(), indent=1) + "\n").encode("utf-8"))
+    return path

@@ -1,76 +1,93 @@
 """Pretrained models: names, where their checkpoints live, importing them from external files.
 
-Pretrained checkpoints are ordinary audiocnn checkpoints stored as
-``<data_dir>/pretrained/<name>.safetensors``. The four names come from the ``musicnn``
+Pretrained checkpoints are ordinary audiocnn checkpoints kept in the user's cache folder
+(:func:`audiocnn.constants.default_cache_dir`, shared by every project and working
+folder) as ``pretrained/<name>-<content key>.safetensors``: the key names the weights and
+tag lists imported (:func:`audiocnn.pretrained.musicnn.content_key`), so another version
+of the weights never reads a stale import. The four names come from the ``musicnn``
 package (ISC license), converted from its TensorFlow checkpoints by
-:func:`import_musicnn` — automatically the first time a name is used, when the package is
+:func:`import_musicnn`: automatically the first time a name is used, when the package is
 installed.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from audiocnn.constants import BEST_CHECKPOINT_NAME, DEFAULT_MODEL, PRETRAINED_DIR_NAME
+from audiocnn.constants import BEST_CHECKPOINT_NAME, DEFAULT_MODEL, PRETRAINED_DIR_NAME, default_cache_dir
 from audiocnn.errors import CheckpointError
 from audiocnn.pretrained.musicnn import (
     INSTALL_HINT,
     MUSICNN_LICENSE,
     MUSICNN_MODELS,
+    content_key,
+    import_file_name,
     import_models,
     installed_package_dir,
     open_source,
 )
 
 DEFAULT_PRETRAINED = DEFAULT_MODEL  # what `audiocnn tag` uses without --model
+log = logging.getLogger("audiocnn.pretrained")
 
 
 class PretrainedNotFound(CheckpointError):
     """A pretrained name whose checkpoint is not imported and cannot be imported here."""
 
 
-def pretrained_dir(data_dir: str | os.PathLike) -> Path:
-    return Path(data_dir) / PRETRAINED_DIR_NAME
+def pretrained_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``<cache>/pretrained``: the imports of every pretrained model."""
+    return Path(default_cache_dir() if cache_dir is None else cache_dir) / PRETRAINED_DIR_NAME
 
 
-def pretrained_path(name: str, data_dir: str | os.PathLike) -> Path:
-    return pretrained_dir(data_dir) / f"{name}.safetensors"
+def pretrained_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """The imported checkpoint of ``name`` that :func:`resolve_model` uses, or None: with
+    the musicnn package installed, the import of the installed weights; without it, the
+    newest import in the cache (e.g. one made ``--from`` a downloaded wheel)."""
+    folder = pretrained_dir(cache_dir)
+    if installed_package_dir() is not None:
+        path = folder / import_file_name(name, content_key(open_source(None), name))
+        return path if path.is_file() else None
+    found = sorted(folder.glob(import_file_name(name, "*")), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
 
 
 def is_pretrained_name(name: str) -> bool:
     return name in MUSICNN_MODELS
 
 
-def list_pretrained(data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+def list_pretrained(cache_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """One dict per pretrained name: name, model, dataset, description, license, source
-    package and, when ``data_dir`` is given, ``path`` and whether it is ``imported``."""
+    package, whether it is ``imported`` and, when it is, the ``path`` of its checkpoint."""
     out = []
     for spec in MUSICNN_MODELS.values():
-        row: dict[str, Any] = {
-            "name": spec.name,
-            "model": spec.model,
-            "dataset": spec.dataset,
-            "description": spec.description,
-            "license": MUSICNN_LICENSE,
-            "package": "musicnn",
-            "default": spec.name == DEFAULT_PRETRAINED,
-        }
-        if data_dir is not None:
-            path = pretrained_path(spec.name, data_dir)
-            row["path"] = str(path)
-            row["imported"] = path.is_file()
-        out.append(row)
+        path = pretrained_path(spec.name, cache_dir)
+        out.append(
+            {
+                "name": spec.name,
+                "model": spec.model,
+                "dataset": spec.dataset,
+                "description": spec.description,
+                "license": MUSICNN_LICENSE,
+                "package": "musicnn",
+                "default": spec.name == DEFAULT_PRETRAINED,
+                "imported": path is not None,
+                "path": str(path) if path is not None else None,
+            }
+        )
     return out
 
 
 def import_musicnn(
     source: str | os.PathLike | None,
-    data_dir: str | os.PathLike,
     names: list[str] | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
 ) -> list[Path]:
-    """Convert musicnn's pretrained models into ``<data_dir>/pretrained/<name>.safetensors``.
+    """Convert musicnn's pretrained models into ``<cache>/pretrained/<name>-<key>.safetensors``.
 
     ``source``: the musicnn package folder (installed or unpacked), or its wheel/sdist file;
     ``None`` uses the installed package. ``names`` defaults to all four. Re-running
@@ -83,27 +100,30 @@ def import_musicnn(
             f"unknown pretrained model(s) {', '.join(unknown)}; musicnn provides {', '.join(MUSICNN_MODELS)}"
         )
     src = open_source(Path(source) if source is not None else None)
-    return import_models(src, pretrained_dir(data_dir), wanted)
+    return import_models(src, pretrained_dir(cache_dir), wanted)
 
 
-def resolve_model(name_or_path: str | os.PathLike, data_dir: str | os.PathLike) -> Path:
+def resolve_model(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> Path:
     """Checkpoint file for a pretrained name, a checkpoint path, or a training run folder.
 
-    A pretrained name not imported yet is imported now from the installed musicnn package;
-    without it, :class:`PretrainedNotFound` says exactly what to run.
+    A pretrained name not in the cache yet is imported now from the installed musicnn
+    package, once for every project (``cache_dir``: default
+    :func:`audiocnn.constants.default_cache_dir`); without the package,
+    :class:`PretrainedNotFound` says exactly what to run.
     """
     text = str(name_or_path)
     if text in MUSICNN_MODELS:
-        path = pretrained_path(text, data_dir)
-        if path.is_file():
+        path = pretrained_path(text, cache_dir)
+        if path is not None:
             return path
         if installed_package_dir() is None:
             raise PretrainedNotFound(
-                f"pretrained model {text!r} is not imported into {pretrained_dir(data_dir)} and the "
+                f"pretrained model {text!r} is not imported into {pretrained_dir(cache_dir)} and the "
                 f"musicnn package is not installed",
                 hint=INSTALL_HINT,
             )
-        import_musicnn(None, data_dir, [text])
+        log.info("importing %s from the musicnn package into %s (once)", text, pretrained_dir(cache_dir))
+        (path,) = import_musicnn(None, [text], cache_dir=cache_dir)
         return path
     path = Path(text).expanduser()
     if path.is_file():

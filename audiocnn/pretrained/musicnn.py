@@ -11,6 +11,7 @@ and ``vgg`` models and write ordinary audiocnn checkpoints.
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.util
 import logging
 import re
@@ -35,6 +36,8 @@ MUSICNN_VERSION = "0.1.0"
 MUSICNN_LICENSE = f"ISC (musicnn {MUSICNN_VERSION})"
 INSTALL_HINT = f"pip install --no-deps musicnn=={MUSICNN_VERSION} && audiocnn pretrained import musicnn"
 MAX_MEMBER_BYTES = 256 * 1024 * 1024  # the largest file in the package is ~10 MB
+#: part of every import's content key: raise it when the conversion below changes what it writes
+IMPORT_REVISION = 1
 
 
 @dataclass(frozen=True)
@@ -364,11 +367,29 @@ def build_pretrained(src: PackageSource, name: str):
     return model, labels, read_reported_metrics(src, spec.folder)
 
 
+def content_key(src: PackageSource, name: str) -> str:
+    """12 hex digits naming what an import of ``name`` from ``src`` holds: the model's
+    TensorFlow index (which carries a checksum of every weight tensor), the tag lists and
+    :data:`IMPORT_REVISION`. The same weights give the same key wherever they come from
+    (installed package, wheel, sdist); reading it costs a few kilobytes."""
+    spec = MUSICNN_MODELS[name]
+    h = hashlib.sha256(f"{name} {IMPORT_REVISION}".encode())
+    for member in (src.find(f"{spec.folder}/.index"), src.find("configuration.py")):
+        h.update(src.read(member) if member is not None else b"-")
+    return h.hexdigest()[:12]
+
+
+def import_file_name(name: str, key: str) -> str:
+    """``<name>-<content key>.safetensors``: the file of one import in the cache."""
+    return f"{name}-{key}.safetensors"
+
+
 def import_models(src: PackageSource, out_dir: Path, names: list[str]) -> list[Path]:
-    """Convert ``names`` from ``src`` into ``<out_dir>/<name>.safetensors``."""
+    """Convert ``names`` from ``src`` into ``<out_dir>/<name>-<content key>.safetensors``."""
     paths = []
     for name in names:
         spec = MUSICNN_MODELS[name]
+        key = content_key(src, name)
         model, labels, metrics = build_pretrained(src, name)
         meta = model_metadata(
             model,
@@ -380,7 +401,7 @@ def import_models(src: PackageSource, out_dir: Path, names: list[str]) -> list[P
             dataset=spec.dataset,
             description=spec.description,
         )
-        path = save_checkpoint(Path(out_dir) / f"{name}.safetensors", model, meta)
+        path = save_checkpoint(Path(out_dir) / import_file_name(name, key), model, meta)
         log.debug("wrote %s", path)
         paths.append(path)
     return paths

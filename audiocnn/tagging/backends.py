@@ -10,7 +10,8 @@ the scores), says which arrays it can give (:func:`check_arrays`), and has
 ``streams`` threads at once, each on its share of the CPU threads.
 
 ONNX Runtime: the model is exported once (:func:`audiocnn.tagging.export.export_onnx`,
-verified against torch) into ``<data dir>/onnx/``, named by the checkpoint's content hash,
+verified against torch) into ``<cache>/onnx/`` (the user's cache folder,
+:func:`audiocnn.constants.default_cache_dir`), named by the checkpoint's content hash,
 and reused; the scores equal torch's to about 1e-7. On the 2-core CPU it was measured on,
 ONNX Runtime ran musicnn's network 1.28x faster per window (README, "Export to ONNX").
 """
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from audiocnn.constants import ONNX_DIR_NAME, default_data_dir
+from audiocnn.constants import ONNX_DIR_NAME, default_cache_dir
 from audiocnn.errors import UsageError
 from audiocnn.models.base import TaggingModel
 from audiocnn.models.checkpoint import checkpoint_sha256
@@ -88,13 +89,13 @@ class OrtBackend:
     arrays: tuple[str, ...] = ()  # the export ends at the probabilities
     input_errors: tuple[type[BaseException], ...] = (Exception,)  # onnxruntime raises its own types
 
-    def __init__(self, model: TaggingModel, checkpoint: Path, data_dir: str | os.PathLike | None) -> None:
+    def __init__(self, model: TaggingModel, checkpoint: Path, cache_dir: str | os.PathLike | None) -> None:
         _, self._ort = require_onnx()
         self.model = model
-        root = Path(default_data_dir() if data_dir is None else data_dir) / ONNX_DIR_NAME
+        root = Path(default_cache_dir() if cache_dir is None else cache_dir) / ONNX_DIR_NAME
         path = root / f"{checkpoint.stem}-{checkpoint_sha256(checkpoint)}.onnx"
         if not path.is_file():
-            export_onnx(checkpoint, path, data_dir=data_dir)
+            export_onnx(checkpoint, path, cache_dir=cache_dir)
         self.onnx_path = path
         self.session = ort_session(self._ort, path, torch.get_num_threads())
         self.input_name = self.session.get_inputs()[0].name
@@ -143,7 +144,7 @@ def check_arrays(backend: str, options: TagOptions, model: TaggingModel | None =
 
 
 def make_backend(
-    name: str, model: TaggingModel, device: torch.device, checkpoint: Path, data_dir: Any
+    name: str, model: TaggingModel, device: torch.device, checkpoint: Path, cache_dir: Any
 ) -> TorchBackend | OrtBackend:
     """The backend called ``name`` (torch | onnxruntime) for a loaded model."""
     if name not in BACKENDS:
@@ -155,4 +156,4 @@ def make_backend(
             f"backend='onnxruntime' runs on the CPU, not {device.type}: pass device='cpu'",
             arguments=("backend", "device"),
         )
-    return OrtBackend(model, checkpoint, data_dir)
+    return OrtBackend(model, checkpoint, cache_dir)

@@ -21,7 +21,8 @@ from audiocnn.audio import AUDIO_EXTENSIONS, find_audio_files, is_audio_path, no
 from audiocnn.constants import DEFAULT_MODEL
 from audiocnn.errors import AudiocnnError, UsageError
 from audiocnn.fileio import ensure_writable_dir
-from audiocnn.models.checkpoint import checkpoint_sha256
+from audiocnn.models.checkpoint import checkpoint_sha256, read_metadata
+from audiocnn.pretrained import resolve_model
 from audiocnn.progress import StepBar
 from audiocnn.shards import Shard
 from audiocnn.tagging.backends import check_arrays
@@ -32,13 +33,14 @@ from audiocnn.tagging.results import (
     RESULTS_SUFFIXES,
     RateInfo,
     ResultsFile,
+    ResultsPlan,
     check_results_file,
     make_record,
     plan_results,
     results_lock,
 )
 from audiocnn.tagging.stream import tag_stream
-from audiocnn.tagging.tagger import Tagger, TagResult
+from audiocnn.tagging.tagger import Tagger, TagResult, shown_name
 
 log = logging.getLogger("audiocnn.tag")
 
@@ -126,7 +128,7 @@ def tag_command(
     options: TagOptions | None = None,
     *,
     model: str | os.PathLike = DEFAULT_MODEL,
-    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
     device: str = "auto",
     batch_size: int | None = None,
     backend: str = "torch",
@@ -157,10 +159,9 @@ def tag_command(
     ``jobs``: decoding processes, and on a CPU batches run at once, each on its share of
     the threads (1: decode here, one file after the other, one batch at a time).
     ``show_progress``: a progress bar on stderr (files/s, audio hours/s, time left)
-    instead of one line per file. ``model``, ``data_dir``, ``device``, ``batch_size`` and
-    ``backend`` are those of :class:`Tagger`. ``shard``: tag only this process's share of
-    the files into its part file next to ``output``, merged when every share is done
-    (:mod:`audiocnn.tagging.parts`).
+    instead of one line per file. ``model``, ``cache_dir``, ``device``, ``batch_size`` and
+    ``backend`` are those of :class:`Tagger`. ``shard``: tag this process's share into its
+    part file next to ``output``, merged when every share is done (:mod:`audiocnn.tagging.parts`).
     """
     t0 = time.perf_counter() if started is None else started
     outputs = dict(outputs or {})
@@ -175,42 +176,53 @@ def tag_command(
     if not files:
         raise UsageError("nothing to tag: none of the given paths is an audio file or holds one")
     jobs = _usable_jobs(int(jobs), report)
-    library, files, into = files, *_share(files, shard, output, report)
+    everything, files, into, merged = files, *_share(files, shard, output, report)
+    total = len(files) + len(failures)
     with contextlib.ExitStack() as held:
+        library = None
         if output is not None:  # another run's lock, or a file audiocnn did not write: before the model loads
             held.enter_context(results_lock(into))
             check_results_file(into)
-        device = device if shard is None else shard_device(device)
-        tagger = Tagger(model, device=device, batch_size=batch_size, data_dir=data_dir, backend=backend)
-        tagger.plan(options)
-        report(
-            f"model {tagger.name} ({tagger.task}, {len(tagger.labels)} labels) loaded in "
-            f"{time.perf_counter() - t0:.1f} s; {len(files)} file{'s' if len(files) != 1 else ''} to tag"
-        )
-        run = _Run(tagger, options, jobs, outputs, on_result, report, show_progress, failures)
-        run.library = output is not None
-        total = len(files) + len(failures)
-        merged = None if shard is None else Path(output)
-        skipped = 0 if output is None else _tag_library(run, files, ResultsFile(into, tagger.labels), force, merged)
-        if output is None:
-            _tag_each(run, files)
-    summary = TagSummary(total, failures, time.perf_counter() - t0, skipped)
+            library = _plan_library(into, files, model, cache_dir, options, force, report, merged)
+        if library is None or library.plan.todo:  # a library run with every file done never loads the model
+            device = device if shard is None else shard_device(device)
+            tagger = Tagger(model, device=device, batch_size=batch_size, cache_dir=cache_dir, backend=backend)
+            tagger.plan(options)
+            todo = len(files) if library is None else len(library.plan.todo)
+            report(
+                f"model {tagger.name} ({tagger.task}, {len(tagger.labels)} labels) loaded in "
+                f"{time.perf_counter() - t0:.1f} s; {todo} file{'s' if todo != 1 else ''} to tag"
+            )
+            run = _Run(tagger, options, jobs, outputs, on_result, report, show_progress, failures)
+            run.library = library is not None
+            if library is None:
+                _tag_each(run, files)
+            else:
+                _tag_library(run, library)
+    summary = TagSummary(total, failures, time.perf_counter() - t0, 0 if library is None else library.plan.skipped)
     report(str(summary))
-    if shard is not None:
-        key = (checkpoint_sha256(tagger.path), options.record())
-        merge_when_complete(Path(output), shard, library, tagger.labels, key, report)
+    _merge_shares(library, shard, merged, everything, report)
     return summary
+
+
+def _merge_shares(
+    library: _Library | None, shard: Shard | None, merged: Path | None, files: list[Path], report: Callable[[str], None]
+) -> None:
+    """After a share of a library run: merge the parts if every share is done."""
+    if library is not None and shard is not None and merged is not None:
+        merge_when_complete(merged, shard, files, library.out.labels, library.key, report)
 
 
 def _share(
     files: list[Path], shard: Shard | None, output: str | os.PathLike | None, report: Callable[[str], None]
-) -> tuple[list[Path], str | os.PathLike | None]:
-    """The files this process tags, and the results file it writes them to."""
+) -> tuple[list[Path], str | os.PathLike | None, Path | None]:
+    """The files this process tags, the results file it writes them to, and the one its
+    part is merged into (None: no shard)."""
     if shard is None:
-        return files, output
+        return files, output, None
     mine, part = share_of(files, shard), shard.part_path(output)
     report(f"share {shard}: {len(mine)} of {len(files)} files, into {part}")
-    return mine, part
+    return mine, part, Path(output)
 
 
 def _checked_outputs(outputs: Mapping[str, Any]) -> list[str]:
@@ -298,30 +310,64 @@ def _tag_each(run: _Run, files: list[Path]) -> None:
     for n, (_, path, res) in enumerate(run.results(files), 1):
         run.done(path, res)
         if not isinstance(res, AudiocnnError):
-            run.report(f"[{n}/{len(files)}] {path}: {res.num_windows} windows, {res.duration:.1f} s")
+            windows = f"{res.num_windows} window{'s' if res.num_windows != 1 else ''}"
+            run.report(f"[{n}/{len(files)}] {path}: {windows}, {res.duration:.1f} s")
 
 
-def _tag_library(run: _Run, files: list[Path], out: ResultsFile, force: bool, merged: Path | None = None) -> int:
-    """Tag the files ``out`` does not hold yet, appending a record per file (its lock is
-    held by the caller); returns how many were skipped. ``merged``: the output a part file
-    ``out`` is merged into, whose records count as done too."""
-    tagger = run.tagger
-    model = {"model": tagger.name, "model_sha256": checkpoint_sha256(tagger.path)}
-    options = run.options.record()
+@dataclass
+class _Library:
+    """A library run's results file, the model's identity its records hold, and what is
+    left to tag."""
+
+    out: ResultsFile
+    model: dict[str, str]  # {"model": shown name, "model_sha256": the checkpoint's digest}
+    options: dict[str, Any]
+    plan: ResultsPlan
+
+    @property
+    def key(self) -> tuple[str, dict[str, Any]]:
+        """What a record must match to count as done: the checkpoint's digest and the options."""
+        return self.model["model_sha256"], self.options
+
+
+def _plan_library(
+    output: str | os.PathLike,
+    files: list[Path],
+    model: str | os.PathLike,
+    cache_dir: str | os.PathLike | None,
+    options: TagOptions,
+    force: bool,
+    report: Callable[[str], None],
+    merged: Path | None = None,
+) -> _Library:
+    """Read the results file (its lock is held by the caller) and decide what to tag. The
+    model's identity (checkpoint digest, name, labels) comes from its file, without
+    building the network, so that a run with nothing left to tag never loads it. ``merged``:
+    the output the part file ``output`` is merged into, whose records count as done too."""
+    path = resolve_model(model, cache_dir=cache_dir)
+    ident = {"model": shown_name(model, path), "model_sha256": checkpoint_sha256(path)}
+    out = ResultsFile(output, [str(x) for x in read_metadata(path).get("labels") or []])
+    record = options.record()
     before = 0
     if merged is not None and not force:
-        files, before = merged_done(files, merged, tagger.labels, model["model_sha256"], options)
-    plan = plan_results(out, files, model["model_sha256"], options, force)
+        files, before = merged_done(files, merged, out.labels, ident["model_sha256"], record)
+    plan = plan_results(out, files, ident["model_sha256"], record, force)
     plan.skipped += before
     if plan.skipped:
-        run.report(
+        report(
             f"skipping {plan.skipped} file{'s' if plan.skipped != 1 else ''} already in {out.path} "
             "(same size, modification time, model and options)"
         )
     if plan.retried:
-        run.report(f"trying again {plan.retried} file{'s' if plan.retried != 1 else ''} that failed before")
+        report(f"trying again {plan.retried} file{'s' if plan.retried != 1 else ''} that failed before")
     if plan.repaired:
-        run.report(f"{out.path}: dropped {plan.repaired} incomplete or invalid line(s)")
+        report(f"{out.path}: dropped {plan.repaired} incomplete or invalid line(s)")
+    return _Library(out, ident, record, plan)
+
+
+def _tag_library(run: _Run, library: _Library) -> None:
+    """Tag the files the plan left, appending a record per file."""
+    out, model, options, plan = library.out, library.model, library.options, library.plan
     rate = RateInfo(len(plan.todo))
     out.open()
     try:
@@ -337,7 +383,6 @@ def _tag_library(run: _Run, files: list[Path], out: ResultsFile, force: bool, me
                     run.report(f"[{rate.done}/{rate.total}] {path}: {res.duration:.1f} s; {info}")
     finally:
         out.close()
-    return plan.skipped
 
 
 def _write_files(

@@ -42,7 +42,7 @@ from torch import nn
 
 from audiocnn import __version__
 from audiocnn.audio import load_audio
-from audiocnn.constants import SINGLE_LABEL, default_data_dir
+from audiocnn.constants import SINGLE_LABEL
 from audiocnn.errors import AudiocnnError, NotAvailableError
 from audiocnn.features.frontends import MelConfig, MelFrontend, MelStream
 from audiocnn.fileio import atomic_write_bytes
@@ -231,7 +231,7 @@ def export_onnx(
     model: str | os.PathLike,
     output: str | os.PathLike | None = None,
     *,
-    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
     audio: str | os.PathLike | None = None,
     report: Callable[[str], None] = lambda line: None,
 ) -> ExportReport:
@@ -239,7 +239,7 @@ def export_onnx(
     folder) and, for mel models, ``<output stem>.frontend.onnx``; verify both (see the
     module docstring). ``audio``: the real song the checks use."""
     onnx, ort = require_onnx()
-    path = resolve_model(model, default_data_dir() if data_dir is None else data_dir)
+    path = resolve_model(model, cache_dir=cache_dir)
     net, meta = load_checkpoint(path, map_location="cpu")
     net = net.eval()
     out = Path(output) if output is not None else Path(f"{Path(str(model)).stem}.onnx")

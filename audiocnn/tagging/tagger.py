@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from audiocnn.constants import DEFAULT_MODEL, SINGLE_LABEL, Aggregate, default_data_dir
+from audiocnn.constants import DEFAULT_MODEL, SINGLE_LABEL, Aggregate
 from audiocnn.devices import resolve_device
 from audiocnn.errors import AudiocnnError, AudioDecodeError, CheckpointError, ModelError, UsageError
 from audiocnn.features.frontends import MelConfig, MelStream
@@ -58,13 +58,21 @@ def _song_framing_supported(frontend: torch.nn.Module) -> bool:
     return isinstance(c, MelConfig) and MelStream.supports(c) and not (c.compression == "db" and c.top_db is not None)
 
 
+def shown_name(checkpoint_or_name: str | os.PathLike, path: Path) -> str:
+    """What messages and results records call a model: the name given (``musicnn-mtt``,
+    a run folder), or the path of a checkpoint file given."""
+    given = str(checkpoint_or_name)
+    return given if not Path(given).expanduser().is_file() else str(path)
+
+
 class Tagger:
     """A model loaded once and ready to tag any number of songs.
 
     ``checkpoint_or_name``: a ``.safetensors`` checkpoint (from ``audiocnn train`` or
     ``audiocnn pretrained import``), a training run folder, or a pretrained name such as
-    ``musicnn-mtt`` (see :func:`audiocnn.pretrained.resolve_model`; pretrained models live
-    under ``data_dir``, by default :func:`audiocnn.constants.default_data_dir`).
+    ``musicnn-mtt`` (see :func:`audiocnn.pretrained.resolve_model`; pretrained imports and
+    ONNX exports live under ``cache_dir``, by default
+    :func:`audiocnn.constants.default_cache_dir`).
     ``backend``: ``torch``, or ``onnxruntime`` to run the network in ONNX Runtime
     (:mod:`audiocnn.tagging.backends`).
     """
@@ -75,7 +83,7 @@ class Tagger:
         *,
         device: str = "auto",
         batch_size: int | None = None,
-        data_dir: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
         block_seconds: float = 30.0,
         num_threads: int | None = None,
         backend: str = "torch",
@@ -94,9 +102,8 @@ class Tagger:
             batch_size = CPU_BATCH_SIZE if self.device.type == "cpu" else ACCELERATOR_BATCH_SIZE
         self.batch_size = int(batch_size)
         self.block_seconds = float(block_seconds)
-        self.path = resolve_model(checkpoint_or_name, default_data_dir() if data_dir is None else data_dir)
-        given = str(checkpoint_or_name)
-        self.name = given if not Path(given).expanduser().is_file() else str(self.path)
+        self.path = resolve_model(checkpoint_or_name, cache_dir=cache_dir)
+        self.name = shown_name(checkpoint_or_name, self.path)
         model, meta = load_checkpoint(self.path, map_location="cpu")
         self.model = model.to(self.device).eval()
         self.meta = meta
@@ -112,7 +119,7 @@ class Tagger:
         self.thresholds: list[float] | None = thresholds_of(meta, self.path)
         self.sample_rate = int(model.sample_rate)
         self.stats = StreamStats()  # peaks of the last run (tag_stream)
-        self.backend = make_backend(backend, self.model, self.device, self.path, data_dir)
+        self.backend = make_backend(backend, self.model, self.device, self.path, cache_dir)
 
     # ------------------------------------------------------------------ planning
 

@@ -154,7 +154,7 @@ class Trainer:
         self.labels = list(self.manifest.labels)
         self.monitor, self.higher = S.monitor_of(config, self.task)
         S.seed_everything(config.seed)  # identical initial weights on every rank
-        self.raw, init_info = S.build_model(config, self.labels, self.task, data_dir)
+        self.raw, init_info = S.build_model(config, self.labels, self.task)
         if init_info and info.is_main:
             log.info(
                 "init: weights from %s%s",
@@ -380,7 +380,7 @@ class Trainer:
         if not (self.info.is_main and self.state.history):
             return
         try:
-            plot_training_curves(self.run.metrics, self.run.curves)
+            plot_training_curves(self.run.metrics, self.run.curves, best_epoch=self.state.best_epoch)
         except Exception as exc:  # a plot must never fail a finished run
             log.warning("could not plot training curves: %s", exc)
         if hasattr(self.raw, "filter_summary"):  # harmonic-cnn: its filters as initialised and as learned

@@ -56,8 +56,21 @@ def _num(v: str | None) -> Any:
         return v
 
 
-def plot_training_curves(metrics_csv: str | os.PathLike, out: str | os.PathLike) -> Path | None:
-    """Loss (train/valid), validation ROC/PR-AUC (and accuracy) and lr per epoch."""
+#: the validation curves: (metrics.csv column, line style); balanced accuracy dashed, so
+#: that it never hides accuracy (they are equal on a balanced split)
+VALIDATION_CURVES = (
+    ("roc_auc_macro", {"marker": "o"}),
+    ("pr_auc_macro", {"marker": "o"}),
+    ("accuracy", {"marker": "s", "markersize": 7, "alpha": 0.7}),
+    ("balanced_accuracy", {"marker": "x", "linestyle": "--"}),
+)
+
+
+def plot_training_curves(
+    metrics_csv: str | os.PathLike, out: str | os.PathLike, best_epoch: int | None = None
+) -> Path | None:
+    """Loss (train/valid), validation ROC/PR-AUC, accuracy and balanced accuracy, and lr
+    per epoch; ``best_epoch`` (1-based: the epoch of ``best.safetensors``) is marked."""
     rows = read_metrics_csv(metrics_csv)
     if not rows:
         return None
@@ -68,10 +81,13 @@ def plot_training_curves(metrics_csv: str | os.PathLike, out: str | os.PathLike)
     ax1.plot(ep, [r.get("valid_loss") for r in rows], marker="o", label="valid")
     ax1.set_title("loss")
     ax1.set_xlabel("epoch")
-    ax1.legend()
-    for key in ("roc_auc_macro", "pr_auc_macro", "accuracy", "balanced_accuracy"):
+    for key, style in VALIDATION_CURVES:
         if key in rows[0]:
-            ax2.plot(ep, [r.get(key) for r in rows], marker="o", label=key)
+            ax2.plot(ep, [r.get(key) for r in rows], label=key, **style)
+    if best_epoch is not None:
+        for ax in (ax1, ax2, ax3):
+            ax.axvline(best_epoch, color="gray", linestyle=":", label=f"best (epoch {best_epoch})")
+    ax1.legend()
     ax2.set_title("validation (song level)")
     ax2.set_xlabel("epoch")
     ax2.legend(fontsize="small")

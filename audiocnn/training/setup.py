@@ -101,20 +101,20 @@ def seed_everything(seed: int) -> None:
 # -- model -------------------------------------------------------------------------------
 
 
-def resolve_init(init: str, data_dir: str | os.PathLike) -> Path:
+def resolve_init(init: str) -> Path:
     """A checkpoint path, a run folder, or a pretrained model name (``audiocnn.pretrained``)."""
     try:
-        return resolve_model(init, data_dir)
+        return resolve_model(init)
     except CheckpointError as exc:
         raise ConfigError(f"init={init!r}: {exc.message}", hint=exc.hint) from None
 
 
-def build_model(config: TrainConfig, labels: Sequence[str], task: str, data_dir: str | os.PathLike):
+def build_model(config: TrainConfig, labels: Sequence[str], task: str):
     """Create the model of ``config``; with ``init``, start from a checkpoint's weights
     (same architecture and front-end), re-initialising the head when the labels differ."""
     if not config.init:
         return create_model(config.model, num_classes=len(labels), task=task, **config.model_kwargs), None
-    path = resolve_init(config.init, data_dir)
+    path = resolve_init(config.init)
     meta = read_metadata(path)
     if config.model and config.model != meta["model"]:
         raise ConfigError(
