@@ -68,6 +68,7 @@ CORE = {
     "audiocnn.devices",
     "audiocnn.configio",
     "audiocnn.splits",
+    "audiocnn.shards",
 }
 
 

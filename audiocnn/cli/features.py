@@ -67,6 +67,13 @@ def features(
     ),
     fmt: TextOrJson = typer.Option(TextOrJson.text, "--format", help="text or json."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    shard: Optional[str] = typer.Option(
+        None,
+        "--shard",
+        show_default=False,
+        help="Extract only share K (from 0) of N of the chunks (a job array's task; under torchrun "
+        "RANK/WORLD_SIZE pick it); the last share to finish merges the store.",
+    ),
 ) -> None:
     """Extract waveform or log-mel features of a prepared dataset into the on-disk store.
 
@@ -78,15 +85,22 @@ def features(
     with common.flags(**common.COMMAND_FLAGS["features"]):
         options = parse_overrides(overrides or [])
     configs = pipeline.frontend_configs(kind.value, sample_rate, options)
+    picked = _shard(shard)
     with common.flags(**common.COMMAND_FLAGS["features"]):
-        stores = pipeline.extract(
-            resolve_dataset_dir(dataset),
-            configs,
-            jobs=jobs,
-            min_seconds=min_seconds,
-            max_failure_fraction=max_failures,
-            progress=not no_progress,
-        )
+        if picked is not None:
+            run = dict(jobs=jobs, min_seconds=min_seconds, max_failure_fraction=max_failures, progress=not no_progress)
+            stores = _extract_share(resolve_dataset_dir(dataset), configs, picked, run)
+        else:
+            stores = pipeline.extract(
+                resolve_dataset_dir(dataset),
+                configs,
+                jobs=jobs,
+                min_seconds=min_seconds,
+                max_failure_fraction=max_failures,
+                progress=not no_progress,
+            )
+    if not stores:
+        return
     results = [extraction_summary(store) for store in stores]
     if fmt is TextOrJson.json:
         common.print_json(results if len(results) > 1 else results[0])
@@ -98,3 +112,27 @@ def features(
         console.print(f"  clips: {counts}; failed: {r['failures']}", highlight=False)
         if r["failures"]:
             console.print(f"  failures listed in {Path(r['path']) / 'failures.jsonl'}", highlight=False)
+
+
+def _shard(text: str | None):
+    """--shard K/N, or torchrun's RANK of WORLD_SIZE; None for one process."""
+    from audiocnn.shards import parse_shard, shard_from_env  # deferred: only for a sharded run
+
+    return parse_shard(text) if text is not None else shard_from_env()
+
+
+def _extract_share(dataset_dir: Path, configs, shard, run: dict[str, Any]) -> list:
+    """This process's share of each store; the stores when this share finished them all (merged)."""
+    from audiocnn.datasets.manifest import read_manifest  # deferred: as the command's other imports
+    from audiocnn.features.store import extract_features  # deferred: torch
+    from audiocnn.training.data import store_source  # deferred: torch
+
+    source = store_source(read_manifest(dataset_dir))
+    stores = [extract_features(dataset_dir, config, source, shard=shard, **run) for config in configs]
+    if any(store is None for store in stores):
+        common.err_console().print(
+            f"share {shard} extracted; other shares are left or running: the last to finish merges the store",
+            highlight=False,
+        )
+        return []
+    return stores

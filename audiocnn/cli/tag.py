@@ -67,7 +67,8 @@ def _table(result, top_k: int) -> str:
 
 # The options of `audiocnn tag`, declared once each.
 Paths = Annotated[
-    list[str], typer.Argument(help="Audio files, folders (searched recursively) or globs.", show_default=False)
+    Optional[list[str]],
+    typer.Argument(help="Audio files, folders (searched recursively) or globs.", show_default=False),
 ]
 ModelName = Annotated[
     str,
@@ -203,11 +204,26 @@ BackendOpt = Annotated[
     ),
 ]
 Force = Annotated[bool, typer.Option("--force", help="With --output: tag again files the results file already holds.")]
+ShardOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--shard",
+        show_default=False,
+        help="With --output: tag only share K (from 0) of N of the files, into its own part file next to the "
+        "output (a job array's task; under torchrun RANK/WORLD_SIZE pick it); the last to finish merges the parts.",
+    ),
+]
+Merge = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--merge", show_default=False, help="Merge the part files of --shard runs into this results file, and stop."
+    ),
+]
 
 
 @app.command("tag")
 def tag(
-    paths: Paths,
+    paths: Paths = None,
     model: ModelName = DEFAULT_MODEL,
     top_k: TopK = None,
     fmt: Format = OutputFormat.table,
@@ -227,14 +243,15 @@ def tag(
     jobs: Jobs = 1,
     force: Force = False,
     backend: BackendOpt = Backend.torch,
+    shard: ShardOpt = None,
+    merge: Merge = None,
 ) -> None:
     """Tag whole songs: top tags per file, optionally the taggram over time and embeddings.
 
     With --output, tag a whole library into one resumable results file."""
-    if output is not None and fmt is not OutputFormat.table:
-        raise UsageError(
-            f"--format {fmt.value} prints to stdout; with --output the suffix of {output} picks the format"
-        )
+    if merge is not None:
+        return _merge(merge, paths)
+    picked = _checked_run(paths, output, fmt, shard)
     outputs = {"taggram": taggram_dir, "embeddings": embeddings_dir, "attention": attention_dir}
     outputs = {kind: folder for kind, folder in outputs.items() if folder is not None}
     for kind, folder in outputs.items():  # before the model loads: fail in a second, not after it
@@ -277,11 +294,42 @@ def tag(
             report=_progress,
             started=started,
             show_progress=output is not None and sys.stderr.isatty(),
+            shard=picked,
         )
     if summary.skipped:
         _progress(f"--force tags the {summary.skipped} skipped file{'s' if summary.skipped != 1 else ''} again")
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _checked_run(paths: list[str] | None, output: Path | None, fmt: OutputFormat, text: str | None):
+    """The run's options checked before the model loads; returns the shard: --shard K/N, or
+    torchrun's RANK of WORLD_SIZE, or None for one process."""
+    from audiocnn.shards import parse_shard, shard_from_env  # deferred: only for a library run
+
+    if not paths:
+        raise typer.BadParameter("give the audio files, folders or globs to tag", param_hint="'PATHS...'")
+    if output is not None and fmt is not OutputFormat.table:
+        raise UsageError(
+            f"--format {fmt.value} prints to stdout; with --output the suffix of {output} picks the format"
+        )
+    shard = parse_shard(text) if text is not None else shard_from_env()
+    if shard is not None and output is None:
+        how = f"--shard {text}" if text is not None else f"torchrun ({shard.count} processes)"
+        raise UsageError(f"{how}: each process writes a part of a results file, so it needs --output FILE.jsonl")
+    return shard
+
+
+def _merge(output: Path, paths: list[str]) -> None:
+    """tag --merge FILE: the part files next to FILE merged into it."""
+    if paths:
+        raise UsageError(f"--merge {output} merges part files only: drop the paths to tag ({paths[0]}, ...)")
+    from audiocnn.tagging.parts import find_parts, merge_parts  # deferred: torch
+
+    parts = find_parts(output)
+    if not parts:
+        raise UsageError(f"--merge {output}: no part files next to it ({output.stem}.part-K-of-N{output.suffix})")
+    merge_parts(output, parts, _progress)
 
 
 def _shower(writer, fmt: OutputFormat, table_k: int):

@@ -24,9 +24,11 @@ from audiocnn.fileio import ensure_writable_dir
 from audiocnn.models.checkpoint import checkpoint_sha256, read_metadata
 from audiocnn.pretrained import resolve_model
 from audiocnn.progress import StepBar
+from audiocnn.shards import Shard
 from audiocnn.tagging.backends import check_arrays
 from audiocnn.tagging.options import TagOptions, tag_options
 from audiocnn.tagging.outputs import PER_WINDOW_WRITERS, output_stem
+from audiocnn.tagging.parts import merge_when_complete, merged_done, shard_device, share_of
 from audiocnn.tagging.results import (
     RESULTS_SUFFIXES,
     RateInfo,
@@ -138,6 +140,7 @@ def tag_command(
     report: Callable[[str], None] = log.info,
     started: float | None = None,
     show_progress: bool = False,
+    shard: Shard | None = None,
     **fields: Any,
 ) -> TagSummary:
     """Tag every audio file that ``paths`` name (files, folders, globs) with one model.
@@ -157,12 +160,13 @@ def tag_command(
     the threads (1: decode here, one file after the other, one batch at a time).
     ``show_progress``: a progress bar on stderr (files/s, audio hours/s, time left)
     instead of one line per file. ``model``, ``cache_dir``, ``device``, ``batch_size`` and
-    ``backend`` are those of :class:`Tagger`.
+    ``backend`` are those of :class:`Tagger`. ``shard``: tag this process's share into its
+    part file next to ``output``, merged when every share is done (:mod:`audiocnn.tagging.parts`).
     """
     t0 = time.perf_counter() if started is None else started
     outputs = dict(outputs or {})
     options = tag_options(options, **fields, **{kind: True for kind in _checked_outputs(outputs)})
-    _check_run_options(output, jobs, force)
+    _check_run_options(output, jobs, force, shard)
     check_arrays(backend, options)  # before the model loads (and an ONNX export)
     for folder in outputs.values():
         ensure_writable_dir(folder)
@@ -172,14 +176,16 @@ def tag_command(
     if not files:
         raise UsageError("nothing to tag: none of the given paths is an audio file or holds one")
     jobs = _usable_jobs(int(jobs), report)
+    everything, files, into, merged = files, *_share(files, shard, output, report)
     total = len(files) + len(failures)
     with contextlib.ExitStack() as held:
         library = None
         if output is not None:  # another run's lock, or a file audiocnn did not write: before the model loads
-            held.enter_context(results_lock(output))
-            check_results_file(output)
-            library = _plan_library(output, files, model, cache_dir, options, force, report)
+            held.enter_context(results_lock(into))
+            check_results_file(into)
+            library = _plan_library(into, files, model, cache_dir, options, force, report, merged)
         if library is None or library.plan.todo:  # a library run with every file done never loads the model
+            device = device if shard is None else shard_device(device)
             tagger = Tagger(model, device=device, batch_size=batch_size, cache_dir=cache_dir, backend=backend)
             tagger.plan(options)
             todo = len(files) if library is None else len(library.plan.todo)
@@ -195,7 +201,28 @@ def tag_command(
                 _tag_library(run, library)
     summary = TagSummary(total, failures, time.perf_counter() - t0, 0 if library is None else library.plan.skipped)
     report(str(summary))
+    _merge_shares(library, shard, merged, everything, report)
     return summary
+
+
+def _merge_shares(
+    library: _Library | None, shard: Shard | None, merged: Path | None, files: list[Path], report: Callable[[str], None]
+) -> None:
+    """After a share of a library run: merge the parts if every share is done."""
+    if library is not None and shard is not None and merged is not None:
+        merge_when_complete(merged, shard, files, library.out.labels, library.key, report)
+
+
+def _share(
+    files: list[Path], shard: Shard | None, output: str | os.PathLike | None, report: Callable[[str], None]
+) -> tuple[list[Path], str | os.PathLike | None, Path | None]:
+    """The files this process tags, the results file it writes them to, and the one its
+    part is merged into (None: no shard)."""
+    if shard is None:
+        return files, output, None
+    mine, part = share_of(files, shard), shard.part_path(output)
+    report(f"share {shard}: {len(mine)} of {len(files)} files, into {part}")
+    return mine, part, Path(output)
 
 
 def _checked_outputs(outputs: Mapping[str, Any]) -> list[str]:
@@ -208,10 +235,15 @@ def _checked_outputs(outputs: Mapping[str, Any]) -> list[str]:
     return list(outputs)
 
 
-def _check_run_options(output: str | os.PathLike | None, jobs: int, force: bool) -> None:
+def _check_run_options(output: str | os.PathLike | None, jobs: int, force: bool, shard: Shard | None) -> None:
     """The library-run options, checked before the model loads."""
     if int(jobs) < 1:
         raise UsageError(f"jobs must be >= 1, got {jobs}", arguments=("jobs",))
+    if shard is not None and output is None:
+        raise UsageError(
+            f"shard {shard}: each process writes its share to a part of a results file, so it needs output",
+            arguments=("shard", "output"),
+        )
     if output is None:
         if force:
             raise UsageError(
@@ -292,6 +324,11 @@ class _Library:
     options: dict[str, Any]
     plan: ResultsPlan
 
+    @property
+    def key(self) -> tuple[str, dict[str, Any]]:
+        """What a record must match to count as done: the checkpoint's digest and the options."""
+        return self.model["model_sha256"], self.options
+
 
 def _plan_library(
     output: str | os.PathLike,
@@ -301,15 +338,21 @@ def _plan_library(
     options: TagOptions,
     force: bool,
     report: Callable[[str], None],
+    merged: Path | None = None,
 ) -> _Library:
     """Read the results file (its lock is held by the caller) and decide what to tag. The
     model's identity (checkpoint digest, name, labels) comes from its file, without
-    building the network, so that a run with nothing left to tag never loads it."""
+    building the network, so that a run with nothing left to tag never loads it. ``merged``:
+    the output the part file ``output`` is merged into, whose records count as done too."""
     path = resolve_model(model, cache_dir=cache_dir)
     ident = {"model": shown_name(model, path), "model_sha256": checkpoint_sha256(path)}
     out = ResultsFile(output, [str(x) for x in read_metadata(path).get("labels") or []])
     record = options.record()
+    before = 0
+    if merged is not None and not force:
+        files, before = merged_done(files, merged, out.labels, ident["model_sha256"], record)
     plan = plan_results(out, files, ident["model_sha256"], record, force)
+    plan.skipped += before
     if plan.skipped:
         report(
             f"skipping {plan.skipped} file{'s' if plan.skipped != 1 else ''} already in {out.path} "

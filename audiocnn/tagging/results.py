@@ -38,7 +38,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,6 +276,10 @@ class ResultsFile:
             stored[str(rec["path"])] = _Stored(n, key, not rec.get("error"))
         return stored, bad, n
 
+    def record_lines(self) -> Iterator[bytes]:
+        """The record lines as they are (:meth:`scan` first)."""
+        return self._after_header(self._lines())
+
     def _after_header(self, lines: Iterator[bytes]) -> Iterator[bytes]:
         """The record lines: the header line (CSV columns, or the JSONL mark) left out."""
         if self.kind != "legacy":
@@ -287,9 +291,9 @@ class ResultsFile:
     def _header_line(self) -> bytes:
         return self._csv_line(self.header) if self.header is not None else _jsonl_header()
 
-    def rewrite(self, keep: Callable[[int, bytes], bool]) -> None:
+    def rewrite(self, keep: Callable[[int, bytes], bool], extra: Iterable[bytes] = ()) -> None:
         """Atomically rewrite the file, with its header, and only the record lines
-        ``keep(index, line)`` accepts (:meth:`scan` first)."""
+        ``keep(index, line)`` accepts (:meth:`scan` first), then the lines ``extra``."""
         tmp = temp_path(self.target)
         try:
             with open(tmp, "wb") as out:
@@ -297,6 +301,8 @@ class ResultsFile:
                 for n, line in enumerate(self._after_header(self._lines()), 1):
                     if keep(n, line):
                         out.write(line)
+                for line in extra:
+                    out.write(line)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, self.target)

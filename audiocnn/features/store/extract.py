@@ -45,12 +45,14 @@ from audiocnn.features.store.merge import merge_split, merging_splits
 from audiocnn.features.store.reader import FeatureStore, finished_store
 from audiocnn.fileio import FileWriteError, atomic_write_bytes, fsync_dir, held_lock
 from audiocnn.progress import progress_bar
+from audiocnn.shards import Shard, assign
 
 log = logging.getLogger("audiocnn.features")
 
 DEFAULT_MIN_SECONDS = 1.0
 DEFAULT_MAX_FAILURES = 0.05
 DEFAULT_CHUNK_CLIPS = 16
+_LOCK_WAIT_S = 60.0  # how long a share waits for another one's set-up or merge
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,13 @@ def extract_features(
     max_failure_fraction: float = DEFAULT_MAX_FAILURES,
     progress: bool = True,
     chunk_clips: int | None = None,
-) -> FeatureStore:
+    shard: Shard | None = None,
+) -> FeatureStore | None:
     """Extract ``config``'s features of every clip of ``source`` into the store under
     ``dataset_dir`` (:func:`store_dir`).
+
+    ``shard``: extract only this process's share of the chunks (:func:`extract_share`);
+    None is returned while other shares are left.
 
     Idempotent (a finished store of the same source fingerprint is returned as is) and
     resumable (committed chunks are kept). Bad clips are skipped and listed in
@@ -108,9 +114,9 @@ def extract_features(
     run = _Run(
         path, config, source, jobs, min_seconds, max_failure_fraction, progress, chunk_clips or DEFAULT_CHUNK_CLIPS
     )
-    with _store_lock(path):
+    with _store_lock(path) if shard is None else contextlib.nullcontext():
         try:
-            return _extract_locked(run)
+            return _extract_locked(run) if shard is None else extract_share(run, shard)
         except OSError as exc:  # the merge or a marker could not be written (disk full...)
             raise FeatureError(
                 f"{path}: cannot write the feature store ({exc.strerror or exc}); extracted chunks are kept",
@@ -307,3 +313,69 @@ def _finish(run: _Run, meta: dict[str, Any], tasks: list[dict[str, Any]]) -> Fea
     if failures:
         log.warning("%d clip(s) failed and were skipped; see %s", len(failures), path / "failures.jsonl")
     return FeatureStore(path)
+
+
+@contextlib.contextmanager
+def _waiting_lock(path: Path) -> Iterator[None]:
+    """The store's lock, waited for while another share holds it briefly (setting up, merging)."""
+    deadline = time.monotonic() + _LOCK_WAIT_S
+    while True:
+        held = contextlib.ExitStack()
+        try:
+            held.enter_context(_store_lock(path))
+            break
+        except FeatureError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    with held:
+        yield
+
+
+def _share_lock(path: Path, shard: Shard) -> contextlib.AbstractContextManager[None]:
+    def busy(pid: int | None) -> FeatureError:
+        who = f" (PID {pid})" if pid else ""
+        return FeatureError(f"{path}: share {shard} is being extracted by another process{who} right now")
+
+    return held_lock(path / f".lock-{shard.index}-of-{shard.count}", busy)
+
+
+def extract_share(run: _Run, shard: Shard) -> FeatureStore | None:
+    """Share ``shard`` of the chunks (:func:`audiocnn.shards.assign` by chunk name, weighed by
+    clips), extracted while holding that share's lock, other shares running alongside; then,
+    if every chunk of every share is committed and no share runs, the usual merge (so the
+    store is the one a single process makes). Returns None when shares are left."""
+    path = run.path
+    with _waiting_lock(path):
+        meta = _start_store(run)
+        if (path / "complete.json").is_file():
+            return FeatureStore(path)
+        (path / "parts").mkdir(exist_ok=True)
+    tasks = _plan(run.source, int(meta["chunk_clips"]))
+    shares = assign(tasks, shard.count, lambda t: t["name"], lambda t: len(t["clips"]))
+    with _share_lock(path, shard):
+        for t in tasks:  # a killed run of this share left these half-written
+            for tmp in (path / "parts").glob(f".{t['name']}.*.tmp*"):
+                tmp.unlink(missing_ok=True)
+        merging = merging_splits(path, meta["splits"])
+        mine = [t for t, k in zip(tasks, shares) if k == shard.index and t["split"] not in merging]
+        todo = [t for t in mine if not _chunk_done(path / "parts", t)]
+        if todo:
+            done = sum(len(t["clips"]) for t in mine) - sum(len(t["clips"]) for t in todo)
+            _run_tasks(run, todo, done, sum(len(t["clips"]) for t in mine))
+    with _waiting_lock(path), contextlib.ExitStack() as held:
+        if (path / "complete.json").is_file():
+            return FeatureStore(path)
+        for other in shard.all():
+            try:
+                held.enter_context(_share_lock(path, other))
+            except FeatureError:
+                log.info("%s: share %s is still being extracted; the last share to finish merges", path, other)
+                return None
+        merging = merging_splits(path, meta["splits"])
+        left = [t for t in tasks if t["split"] not in merging and not _chunk_done(path / "parts", t)]
+        if left:
+            k = shares[tasks.index(left[0])]
+            log.info("%s: %d chunk(s) left, e.g. of share %d/%d: not merging yet", path, len(left), k, shard.count)
+            return None
+        return _finish(run, meta, tasks)
