@@ -47,10 +47,12 @@ def parse_shard(text: str) -> Shard:
     """``"K/N"`` (0 <= K < N) -> :class:`Shard`; anything else raises :class:`UsageError`."""
     k, sep, n = str(text).partition("/")
     if not sep or not k.strip().isdigit() or not n.strip().isdigit():
-        raise UsageError(f"--shard {text}: expected K/N, this process's share K (from 0) of N, e.g. 0/4")
+        raise UsageError(
+            f"shard={text!r}: expected K/N, this process's share K (from 0) of N, e.g. 0/4", arguments=("shard",)
+        )
     shard = Shard(int(k), int(n))
     if shard.count < 1 or shard.index >= shard.count:
-        raise UsageError(f"--shard {text}: K must be 0..N-1 and N at least 1")
+        raise UsageError(f"shard={text!r}: K must be 0..N-1 and N at least 1", arguments=("shard",))
     return shard
 
 

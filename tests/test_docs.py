@@ -506,7 +506,7 @@ def test_links_point_at_files_and_headings_that_exist(doc: str) -> None:
 def test_every_test_the_docs_name_exists(doc: str) -> None:
     """A guarantee is only as good as its test: each `folder/file.py::name` the docs cite
     (a path under tests/) is a test function of that file (parametrised ids allowed)."""
-    for file, name in re.findall(r"`?((?:\w+/)*test_\w+\.py)::(\w+)", _text(doc)):
+    for file, name in re.findall(r"`?(?:tests/)?((?:\w+/)*test_\w+\.py)::(\w+)", _text(doc)):
         path = ROOT / "tests" / file
         assert path.is_file(), f"{doc} cites {file}, which does not exist"
         assert re.search(rf"^def {name}\(", path.read_text(encoding="utf-8"), flags=re.M), (

@@ -137,7 +137,7 @@ def _left(
             rec = held.get(ident.path) or merged.get(ident.path)
             missing += rec is None or rec.key != (ident.size, ident.mtime, sha, opts)
         if missing:
-            return f"share {other} has {missing} file{'s' if missing != 1 else ''} to tag (run it with --shard {other})"
+            return f"share {other} has {missing} file{'s' if missing != 1 else ''} to tag (run that share again)"
     return ""
 
 

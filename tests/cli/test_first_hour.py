@@ -208,7 +208,7 @@ def test_help_shows_plain_placeholders_and_whole_summaries(capsys, monkeypatch):
         for python_type in ("<list[", "<str>", "<int>", "<float>", "<path>", "{paths}", "{"):
             assert python_type not in text, (command, python_type)
     tag = _help(capsys, "tag")
-    assert "Usage: audiocnn tag [OPTIONS] PATH..." in tag and "-m, --model MODEL" in tag
+    assert "Usage: audiocnn tag [OPTIONS] [PATH...]" in tag and "-m, --model MODEL" in tag
     assert "a run folder of `audiocnn train`" in " ".join(tag.split())
 
 
@@ -339,7 +339,7 @@ def test_info_counts_each_label_in_each_split(tmp_path, capsys):
 
 
 def test_readme_offers_the_torch_choice_before_the_first_command():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     before = readme.split("```")[0]
     assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in before
     assert "6.2 GB" in before and "1.7 GB" in before  # what each choice costs on disk
