@@ -61,3 +61,19 @@ def test_three_shards_one_crashed_and_rerun_make_the_one_process_store(tmp_path,
 def test_a_bad_shard_is_one_line(data_dir, capsys, text):
     assert run(["features", "toy", "--shard", text]) != 0
     assert f"--shard {text}" in capsys.readouterr().err
+
+
+def test_a_share_leaves_the_temp_files_of_other_shares_alone(data_dir, monkeypatch):
+    """Shares start at different times: one starting must not delete the chunk another
+    share is writing right now (only its own killed run's temp files are garbage)."""
+    monkeypatch.setattr("audiocnn.features.store.extract.DEFAULT_CHUNK_CLIPS", 2)  # 4 chunks
+    make_dataset(data_dir / "toy")
+    path = store_dir(data_dir / "toy", MelConfig(n_mels=32))
+    names = ["train-000000", "train-000001", "valid-000000", "test-000000"]
+    (path / "parts").mkdir(parents=True)
+    for name in names:  # as if each chunk's share were writing it now
+        (path / "parts" / f".{name}.bin.tmp-writing").write_bytes(b"half")
+    assert run(["features", "toy", "--set", "n_mels=32", "-j", "1", "--no-progress", "--shard", "0/2"]) == 0
+    mine = {p.stem for p in (path / "parts").glob("*.json")}
+    left = {p.name.split(".")[1] for p in (path / "parts").glob(".*.tmp-writing")}
+    assert mine and left == set(names) - mine

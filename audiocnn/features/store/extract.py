@@ -354,11 +354,12 @@ def extract_share(run: _Run, shard: Shard) -> FeatureStore | None:
     tasks = _plan(run.source, int(meta["chunk_clips"]))
     shares = assign(tasks, shard.count, lambda t: t["name"], lambda t: len(t["clips"]))
     with _share_lock(path, shard):
-        for t in tasks:  # a killed run of this share left these half-written
+        ours = [t for t, k in zip(tasks, shares) if k == shard.index]
+        for t in ours:  # a killed run of this share left these half-written (other shares may be writing theirs)
             for tmp in (path / "parts").glob(f".{t['name']}.*.tmp*"):
                 tmp.unlink(missing_ok=True)
         merging = merging_splits(path, meta["splits"])
-        mine = [t for t, k in zip(tasks, shares) if k == shard.index and t["split"] not in merging]
+        mine = [t for t in ours if t["split"] not in merging]
         todo = [t for t in mine if not _chunk_done(path / "parts", t)]
         if todo:
             done = sum(len(t["clips"]) for t in mine) - sum(len(t["clips"]) for t in todo)
