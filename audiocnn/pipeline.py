@@ -25,6 +25,7 @@ from audiocnn.errors import ConfigError, UsageError
 if TYPE_CHECKING:  # annotations only: importing the store at run time means importing torch
     from audiocnn.features.frontends import FrontendConfig
     from audiocnn.features.store import FeatureStore
+    from audiocnn.shards import Shard
 
 log = logging.getLogger("audiocnn.pipeline")
 
@@ -77,13 +78,16 @@ def extract(
     min_seconds: float | None = None,
     max_failure_fraction: float | None = None,
     progress: bool = True,
+    shard: Shard | None = None,
 ) -> list[FeatureStore]:
     """The feature store of each config for the prepared dataset in ``dataset_dir``,
     extracted where missing (see :func:`audiocnn.training.data.open_dataset_store`;
-    ``None`` takes the store's default)."""
+    ``None`` takes the store's default). With ``shard``, only this process's share of each
+    store is extracted, and the list is empty while other shares are left (the last share
+    to finish merges each store)."""
     from audiocnn.training.data import open_dataset_store  # deferred: torch, only when features are asked for
 
-    options: dict[str, Any] = {"jobs": jobs, "progress": progress}
+    options: dict[str, Any] = {"jobs": jobs, "progress": progress, "shard": shard}
     if min_seconds is not None:
         options["min_seconds"] = min_seconds
     if max_failure_fraction is not None:
@@ -92,7 +96,7 @@ def extract(
     for config in configs:
         log.info("extracting %s features (config %s) of %s", config.kind, config.hash, dataset_dir)
         stores.append(open_dataset_store(Path(dataset_dir), config, **options))
-    return stores
+    return stores if all(store is not None for store in stores) else []
 
 
 def prepare(

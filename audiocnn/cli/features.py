@@ -87,19 +87,20 @@ def features(
     configs = pipeline.frontend_configs(kind.value, sample_rate, options)
     picked = _shard(shard)
     with common.flags(**common.COMMAND_FLAGS["features"]):
-        if picked is not None:
-            run = dict(jobs=jobs, min_seconds=min_seconds, max_failure_fraction=max_failures, progress=not no_progress)
-            stores = _extract_share(resolve_dataset_dir(dataset), configs, picked, run)
-        else:
-            stores = pipeline.extract(
-                resolve_dataset_dir(dataset),
-                configs,
-                jobs=jobs,
-                min_seconds=min_seconds,
-                max_failure_fraction=max_failures,
-                progress=not no_progress,
-            )
-    if not stores:
+        stores = pipeline.extract(
+            resolve_dataset_dir(dataset),
+            configs,
+            jobs=jobs,
+            min_seconds=min_seconds,
+            max_failure_fraction=max_failures,
+            progress=not no_progress,
+            shard=picked,
+        )
+    if picked is not None and not stores:  # a share whose store(s) other shares still have to finish
+        common.err_console().print(
+            f"share {picked} extracted; other shares are left or running: the last to finish merges the store",
+            highlight=False,
+        )
         return
     results = [extraction_summary(store) for store in stores]
     if fmt is TextOrJson.json:
@@ -119,20 +120,3 @@ def _shard(text: str | None):
     from audiocnn.shards import parse_shard, shard_from_env  # deferred: only for a sharded run
 
     return parse_shard(text) if text is not None else shard_from_env()
-
-
-def _extract_share(dataset_dir: Path, configs, shard, run: dict[str, Any]) -> list:
-    """This process's share of each store; the stores when this share finished them all (merged)."""
-    from audiocnn.datasets.manifest import read_manifest  # deferred: as the command's other imports
-    from audiocnn.features.store import extract_features  # deferred: torch
-    from audiocnn.training.data import store_source  # deferred: torch
-
-    source = store_source(read_manifest(dataset_dir))
-    stores = [extract_features(dataset_dir, config, source, shard=shard, **run) for config in configs]
-    if any(store is None for store in stores):
-        common.err_console().print(
-            f"share {shard} extracted; other shares are left or running: the last to finish merges the store",
-            highlight=False,
-        )
-        return []
-    return stores

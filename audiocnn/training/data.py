@@ -23,6 +23,7 @@ from audiocnn.features.store import (
     StoreSource,
     extract_features,
 )
+from audiocnn.shards import Shard
 
 
 def manifest_fingerprint(manifest: Manifest) -> str:
@@ -60,11 +61,13 @@ def open_dataset_store(
     min_seconds: float = DEFAULT_MIN_SECONDS,
     max_failure_fraction: float = DEFAULT_MAX_FAILURES,
     chunk_clips: int | None = None,
-) -> FeatureStore:
+    shard: Shard | None = None,
+) -> FeatureStore | None:
     """The finished store of ``config`` for the prepared dataset in ``dataset_dir``,
     extracting what is missing first (a no-op once the store matches the manifest; a
     manifest that changed since makes it extract again). See
-    :func:`audiocnn.features.store.extract_features` for the options."""
+    :func:`audiocnn.features.store.extract_features` for the options (with ``shard``, only
+    this process's share, and None while other shares are left)."""
     source = store_source(read_manifest(dataset_dir))
     return extract_features(
         Path(dataset_dir),
@@ -75,4 +78,5 @@ def open_dataset_store(
         max_failure_fraction=max_failure_fraction,
         progress=progress,
         chunk_clips=chunk_clips,
+        shard=shard,
     )
