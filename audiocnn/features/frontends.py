@@ -204,6 +204,29 @@ def mel_filterbank(
     return weights
 
 
+def real_dft_basis(window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one-sided DFT of ``len(window)`` samples as two real matrices, window applied:
+    ``(cos, sin)``, each ``(n_fft, n_fft // 2 + 1)`` in float64. A spectrogram made of plain
+    matrix products (:func:`power_frames`) exports to ONNX, where ``torch.stft``'s complex
+    output does not."""
+    n = window.shape[0]
+    angle = 2 * np.pi * torch.outer(torch.arange(n, dtype=torch.float64), torch.arange(n // 2 + 1, dtype=torch.float64))
+    angle = angle / n
+    w = window.to(torch.float64)[:, None]
+    return torch.cos(angle) * w, torch.sin(angle) * w
+
+
+def power_frames(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, hop_length: int) -> torch.Tensor:
+    """|DFT|^2 of the frames of ``x`` (batch, samples; already padded), ``hop_length`` apart,
+    with the basis of :func:`real_dft_basis`: (batch, frames, bins)."""
+    n = cos.shape[0]
+    frames = (x.shape[-1] - n) // hop_length + 1
+    index = torch.arange(frames, device=x.device)[:, None] * hop_length + torch.arange(n, device=x.device)
+    seg = x[:, index]
+    re, im = seg @ cos, seg @ sin
+    return re * re + im * im
+
+
 class WaveformFrontend(nn.Module):
     """Identity on ``(batch, samples)``; optional per-example unit-RMS normalisation."""
 

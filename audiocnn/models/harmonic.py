@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from audiocnn.errors import ModelError
-from audiocnn.features.frontends import FrontendConfig
+from audiocnn.features.frontends import FrontendConfig, power_frames, real_dft_basis
 from audiocnn.models.base import ModelSpec, TaggingModel
 from audiocnn.models.layers import (
     ConvBlock2d,
@@ -118,11 +118,9 @@ class HarmonicFilterbank(nn.Module):
                 self.register_buffer(name, value, persistent=False)
         k = n_fft // 2 + 1
         self.register_buffer("fft_hz", torch.linspace(0, sample_rate // 2, k), persistent=False)
-        samples, bins = torch.arange(n_fft, dtype=torch.float64), torch.arange(k, dtype=torch.float64)
-        angle = 2 * math.pi * torch.outer(samples, bins)
-        window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)[:, None]
-        self.register_buffer("cos", (torch.cos(angle / n_fft) * window).float(), persistent=False)
-        self.register_buffer("sin", (torch.sin(angle / n_fft) * window).float(), persistent=False)
+        cos, sin = real_dft_basis(torch.hann_window(n_fft, periodic=True, dtype=torch.float64))
+        self.register_buffer("cos", cos.float(), persistent=False)
+        self.register_buffer("sin", sin.float(), persistent=False)
 
     def bandwidths(self) -> torch.Tensor:
         return (ERB_ALPHA * self.f0 + ERB_BETA) / self.bw_q
@@ -136,13 +134,7 @@ class HarmonicFilterbank(nn.Module):
         """|STFT|^2 as ``torchaudio.transforms.Spectrogram(n_fft, hop)``: (batch, frames, bins)."""
         pad = self.n_fft // 2
         x = nn.functional.pad(x[:, None], (pad, pad), mode="reflect")[:, 0]
-        frames = (x.shape[-1] - self.n_fft) // self.hop_length + 1
-        index = torch.arange(frames, device=x.device)[:, None] * self.hop_length + torch.arange(
-            self.n_fft, device=x.device
-        )
-        seg = x[:, index]
-        re, im = seg @ self.cos, seg @ self.sin
-        return re * re + im * im
+        return power_frames(x, self.cos, self.sin, self.hop_length)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):

@@ -44,7 +44,7 @@ from audiocnn import __version__
 from audiocnn.audio import load_audio
 from audiocnn.constants import SINGLE_LABEL
 from audiocnn.errors import AudiocnnError, NotAvailableError
-from audiocnn.features.frontends import MelConfig, MelFrontend, MelStream
+from audiocnn.features.frontends import MelConfig, MelFrontend, MelStream, power_frames, real_dft_basis
 from audiocnn.fileio import atomic_write_bytes
 from audiocnn.models.checkpoint import checkpoint_sha256, load_checkpoint
 from audiocnn.pretrained import resolve_model
@@ -90,13 +90,9 @@ class RealDftLogMel(nn.Module):
     def __init__(self, frontend: MelFrontend) -> None:
         super().__init__()
         self.frontend = frontend
-        c = frontend.config
-        n, k = c.n_fft, c.n_fft // 2 + 1
-        angle = 2 * math.pi * torch.outer(torch.arange(k, dtype=torch.float64), torch.arange(n, dtype=torch.float64))
-        angle = angle / n
-        window = frontend.window.to(torch.float64)
-        self.register_buffer("cos", (torch.cos(angle) * window).T.contiguous(), persistent=False)
-        self.register_buffer("sin", (torch.sin(angle) * window).T.contiguous(), persistent=False)
+        cos, sin = real_dft_basis(frontend.window)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.frontend.config
@@ -105,11 +101,7 @@ class RealDftLogMel(nn.Module):
             pad = c.n_fft // 2
             mode = "constant" if c.pad_mode == "constant" else c.pad_mode
             x = nn.functional.pad(x[:, None], (pad, pad), mode=mode)[:, 0]
-        frames = (x.shape[-1] - c.n_fft) // c.hop_length + 1
-        index = torch.arange(frames)[:, None] * c.hop_length + torch.arange(c.n_fft)[None]
-        seg = x[:, index]  # (batch, frames, n_fft)
-        re, im = seg @ self.cos, seg @ self.sin
-        mag = torch.sqrt(re * re + im * im)
+        mag = torch.sqrt(power_frames(x, self.cos, self.sin, c.hop_length))
         if c.power != 1.0:
             mag = mag.pow(c.power)
         mel = torch.matmul(self.frontend.mel_fb.to(torch.float64), mag.transpose(1, 2))
