@@ -14,7 +14,7 @@ import torch
 from audiocnn.audio import load_audio
 from audiocnn.cli.common import commands_in
 from audiocnn.cli.main import run
-from audiocnn.datasets.manifest import Clip, Manifest, read_manifest, write_manifest
+from audiocnn.datasets.manifest import read_manifest
 from audiocnn.errors import FeatureError
 from audiocnn.features import store as store_mod
 from audiocnn.features.frontends import MelConfig, WaveformConfig, build_frontend
@@ -32,62 +32,10 @@ from audiocnn.features.store import chunks as chunks_mod
 from audiocnn.features.store import extract as extract_mod
 from audiocnn.features.store import merge as merge_mod
 from audiocnn.testing.audio import synth_tone, write_audio
+from audiocnn.testing.store_data import CLIPS, make_mixed_dataset
 from audiocnn.training.data import manifest_fingerprint, open_dataset_store
 
 torch.set_num_threads(1)
-
-# (name, seconds, native rate, channels, container): a mix of rates, channel counts and
-# containers, including MPEG-2 MP3s (22.05/16 kHz) decoded across several blocks.
-CLIPS = [
-    ("a", 2.0, 22050, 1, "wav"),
-    ("b", 3.1, 44100, 2, "flac"),
-    ("c", 2.6, 22050, 1, "mp3"),
-    ("d", 1.7, 16000, 1, "mp3"),
-    ("e", 2.2, 16000, 2, "wav"),
-    ("f", 4.3, 48000, 1, "ogg"),
-    ("g", 1.2, 22050, 2, "wav"),
-    ("h", 2.9, 44100, 1, "mp3"),
-]
-SPLIT = ["train", "train", "valid", "train", "test", "train", "valid", "test"]
-LABELS = ["rock", "jazz", "pop"]
-
-
-def make_dataset(
-    root: Path,
-    *,
-    task: str = "single-label",
-    clips=CLIPS,
-    audio_root: Path | None = None,
-    extra_files: dict[str, bytes] | None = None,
-) -> Path:
-    """Write audio (unless ``audio_root`` points at existing files) and a manifest."""
-    raw = audio_root or root / "raw"
-    records = []
-    for k, (name, seconds, sr, ch, ext) in enumerate(clips):
-        fname = f"{name}.{ext}"
-        if audio_root is None:
-            kw = {"format": "OGG", "subtype": "VORBIS"} if ext == "ogg" else {}
-            kw = {"format": "MP3"} if ext == "mp3" else kw
-            write_audio(raw / fname, synth_tone(seconds, sr, channels=ch, seed=k), sr, **kw)
-        labels = [LABELS[k % 3]] if task == "single-label" else [LABELS[j] for j in range(3) if (k >> j) & 1]
-        records.append(
-            Clip(id=name, path=fname, duration=seconds, sample_rate=sr, labels=labels, split=SPLIT[k % len(SPLIT)])
-        )
-    for fname, data in (extra_files or {}).items():
-        (raw / fname).write_bytes(data)
-        records.append(
-            Clip(id=Path(fname).stem, path=fname, duration=1.0, sample_rate=22050, labels=[LABELS[0]], split="train")
-        )
-    m = Manifest(
-        name=root.name,
-        dataset="folder",
-        task=task,
-        labels=LABELS,
-        clips=records,
-        audio_root=str(raw) if audio_root else "raw",
-    )
-    write_manifest(m, root)
-    return root
 
 
 @pytest.fixture(autouse=True)
@@ -99,7 +47,7 @@ def small_blocks(monkeypatch):
 @pytest.fixture(scope="module")
 def audio_files(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ref") / "ref"
-    make_dataset(root)
+    make_mixed_dataset(root)
     return root / "raw"
 
 
@@ -126,7 +74,7 @@ MEL_CONFIGS = [
     "config", [WaveformConfig(), WaveformConfig(sample_rate=22050)] + MEL_CONFIGS, ids=lambda c: f"{c.kind}-{c.hash}"
 )
 def test_round_trip_equals_direct_frontend(tmp_path, audio_files, config) -> None:
-    ds = make_dataset(tmp_path / "ds", audio_root=audio_files)
+    ds = make_mixed_dataset(tmp_path / "ds", audio_root=audio_files)
     st = open_dataset_store(ds, config, jobs=1, progress=False, min_seconds=0.5)
     assert st.path == store_dir(ds, config)
     manifest = read_manifest(ds)
@@ -151,10 +99,10 @@ def test_round_trip_equals_direct_frontend(tmp_path, audio_files, config) -> Non
 def test_jobs_do_not_change_the_store(tmp_path, audio_files) -> None:
     config = WaveformConfig()
     one = open_dataset_store(
-        make_dataset(tmp_path / "one", audio_root=audio_files), config, jobs=1, progress=False, chunk_clips=2
+        make_mixed_dataset(tmp_path / "one", audio_root=audio_files), config, jobs=1, progress=False, chunk_clips=2
     )
     two = open_dataset_store(
-        make_dataset(tmp_path / "two", audio_root=audio_files), config, jobs=2, progress=False, chunk_clips=2
+        make_mixed_dataset(tmp_path / "two", audio_root=audio_files), config, jobs=2, progress=False, chunk_clips=2
     )
     assert store_bytes(one.path) == store_bytes(two.path)
     assert not (two.path / "parts").exists()
@@ -163,9 +111,9 @@ def test_jobs_do_not_change_the_store(tmp_path, audio_files) -> None:
 def test_resume_after_worker_crash(tmp_path, audio_files, monkeypatch) -> None:
     config = MelConfig(n_mels=32)
     ref = open_dataset_store(
-        make_dataset(tmp_path / "ref", audio_root=audio_files), config, jobs=1, progress=False, chunk_clips=2
+        make_mixed_dataset(tmp_path / "ref", audio_root=audio_files), config, jobs=1, progress=False, chunk_clips=2
     )
-    ds = make_dataset(tmp_path / "ds", audio_root=audio_files)
+    ds = make_mixed_dataset(tmp_path / "ds", audio_root=audio_files)
     monkeypatch.setenv(CRASH_ENV, "3")  # each worker dies on its third clip
     with pytest.raises(FeatureError, match="worker process died"):
         open_dataset_store(ds, config, jobs=2, progress=False, chunk_clips=2)
@@ -191,9 +139,9 @@ def test_resume_after_worker_crash(tmp_path, audio_files, monkeypatch) -> None:
 def test_resume_after_crash_while_merging(tmp_path, audio_files, monkeypatch) -> None:
     config = WaveformConfig()
     ref = open_dataset_store(
-        make_dataset(tmp_path / "ref", audio_root=audio_files), config, jobs=1, progress=False, chunk_clips=1
+        make_mixed_dataset(tmp_path / "ref", audio_root=audio_files), config, jobs=1, progress=False, chunk_clips=1
     )
-    ds = make_dataset(tmp_path / "ds", audio_root=audio_files)
+    ds = make_mixed_dataset(tmp_path / "ds", audio_root=audio_files)
     monkeypatch.setattr(merge_mod, "_MERGE_STEP_BYTES", 1)  # record progress after every part
     real = merge_mod.write_json
 
@@ -219,7 +167,7 @@ def test_bad_clips_are_skipped_and_listed(tmp_path, audio_files) -> None:
     bad = {"corrupt.mp3": os.urandom(3000), "empty.wav": b""}
     clips = CLIPS + [("short", 0.3, 22050, 1, "wav")]
     # write_audio above made short.wav; make_dataset must not overwrite the copied files
-    ds = make_dataset(tmp_path / "ds", clips=clips, audio_root=raw, extra_files=bad)
+    ds = make_mixed_dataset(tmp_path / "ds", clips=clips, audio_root=raw, extra_files=bad)
     with pytest.raises(FeatureError, match=r"3 of 11 clips failed .*max_failure_fraction=0\.28\)`") as err:
         open_dataset_store(ds, WaveformConfig(), jobs=1, progress=False)
     # the CLI shows the hint as the command, with the failure budget that lets this run pass
@@ -236,7 +184,7 @@ def test_bad_clips_are_skipped_and_listed(tmp_path, audio_files) -> None:
 
 
 def test_idempotent_new_store_per_config_and_stale_manifest(tmp_path, audio_files, monkeypatch) -> None:
-    ds = make_dataset(tmp_path / "ds", audio_root=audio_files, clips=CLIPS[:3])
+    ds = make_mixed_dataset(tmp_path / "ds", audio_root=audio_files, clips=CLIPS[:3])
     first = open_dataset_store(ds, default_frontend("mel"), jobs=1, progress=False)
     stamp = (first.path / "complete.json").stat().st_mtime_ns
 
@@ -252,7 +200,7 @@ def test_idempotent_new_store_per_config_and_stale_manifest(tmp_path, audio_file
     assert other.path != first.path and other.read("train", 0).shape[0] == 40
     assert first.read("train", 0).shape[0] == 96
     # the dataset is re-prepared with another clip: the old store is stale
-    make_dataset(ds, audio_root=audio_files, clips=CLIPS[:4])
+    make_mixed_dataset(ds, audio_root=audio_files, clips=CLIPS[:4])
     with pytest.raises(FeatureError, match="manifest changed"):
         open_store(ds, default_frontend("mel"), fingerprint=manifest_fingerprint(read_manifest(ds)))
     st = open_dataset_store(ds, default_frontend("mel"), jobs=1, progress=False)
@@ -273,7 +221,7 @@ def test_open_store_missing_names_the_command(tmp_path) -> None:
 def test_store_is_picklable_and_multilabel_targets(tmp_path, audio_files) -> None:
     import pickle
 
-    ds = make_dataset(tmp_path / "ds", audio_root=audio_files, task="multi-label")
+    ds = make_mixed_dataset(tmp_path / "ds", audio_root=audio_files, task="multi-label")
     st = open_dataset_store(ds, WaveformConfig(), jobs=1, progress=False)
     t = st.targets("train")
     manifest = read_manifest(ds)
@@ -287,7 +235,7 @@ def test_store_is_picklable_and_multilabel_targets(tmp_path, audio_files) -> Non
 
 
 def test_cli_features_both(data_dir, audio_files, capsys) -> None:
-    make_dataset(data_dir / "toy", audio_root=audio_files, clips=CLIPS[:4])
+    make_mixed_dataset(data_dir / "toy", audio_root=audio_files, clips=CLIPS[:4])
     code = run(
         ["features", "toy", "--kind", "both", "-j", "1", "--set", "n_mels=32", "--no-progress", "--format", "json"]
     )
@@ -308,7 +256,7 @@ def test_cli_features_both(data_dir, audio_files, capsys) -> None:
 
 
 def test_store_write_error_aborts_instead_of_blaming_clips(tmp_path, audio_files, monkeypatch) -> None:
-    ds = make_dataset(tmp_path / "ds", audio_root=audio_files, clips=CLIPS[:2])
+    ds = make_mixed_dataset(tmp_path / "ds", audio_root=audio_files, clips=CLIPS[:2])
 
     def disk_full(fh, data):
         raise chunks_mod.StoreWriteError(f"{fh.name}: cannot write the feature store (No space left on device)")

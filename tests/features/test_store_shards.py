@@ -13,9 +13,8 @@ from audiocnn.cli.main import run
 from audiocnn.features.frontends import MelConfig
 from audiocnn.features.store import CRASH_ENV, store_dir
 from audiocnn.features.store import chunks as chunks_mod
+from audiocnn.testing.store_data import make_mixed_dataset
 from audiocnn.training.data import open_dataset_store
-
-from .test_store import make_dataset
 
 torch.set_num_threads(1)
 
@@ -32,8 +31,8 @@ def test_three_shards_one_crashed_and_rerun_make_the_one_process_store(tmp_path,
     monkeypatch.setattr(chunks_mod, "_BLOCK_SECONDS", 0.3)
     monkeypatch.setattr("audiocnn.features.store.extract.DEFAULT_CHUNK_CLIPS", 2)  # 4 chunks
     config = MelConfig(n_mels=32)
-    one = open_dataset_store(make_dataset(tmp_path / "one" / "toy"), config, jobs=1, progress=False)
-    make_dataset(data_dir / "toy", audio_root=tmp_path / "one" / "toy" / "raw")
+    one = open_dataset_store(make_mixed_dataset(tmp_path / "one" / "toy"), config, jobs=1, progress=False)
+    make_mixed_dataset(data_dir / "toy", audio_root=tmp_path / "one" / "toy" / "raw")
     args = ["features", "toy", "--set", "n_mels=32", "-j", "1", "--no-progress"]
     path = store_dir(data_dir / "toy", config)
 
@@ -67,7 +66,7 @@ def test_a_share_leaves_the_temp_files_of_other_shares_alone(data_dir, monkeypat
     """Shares start at different times: one starting must not delete the chunk another
     share is writing right now (only its own killed run's temp files are garbage)."""
     monkeypatch.setattr("audiocnn.features.store.extract.DEFAULT_CHUNK_CLIPS", 2)  # 4 chunks
-    make_dataset(data_dir / "toy")
+    make_mixed_dataset(data_dir / "toy")
     path = store_dir(data_dir / "toy", MelConfig(n_mels=32))
     names = ["train-000000", "train-000001", "valid-000000", "test-000000"]
     (path / "parts").mkdir(parents=True)
