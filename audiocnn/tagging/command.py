@@ -41,6 +41,7 @@ from audiocnn.tagging.results import (
 )
 from audiocnn.tagging.stream import tag_stream
 from audiocnn.tagging.tagger import Tagger, TagResult, shown_name
+from audiocnn.workers import usable_cpus
 
 log = logging.getLogger("audiocnn.tag")
 
@@ -262,8 +263,7 @@ def usable_jobs(jobs: int) -> int:
     """``jobs`` capped at the CPU cores this process may use (2 at least, so that
     ``jobs=2`` decodes in a worker anywhere): each decoder is a process with its own memory,
     and more of them than cores only take turns (64 on 2 cores: 2.3 GB and 6x slower than 1)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(int(jobs), max(2, cores))
+    return min(int(jobs), max(2, usable_cpus()))
 
 
 def _usable_jobs(jobs: int, report: Callable[[str], None]) -> int:

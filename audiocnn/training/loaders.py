@@ -23,6 +23,7 @@ from audiocnn.errors import DatasetError
 from audiocnn.features.store import FeatureStore, StoreDataset
 from audiocnn.training import distributed as D
 from audiocnn.training.config import TrainConfig
+from audiocnn.workers import usable_cpus
 
 log = logging.getLogger("audiocnn.train")
 
@@ -73,10 +74,7 @@ def eval_loader(
 def usable_workers(requested: int, world_size: int) -> int:
     """Loader workers per process, at most the CPUs this process may use divided among the
     local ranks: more only adds start-up time and memory. Crops do not depend on it."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     local = max(1, min(world_size, int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))
     cap = max(0, cpus // local)
     if requested > cap:
