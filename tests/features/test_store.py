@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -287,3 +288,23 @@ def test_extract_from_a_plain_clip_list(tmp_path, audio_files) -> None:
         tmp_path, WaveformConfig(), dataclasses.replace(source, fingerprint="f2"), jobs=1, progress=False
     )
     assert again.meta["manifest_fingerprint"] == "f2"
+
+
+def test_a_clip_name_that_is_not_utf8_is_extracted_and_kept(tmp_path, audio_files) -> None:
+    """A folder dataset may hold names that are not UTF-8 (POSIX names are bytes): the store
+    writes them as ``\\udcXX`` escapes and reads back the same id, and so does a failure."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    odd = os.fsdecode(os.fsencode(raw) + b"/bad\xff\xfe.wav")
+    shutil.copyfile(audio_files / "a.wav", os.fsencode(odd))
+    (raw / "broken.wav").write_bytes(b"RIFF\x00\x00")
+    clips = (
+        StoreClip(Path(odd).stem, odd, "train", (0,)),
+        StoreClip("e", str(audio_files / "e.wav"), "train", (1,)),
+        StoreClip("broken\udcff", str(raw / "broken.wav"), "train", (1,)),
+    )
+    source = StoreSource(name="odd", task="single-label", labels=("x", "y"), clips=clips, fingerprint="f1")
+    st = extract_features(tmp_path, WaveformConfig(), source, jobs=1, progress=False, max_failure_fraction=0.5)
+    assert st.clip_ids("train") == ["bad\udcff\udcfe", "e"]
+    failed = [json.loads(x) for x in (st.path / "failures.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [f["id"] for f in failed] == ["broken\udcff"]

@@ -43,7 +43,7 @@ from audiocnn.features.store.layout import (
 )
 from audiocnn.features.store.merge import merge_split, merging_splits
 from audiocnn.features.store.reader import FeatureStore, finished_store
-from audiocnn.fileio import FileWriteError, atomic_write_bytes, fsync_dir, held_lock
+from audiocnn.fileio import FileWriteError, atomic_write_bytes, fsync_dir, held_lock, json_text
 from audiocnn.progress import progress_bar
 from audiocnn.shards import Shard, assign
 
@@ -303,7 +303,7 @@ def _finish(run: _Run, meta: dict[str, Any], tasks: list[dict[str, Any]]) -> Fea
     dtype, dim = storage(run.config)
     for split in meta["splits"]:
         merge_split(path, split, records.get(split, []), dim * dtype.itemsize)
-    lines = "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failures)
+    lines = "".join(json_text(f) + "\n" for f in failures)
     atomic_write_bytes(path / "failures.jsonl", lines.encode("utf-8"))
     counts = {s: sum(len(r["clips"]) for r in records.get(s, [])) for s in meta["splits"]}
     summary = {"clips": counts, "failures": len(failures), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}

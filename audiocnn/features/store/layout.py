@@ -39,7 +39,7 @@ from audiocnn import __version__
 from audiocnn.constants import SPLITS
 from audiocnn.errors import ConfigError, next_call
 from audiocnn.features.frontends import FrontendConfig, MelConfig, WaveformConfig
-from audiocnn.fileio import atomic_write_bytes
+from audiocnn.fileio import atomic_write_bytes, json_text
 
 STORE_FORMAT = 1
 WAVEFORM_SCALE = 2.0**14  # int16 units per 1.0 of amplitude (+6 dB headroom)
@@ -157,6 +157,7 @@ def read_json(path: Path) -> Any:
 
 
 def write_json(path: Path, obj: Any, *, durable: bool = True) -> None:
-    """The store's JSON encoding, written atomically (:func:`audiocnn.fileio.atomic_write_bytes`,
-    which raises ``FileWriteError``)."""
-    atomic_write_bytes(path, json.dumps(obj, ensure_ascii=False).encode("utf-8"), durable=durable)
+    """The store's JSON encoding (:func:`audiocnn.fileio.json_text`: clip names that are not
+    UTF-8 kept as ``\\udcXX`` escapes), written atomically
+    (:func:`audiocnn.fileio.atomic_write_bytes`, which raises ``FileWriteError``)."""
+    atomic_write_bytes(path, json_text(obj).encode("utf-8"), durable=durable)
