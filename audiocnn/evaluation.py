@@ -325,11 +325,13 @@ def _write_clip_outputs(
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    """A CSV of clips: a file name that is not UTF-8 goes out as its own bytes, as in a
+    ``.csv`` results file of ``tag``."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     w.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8", "surrogateescape"))
 
 
 def confused_pairs(cm: np.ndarray, labels: list[str], top: int = 5) -> list[dict[str, Any]]:

@@ -4,13 +4,16 @@ it could not score. Every hint names a command that exists."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from audiocnn.cli.main import run
+from audiocnn.datasets.manifest import read_manifest, write_manifest
 from audiocnn.models.checkpoint import model_metadata, save_checkpoint
 from audiocnn.testing.commands import assert_hints_are_real, last_line
 from audiocnn.testing.faults import deny_write
@@ -113,6 +116,26 @@ def test_evaluate_names_the_clips_it_could_not_score(tmp_path, capsys):
     assert "not scored: low (its 2 clip(s) in the split could not be scored: test-012, test-015)" in cap.out
     assert "absent from the split" not in cap.out + cap.err
     assert json.loads((out_dir / "metrics.json").read_text())["unscored_clips"] == ["test-012", "test-015"]
+
+
+def test_evaluate_writes_a_clip_name_that_is_not_utf8_as_its_bytes(tmp_path, capsys):
+    """scores.csv and misclassified.csv name each clip's file: a name that is not UTF-8 goes
+    out as its own bytes (as in tag's .csv results), and evaluate does not stop on it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    make_dataset(data, "tones", "single-label")
+    manifest = read_manifest(data / "tones")
+    audio = tmp_path / "tones-audio"
+    clip = next(c for c in manifest.clips if c.split == "test")
+    odd = os.fsdecode(os.fsencode(audio) + b"/odd\xff.wav")
+    os.rename(audio / Path(clip.path).name, os.fsencode(odd))
+    clips = [dataclasses.replace(c, path=odd) if c is clip else c for c in manifest.clips]
+    write_manifest(dataclasses.replace(manifest, clips=clips), data / "tones")
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", "test-probe-mel", labels=manifest.labels, task="single-label")
+    out_dir = tmp_path / "eval"
+    args = ["evaluate", str(ckpt), "--dataset", "tones", "--out", str(out_dir), "--no-plots"]
+    assert run(["--data-dir", str(data), *args]) == 0, capsys.readouterr().err
+    assert os.fsencode(odd) in (out_dir / "scores.csv").read_bytes()
 
 
 def test_evaluate_unknown_target_hint_is_real(tmp_path, capsys):
