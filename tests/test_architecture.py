@@ -292,4 +292,4 @@ def test_the_flag_count_sees_a_flag(tmp_path):
         '    log.info("use --force to prepare it again", x)\n    raise ValueError(f"--device {x}: no such device")\n'
     )
     assert sorted(flag_strings(bad)) == [(6, "use --force to prepare it again"), (7, "--device : no such device")]
-    assert flag_strings(PACKAGE / "pretrained" / "musicnn.py"), "pip's --no-deps is counted among the ten"
+    assert flag_strings(PACKAGE / "pretrained" / "catalog.py"), "pip's --no-deps is counted among the ten"

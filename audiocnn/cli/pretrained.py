@@ -1,4 +1,8 @@
-"""`audiocnn pretrained list` and `audiocnn pretrained import musicnn [--from PATH]`."""
+"""`audiocnn pretrained list` and `audiocnn pretrained import musicnn [--from PATH]`.
+
+The catalogue is torch-free, so ``pretrained list`` starts fast; only converting
+(:func:`audiocnn.pretrained.import_musicnn`) loads torch, inside the call.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from rich.table import Table
 
 from audiocnn.cli import common
 from audiocnn.errors import UsageError
+from audiocnn.pretrained import import_musicnn, list_pretrained, pretrained_dir
+from audiocnn.pretrained.catalog import MUSICNN_MODELS, installed_package_dir
 
 pretrained_app = typer.Typer(
     help="Pretrained models: list them, import them from the musicnn package.",
@@ -22,9 +28,6 @@ def list_cmd(
     fmt: common.TableOrJson = typer.Option(common.TableOrJson.table, "--format", help="table or json."),
 ) -> None:
     """List the pretrained models and whether they are imported into the cache folder."""
-    from audiocnn.pretrained import list_pretrained, pretrained_dir  # deferred: torch, only once there is work to do
-    from audiocnn.pretrained.musicnn import installed_package_dir  # deferred: as above
-
     rows = list_pretrained()
     if fmt is common.TableOrJson.json:
         common.print_json(rows)
@@ -63,9 +66,6 @@ def import_cmd(
     fmt: common.TableOrJson = typer.Option(common.TableOrJson.table, "--format", help="table or json."),
 ) -> None:
     """Convert a package's pretrained TensorFlow models into audiocnn checkpoints."""
-    from audiocnn.pretrained import import_musicnn, pretrained_dir  # deferred: torch, only once there is work to do
-    from audiocnn.pretrained.musicnn import MUSICNN_MODELS  # deferred: as above
-
     if package != "musicnn":
         raise UsageError(f"unknown package {package!r}; pretrained models can be imported from: musicnn")
     common.log(f"importing musicnn models into {pretrained_dir()}")

@@ -3,11 +3,12 @@
 Pretrained checkpoints are ordinary audiocnn checkpoints kept in the user's cache folder
 (:func:`audiocnn.constants.default_cache_dir`, shared by every project and working
 folder) as ``pretrained/<name>-<content key>.safetensors``: the key names the weights and
-tag lists imported (:func:`audiocnn.pretrained.musicnn.content_key`), so another version
+tag lists imported (:func:`audiocnn.pretrained.catalog.content_key`), so another version
 of the weights never reads a stale import. The four names come from the ``musicnn``
 package (ISC license), converted from its TensorFlow checkpoints by
 :func:`import_musicnn`: automatically the first time a name is used, when the package is
-installed.
+installed. Only converting loads torch (:mod:`audiocnn.pretrained.convert`): listing the
+names and resolving one already imported, a checkpoint file or a run folder do not.
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ from typing import Any
 
 from audiocnn.constants import BEST_CHECKPOINT_NAME, DEFAULT_MODEL, PRETRAINED_DIR_NAME, default_cache_dir
 from audiocnn.errors import CheckpointError
-from audiocnn.pretrained.musicnn import (
+from audiocnn.pretrained.catalog import (
     INSTALL_HINT,
     MUSICNN_LICENSE,
     MUSICNN_MODELS,
     content_key,
     import_file_name,
-    import_models,
     installed_package_dir,
     open_source,
 )
@@ -99,6 +99,9 @@ def import_musicnn(
         raise CheckpointError(
             f"unknown pretrained model(s) {', '.join(unknown)}; musicnn provides {', '.join(MUSICNN_MODELS)}"
         )
+    # deferred: converting loads torch; listing and resolving must not
+    from audiocnn.pretrained.convert import import_models
+
     src = open_source(Path(source) if source is not None else None)
     return import_models(src, pretrained_dir(cache_dir), wanted)
 

@@ -46,7 +46,7 @@ def pretrained(tmp_path, monkeypatch) -> Path:
     """A data root with a prepared dataset, and a cache folder with a pretrained checkpoint
     under the name `musicnn-mtt` (a tiny model with that dataset's labels)."""
     from audiocnn.datasets.manifest import read_manifest
-    from audiocnn.pretrained.musicnn import content_key, import_file_name, installed_package_dir, open_source
+    from audiocnn.pretrained.catalog import content_key, import_file_name, installed_package_dir, open_source
 
     data = tmp_path / "data"
     data.mkdir()

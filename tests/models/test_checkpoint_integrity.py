@@ -114,7 +114,7 @@ def test_checkpoint_from_before_the_digest_still_loads(ckpt, song, capsys, caplo
 
 def test_pretrained_import_carries_the_digest(tmp_path):
     from audiocnn.pretrained import import_musicnn
-    from audiocnn.pretrained.musicnn import installed_package_dir
+    from audiocnn.pretrained.catalog import installed_package_dir
 
     pkg = installed_package_dir()
     if pkg is None or not (pkg / "MTT_musicnn" / ".index").is_file():

@@ -29,7 +29,7 @@ from audiocnn.pretrained import (
     pretrained_path,
     resolve_model,
 )
-from audiocnn.pretrained.musicnn import MUSICNN_MODELS, installed_package_dir
+from audiocnn.pretrained.catalog import MUSICNN_MODELS, installed_package_dir
 
 NAMES = list(MUSICNN_MODELS)
 
@@ -284,6 +284,40 @@ def test_resolve_paths_and_unknown_names(tmp_path: Path) -> None:
     assert resolve_model(run, cache_dir=tmp_path) == run / "best.safetensors"
     with pytest.raises(CheckpointError, match="not a pretrained model name"):
         resolve_model("musicnn-mtat", cache_dir=tmp_path)
+
+
+_RESOLVE_WITHOUT_TORCH = """
+import sys
+from pathlib import Path
+from audiocnn.pretrained import is_pretrained_name, list_pretrained, pretrained_dir, pretrained_path, resolve_model
+from audiocnn.pretrained.catalog import content_key, import_file_name, installed_package_dir, open_source
+
+cache = Path(sys.argv[1])
+key = content_key(open_source(None), "vgg-mtt") if installed_package_dir() is not None else "0123456789ab"
+imported = pretrained_dir(cache) / import_file_name("vgg-mtt", key)
+imported.parent.mkdir(parents=True)
+imported.write_bytes(b"x")  # resolving only finds the file; loading it is the caller's job
+run = cache / "run"
+run.mkdir()
+(run / "best.safetensors").write_bytes(b"x")
+assert is_pretrained_name("vgg-mtt") and pretrained_path("vgg-mtt", cache) == imported
+assert [r["imported"] for r in list_pretrained(cache)] == [False, True, False, False]
+assert resolve_model("vgg-mtt", cache_dir=cache) == imported
+assert resolve_model(run, cache_dir=cache) == run / "best.safetensors"
+assert resolve_model(imported, cache_dir=cache) == imported
+print("torch imported" if "torch" in sys.modules else "no torch")
+"""
+
+
+def test_listing_and_resolving_an_imported_name_do_not_import_torch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _RESOLVE_WITHOUT_TORCH, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "no torch"
 
 
 def test_list_pretrained(tmp_path: Path) -> None:

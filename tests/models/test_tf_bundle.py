@@ -265,7 +265,7 @@ def test_unknown_tensor_name(tmp_path: Path) -> None:
 
 
 def test_reads_musicnn_checkpoint_when_installed() -> None:
-    from audiocnn.pretrained.musicnn import installed_package_dir
+    from audiocnn.pretrained.catalog import installed_package_dir
 
     pkg = installed_package_dir()
     if pkg is None or not (pkg / "MTT_musicnn" / ".index").is_file():
