@@ -1,7 +1,8 @@
 """Feature front-ends as torch modules, each described by a small frozen config.
 
-The configs are the identity of a feature: the on-disk store and checkpoints key on
-``config.hash``, so two extractions agree exactly when their configs are equal.
+The configs (:mod:`audiocnn.features.configs`, torch-free) are the identity of a feature:
+the on-disk store and checkpoints key on ``config.hash``, so two extractions agree exactly
+when their configs are equal.
 
 ``MelFrontend`` is ``torch.stft`` + librosa's mel filterbank (recomputed in numpy by
 ``mel_filterbank``, identical to ``librosa.filters.mel``) and matches
@@ -12,147 +13,25 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
-from dataclasses import dataclass
-from typing import Any, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from audiocnn.errors import ConfigError
-
-COMPRESSIONS = ("none", "db", "log1p", "log10_10000")
-
-
-#: bounds of a front-end config: outside them a feature means nothing (a sample rate of
-#: 1 Hz) or cannot be held (10 MHz audio, a mel filterbank of 100,000 bands)
-SAMPLE_RATES = (1000, 384_000)
-MAX_N_FFT = 16384  # 0.7 s at 22.05 kHz
-MAX_N_MELS = 1024
-
-
-def _check_size(name: str, value: Any, low: int, high: int, why: str = "") -> None:
-    """ConfigError unless ``value`` is a whole number in [low, high] (``why`` says the bound)."""
-    whole = isinstance(value, (int, float, np.integer)) and not isinstance(value, bool) and float(value).is_integer()
-    if not whole or not low <= value <= high:
-        raise ConfigError(f"{name} must be a whole number in [{low}, {high}]{why}, got {value!r}")
-
-
-class _ConfigBase:
-    """Serialisation and identity shared by the front-end configs."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
-    @property
-    def hash(self) -> str:
-        return config_hash(self)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class WaveformConfig(_ConfigBase):
-    """Raw waveform input at ``sample_rate``; ``normalize`` scales each example to unit RMS."""
-
-    sample_rate: int = 16000
-    normalize: bool = False
-    kind: str = "waveform"
-
-    def __post_init__(self) -> None:
-        if self.kind != "waveform":
-            raise ConfigError(f"WaveformConfig.kind must be 'waveform', got {self.kind!r}")
-        _check_size("sample_rate", self.sample_rate, *SAMPLE_RATES)
-
-    def num_frames(self, num_samples: int) -> int:
-        return int(num_samples)
-
-
-@dataclass(frozen=True)
-class MelConfig(_ConfigBase):
-    """Mel spectrogram parameters (librosa names and meanings).
-
-    ``compression``: ``db`` = ``10*log10(max(x, amin))`` like ``librosa.power_to_db`` with
-    ref=1 (and ``top_db`` clipping per example when set); ``log1p`` = ``log(1 + x)``;
-    ``log10_10000`` = ``log10(10000*x + 1)`` as musicnn does. ``fp16_before_log`` rounds the
-    mel power to float16 before compression, which musicnn's input pipeline does.
-    """
-
-    sample_rate: int = 16000
-    n_fft: int = 512
-    hop_length: int = 256
-    win_length: int | None = None
-    n_mels: int = 96
-    f_min: float = 0.0
-    f_max: float | None = None
-    htk: bool = False
-    norm: str | None = "slaney"
-    power: float = 2.0
-    center: bool = True
-    pad_mode: str = "constant"
-    compression: str = "db"
-    amin: float = 1e-10
-    top_db: float | None = None
-    fp16_before_log: bool = False
-    kind: str = "mel"
-
-    def __post_init__(self) -> None:
-        if self.kind != "mel":
-            raise ConfigError(f"MelConfig.kind must be 'mel', got {self.kind!r}")
-        if self.compression not in COMPRESSIONS:
-            raise ConfigError(f"mel compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
-        if self.norm not in (None, "slaney"):
-            raise ConfigError(f"mel norm must be 'slaney' or null, got {self.norm!r}")
-        _check_size("sample_rate", self.sample_rate, *SAMPLE_RATES)
-        _check_size("n_fft", self.n_fft, 2, MAX_N_FFT)
-        _check_size("hop_length", self.hop_length, 1, MAX_N_FFT)
-        if self.win_length is not None:
-            _check_size("win_length", self.win_length, 1, self.n_fft, " (at most n_fft)")
-        bins = self.n_fft // 2 + 1
-        why = f" (n_fft={self.n_fft} gives {bins} frequency bins)" if bins < MAX_N_MELS else ""
-        _check_size("n_mels", self.n_mels, 1, min(MAX_N_MELS, bins), why)
-        f_max = self.f_max if self.f_max is not None else self.sample_rate / 2
-        if not 0 <= self.f_min < f_max <= self.sample_rate / 2:
-            raise ConfigError(f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={self.f_min}, f_max={f_max}")
-
-    def num_frames(self, num_samples: int) -> int:
-        """Frames produced for ``num_samples`` input samples."""
-        if self.center:
-            return 1 + int(num_samples) // self.hop_length
-        return 1 + (int(num_samples) - self.n_fft) // self.hop_length
-
-
-FrontendConfig = Union[WaveformConfig, MelConfig]
-
-
-def config_hash(config: FrontendConfig) -> str:
-    """Stable 10-hex-digit identity of a front-end config (canonical JSON, sha1)."""
-    canonical = json.dumps(_canonical(config.to_dict()), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha1(canonical.encode()).hexdigest()[:10]
-
-
-def _canonical(d: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, float) and v.is_integer():
-            v = int(v)  # 8000 and 8000.0 are the same setting
-        out[k] = v
-    return out
-
-
-def config_from_dict(d: dict[str, Any]) -> FrontendConfig:
-    """Rebuild a config from ``to_dict()`` output (YAML/JSON); rejects unknown keys."""
-    if not isinstance(d, dict):
-        raise ConfigError(f"front-end config must be a mapping, got {type(d).__name__}")
-    kind = d.get("kind")
-    cls = {"waveform": WaveformConfig, "mel": MelConfig}.get(kind)  # type: ignore[arg-type]
-    if cls is None:
-        raise ConfigError(f"front-end kind must be 'waveform' or 'mel', got {kind!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ConfigError(f"unknown {kind} front-end option(s): {', '.join(unknown)}")
-    return cls(**d)
+from audiocnn.features.configs import (  # noqa: F401  (the configs, re-exported beside their modules)
+    COMPRESSIONS,
+    MAX_N_FFT,
+    MAX_N_MELS,
+    SAMPLE_RATES,
+    FrontendConfig,
+    MelConfig,
+    WaveformConfig,
+    config_from_dict,
+    config_hash,
+    even_chunk_starts,
+)
+from audiocnn.features.streaming import FrameStream
 
 
 def _hz_to_mel(f: np.ndarray, htk: bool) -> np.ndarray:
@@ -320,95 +199,20 @@ class MelFrontend(nn.Module):
         return mel
 
 
-# numpy names of the torch.stft padding modes a stream can reproduce at the signal's ends
-# ("circular" needs the end of the signal before its start).
-_NP_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
-
-
-class MelStream:
-    """A mel front-end applied to one long signal block by block, frame for frame equal
-    to applying it to the whole signal.
-
-    Memory stays bounded by one block: the signal's two ends get the centre padding
-    here, once, and a ``center=False`` copy of the front-end (same buffers, same code)
-    runs over the whole frames each block completes. ``push`` returns the compressed
-    frames a block completes, ``(n_mels, frames)``; ``finish`` those left at the end. Per-example
-    ``top_db`` clipping needs
-    the whole signal's peak: it is left out of ``push`` and applied by ``clip_top_db``.
-    """
+class MelStream(FrameStream):
+    """:class:`FrameStream` with the frames computed by a torch :class:`MelFrontend`: a
+    ``center=False`` copy of it (same buffers, same code) on ``device``."""
 
     def __init__(self, frontend: MelFrontend, device: torch.device | str = "cpu") -> None:
         c = frontend.config
-        if not self.supports(c):
-            raise ConfigError(f"mel pad_mode {c.pad_mode!r} cannot be streamed")
-        self.config, self.device = c, torch.device(device)
+        self.device = torch.device(device)
         self._fe = copy.copy(frontend)
         self._fe.config = dataclasses.replace(c, center=False, top_db=None)
-        self.pad = c.n_fft // 2 if c.center else 0
-        self._np_mode = _NP_PAD_MODES.get(c.pad_mode, "constant")
-        self._started = self.pad == 0
-        self._head = np.zeros(0, np.float32)  # raw samples waiting for the left pad
-        self._tail = np.zeros(0, np.float32)  # last pad+1 raw samples, for the right pad
-        self._buf = np.zeros(0, np.float32)  # padded-domain samples not yet framed
-        self.samples = 0  # input samples pushed so far
-        self.peak = 0  # largest buffer held, in samples
+        super().__init__(c)
 
-    @staticmethod
-    def supports(config: MelConfig) -> bool:
-        return not config.center or config.pad_mode in _NP_PAD_MODES
-
-    def push(self, y: np.ndarray) -> np.ndarray:
-        """The next block of the signal; returns the frames it completes."""
-        pad = self.pad
-        self.samples += y.shape[0]
-        if pad:
-            self._tail = np.concatenate([self._tail, y])[-(pad + 1) :]
-        if not self._started:
-            self._head = np.concatenate([self._head, y])
-            if self._head.shape[0] <= pad:  # the left pad reflects pad+1 samples
-                return np.zeros((self.config.n_mels, 0), np.float32)
-            y = self._left_padded()
-        return self._frames(y)
-
-    def finish(self) -> np.ndarray:
-        """The end of the signal: pads it and returns the remaining frames."""
-        y = self._left_padded() if not self._started else np.zeros(0, np.float32)
-        if self.pad and self.samples:
-            right = np.pad(self._tail, (0, self.pad), mode=self._np_mode)[-self.pad :]
-            y = np.concatenate([y, right.astype(np.float32)])
-        return self._frames(y)
-
-    def _left_padded(self) -> np.ndarray:
-        pad = self.pad
-        left = (
-            np.pad(self._head[: pad + 1], (pad, 0), mode=self._np_mode)[:pad]
-            if self._head.size
-            else np.zeros(0, np.float32)
-        )
-        y = np.concatenate([left.astype(np.float32), self._head])
-        self._head = np.zeros(0, np.float32)
-        self._started = True
-        return y
-
-    def _frames(self, y: np.ndarray) -> np.ndarray:
-        c = self.config
-        buf = np.concatenate([self._buf, y]) if self._buf.shape[0] else y
-        self.peak = max(self.peak, buf.shape[0])
-        n = 0 if buf.shape[0] < c.n_fft else (buf.shape[0] - c.n_fft) // c.hop_length + 1
-        if n == 0:
-            self._buf = buf
-            return np.zeros((c.n_mels, 0), np.float32)
-        seg = np.ascontiguousarray(buf[: (n - 1) * c.hop_length + c.n_fft], dtype=np.float32)
-        self._buf = buf[n * c.hop_length :]
+    def compute(self, seg: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return self._fe(torch.from_numpy(seg).to(self.device)[None])[0].float().cpu().numpy()
-
-    def clip_top_db(self, mel: np.ndarray) -> np.ndarray:
-        """The config's ``top_db`` clipping over the whole signal's frames (no-op without)."""
-        c = self.config
-        if c.compression != "db" or c.top_db is None or mel.size == 0:
-            return mel
-        return np.maximum(mel, mel.max() - np.float32(c.top_db))
 
 
 def build_frontend(config: FrontendConfig) -> nn.Module:
@@ -418,11 +222,3 @@ def build_frontend(config: FrontendConfig) -> nn.Module:
     if isinstance(config, MelConfig):
         return MelFrontend(config)
     raise ConfigError(f"not a front-end config: {config!r}")
-
-
-def even_chunk_starts(length: int, size: int, n: int) -> np.ndarray:
-    """Starts of ``n`` windows of ``size`` frames spread evenly over ``length`` frames, the
-    first at 0 and the last ending at the end (the papers' song-level protocol). One rule
-    for training's validation chunks and ``tag --chunks`` / ``evaluate --eval-chunks``."""
-    room = max(0, int(length) - int(size))
-    return np.rint(np.linspace(0, room, int(n))).astype(np.int64)

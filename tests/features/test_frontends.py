@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from audiocnn.errors import ConfigError
-from audiocnn.features import MelConfig, WaveformConfig, build_frontend, config_from_dict
+from audiocnn.features import MelConfig, WaveformConfig, config_from_dict
+from audiocnn.features.frontends import build_frontend
 from audiocnn.testing.audio import synth_tone
 
 
@@ -201,7 +202,7 @@ def test_building_a_mel_frontend_does_not_import_librosa() -> None:
     import sys
 
     code = (
-        "import sys; from audiocnn.features import MelConfig, build_frontend; "
+        "import sys; from audiocnn.features.frontends import MelConfig, build_frontend; "
         "build_frontend(MelConfig()); print('librosa' in sys.modules, 'scipy.signal' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
