@@ -57,6 +57,8 @@ LAYERS = [
     ("audiocnn.testing", 7, "testing"),
 ]
 CORE = {
+    "audiocnn.accelerators",
+    "audiocnn.checkpoint_file",
     "audiocnn.zoo",
     "audiocnn",
     "audiocnn.errors",

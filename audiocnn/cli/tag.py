@@ -26,6 +26,7 @@ DEFAULT_TABLE_TOP_K = 5
 
 
 class Backend(str, Enum):
+    auto = "auto"
     torch = "torch"
     onnxruntime = "onnxruntime"
 
@@ -199,8 +200,9 @@ BackendOpt = Annotated[
     Backend,
     typer.Option(
         "--backend",
-        help="torch, or onnxruntime: the network runs in ONNX Runtime (CPU; exported once into the data "
-        "folder; needs pip install audiocnn[onnx]).",
+        help="auto: ONNX Runtime on a machine without a GPU when onnxruntime is installed (no torch loaded; "
+        "the model is exported once into the cache folder), else torch; torch; or onnxruntime (CPU). "
+        "--embeddings and --attention need torch.",
     ),
 ]
 Force = Annotated[bool, typer.Option("--force", help="With --output: tag again files the results file already holds.")]
@@ -242,7 +244,7 @@ def tag(
     output: Output = None,
     jobs: Jobs = 1,
     force: Force = False,
-    backend: BackendOpt = Backend.torch,
+    backend: BackendOpt = Backend.auto,
     shard: ShardOpt = None,
     merge: Merge = None,
 ) -> None:

@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from audiocnn.audio import AUDIO_EXTENSIONS, find_audio_files, is_audio_path, not_regular_problem
+from audiocnn.checkpoint_file import checkpoint_sha256, read_metadata
 from audiocnn.constants import DEFAULT_MODEL
 from audiocnn.errors import AudiocnnError, UsageError
 from audiocnn.fileio import ensure_writable_dir
-from audiocnn.models.checkpoint import checkpoint_sha256, read_metadata
 from audiocnn.pretrained import resolve_model
 from audiocnn.progress import StepBar
 from audiocnn.shards import Shard
-from audiocnn.tagging.backends import check_arrays
+from audiocnn.tagging.backends import check_arrays, check_backend
 from audiocnn.tagging.options import TagOptions, tag_options
 from audiocnn.tagging.outputs import PER_WINDOW_WRITERS, output_stem
 from audiocnn.tagging.parts import merge_when_complete, merged_done, shard_device, share_of
@@ -132,7 +132,7 @@ def tag_command(
     cache_dir: str | os.PathLike | None = None,
     device: str = "auto",
     batch_size: int | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
     outputs: Mapping[str, str | os.PathLike] | None = None,
     output: str | os.PathLike | None = None,
     force: bool = False,
@@ -168,7 +168,7 @@ def tag_command(
     outputs = dict(outputs or {})
     options = tag_options(options, **fields, **{kind: True for kind in _checked_outputs(outputs)})
     _check_run_options(output, jobs, force, shard)
-    check_arrays(backend, options)  # before the model loads (and an ONNX export)
+    backend = _backend_for(backend, options)  # before the model loads (and an ONNX export)
     for folder in outputs.values():
         ensure_writable_dir(folder)
     files, failures = expand_audio_paths(paths)
@@ -204,6 +204,15 @@ def tag_command(
     report(str(summary))
     _merge_shares(library, shard, merged, everything, report)
     return summary
+
+
+def _backend_for(backend: str, options: TagOptions) -> str:
+    """The backend to load, checked against the options: ``auto`` is torch when they ask
+    for per-window arrays (which only torch gives) or a window of another length than the
+    model's own (which an export with a fixed time axis cannot take)."""
+    check_backend(backend)
+    check_arrays(backend, options)
+    return "torch" if backend == "auto" and (options.arrays() or options.window is not None) else backend
 
 
 def _merge_shares(

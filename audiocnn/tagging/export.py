@@ -26,6 +26,8 @@ onnx and onnxruntime are an optional extra: ``pip install audiocnn[onnx]``.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import io
 import json
 import math
@@ -43,11 +45,13 @@ from torch import nn
 from audiocnn import __version__
 from audiocnn.audio import load_audio
 from audiocnn.constants import SINGLE_LABEL
-from audiocnn.errors import AudiocnnError, NotAvailableError
+from audiocnn.errors import ModelError, NotAvailableError
 from audiocnn.features.frontends import MelConfig, MelFrontend, MelStream, power_frames, real_dft_basis
+from audiocnn.features.streaming import streamable
 from audiocnn.fileio import atomic_write_bytes
 from audiocnn.models.checkpoint import checkpoint_sha256, load_checkpoint
 from audiocnn.pretrained import resolve_model
+from audiocnn.tagging.ort_backend import OnnxFiles, OrtBackend, ort_session, sibling
 from audiocnn.tagging.song import window_starts
 
 TOLERANCE = 1e-4
@@ -55,7 +59,7 @@ OPSET = 17
 INSTALL_HINT = "pip install audiocnn[onnx]"
 
 
-class ExportError(AudiocnnError):
+class ExportError(ModelError):
     """An exported model does not reproduce the torch model."""
 
 
@@ -118,6 +122,7 @@ class ExportReport:
     dynamic_time: bool
     checks: dict[str, float] = field(default_factory=dict)  # check name -> max abs difference
     metadata: dict[str, str] = field(default_factory=dict)
+    frames: Path | None = None  # the streaming front-end (mel models whose padding a stream reproduces)
 
     @property
     def max_abs_diff(self) -> float:
@@ -179,15 +184,6 @@ def _with_metadata(onnx: Any, data: bytes, props: dict[str, str]) -> bytes:
     return proto.SerializeToString()
 
 
-def ort_session(ort: Any, path_or_bytes: str | os.PathLike | bytes, threads: int | None = None) -> Any:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-    src = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-
-
 def _max_diff(session: Any, module: nn.Module, x: torch.Tensor) -> float:
     with torch.inference_mode():
         want = module(x).numpy()
@@ -228,24 +224,30 @@ def export_onnx(
     report: Callable[[str], None] = lambda line: None,
 ) -> ExportReport:
     """Write ``output`` (default: the checkpoint's name with ``.onnx``, in the current
-    folder) and, for mel models, ``<output stem>.frontend.onnx``; verify both (see the
-    module docstring). ``audio``: the real song the checks use."""
+    folder) and, for mel models, ``<output stem>.frontend.onnx`` and
+    ``<output stem>.frames.onnx``; verify them (see the module docstring). ``audio``: the
+    real song the checks use."""
     onnx, ort = require_onnx()
     path = resolve_model(model, cache_dir=cache_dir)
     net, meta = load_checkpoint(path, map_location="cpu")
     net = net.eval()
     out = Path(output) if output is not None else Path(f"{Path(str(model)).stem}.onnx")
-    mel = isinstance(net.frontend_config, MelConfig)
-    frontend_out = out.with_name(f"{out.stem}.frontend.onnx") if mel else None
+    config = net.frontend_config
+    mel = isinstance(config, MelConfig)
     written: list[Path] = []
     try:
         rep = _export_network(onnx, ort, net, meta, str(model), checkpoint_sha256(path), out, report)
         written.append(out)
-        if frontend_out is not None:
-            rep.frontend = frontend_out
+        if mel:
+            rep.frontend = sibling(out, "frontend")
             _export_frontend(onnx, ort, net, rep, audio, report)
-            written.append(frontend_out)
+            written.append(rep.frontend)
+        if mel and streamable(config):
+            rep.frames = sibling(out, "frames")
+            _export_frames(onnx, net, rep)
+            written.append(rep.frames)
         _check_real_song(ort, net, rep, audio, report)
+        _check_engine(net, path, rep, audio, report)
     except BaseException:
         for p in written:
             with contextlib.suppress(OSError):
@@ -326,6 +328,45 @@ def _export_frontend(
     _write(onnx, rep.frontend, data, props)
     for k, v in checks.items():
         report(f"{k}: max abs difference {v:.2e} (onnxruntime vs torch, log-mel)")
+
+
+def _export_frames(onnx: Any, net: nn.Module, rep: ExportReport) -> None:
+    """The front-end of whole frames without centring or ``top_db`` (what a song streamed
+    block by block needs: :class:`audiocnn.features.streaming.FrameStream`); checked with
+    the whole engine by :func:`_check_engine`."""
+    c = net.frontend.config
+    inner = copy.copy(net.frontend)
+    inner.config = dataclasses.replace(c, center=False, top_db=None)
+    fe = RealDftLogMel(inner).eval()
+    example = torch.randn(1, c.n_fft + 99 * c.hop_length) * 0.1
+    data = _to_onnx(fe, example, {0: "batch", 1: "samples"}, "waveform", "log_mel")
+    props = {**rep.metadata, "input": "waveform frames", "input_shape": json.dumps(["batch", "samples"])}
+    _write(onnx, rep.frames, data, {**props, "output": "log-mel", "center": "false"})
+
+
+def _check_engine(net: nn.Module, path: Path, rep: ExportReport, audio: str | os.PathLike | None, report) -> None:
+    """``tag``'s ONNX Runtime engine (:class:`OrtBackend`) against the torch path on 30 s
+    of real music: the mel of the song streamed in blocks of 7 s (mel models), consecutive
+    windows, the network; the scores must agree to :data:`TOLERANCE`."""
+    engine = OrtBackend(path, OnnxFiles(rep.model, rep.frontend, rep.frames))
+    y = _real_audio(audio, net.sample_rate, 30.0)
+    if rep.frames is not None:
+        stream, block, size = engine.mel_stream(), 7 * net.sample_rate, net.input_frames
+        parts = [stream.push(y[i : i + block]) for i in range(0, len(y), block)]
+        x = np.concatenate([*parts, stream.finish()], axis=-1)
+        torch_x, from_features = _song_patches(net, y, size), True
+    else:
+        x, size, from_features = y, net.input_length, False
+    windows = [x[..., s : s + size] for s in window_starts(x.shape[-1], size, size)]
+    got = np.concatenate([engine.run(w[None], from_features)[0] for w in windows])
+    with torch.inference_mode():
+        if not from_features:
+            torch_x = net.frontend(torch.from_numpy(np.stack(windows)))
+        want = _Network(net).eval()(torch_x).numpy()
+    key = "scores of a real song, the tagger's ONNX Runtime engine (streamed in blocks)"
+    rep.checks[key] = float(np.abs(got - want).max()) if got.shape == want.shape else math.inf
+    report(f"{key}: max abs difference {rep.checks[key]:.2e} (vs torch)")
+    _fail_above(rep, "engine")
 
 
 def _check_real_song(ort: Any, net: nn.Module, rep: ExportReport, audio: str | os.PathLike | None, report) -> None:

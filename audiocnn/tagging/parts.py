@@ -23,8 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from audiocnn.accelerators import visible_accelerator
 from audiocnn.errors import UsageError
 from audiocnn.fileio import fsync_dir
 from audiocnn.shards import Shard, assign, file_weight, local_rank
@@ -49,7 +48,11 @@ def share_of(files: Sequence[Path], shard: Shard) -> list[Path]:
 def shard_device(device: str) -> str:
     """``auto`` / ``cuda`` -> this process's GPU (``LOCAL_RANK``) when CUDA is there."""
     rank = local_rank()
-    if device in ("auto", "cuda") and rank is not None and torch.cuda.is_available():
+    if device not in ("auto", "cuda") or rank is None or (device == "auto" and visible_accelerator() is None):
+        return device
+    import torch  # deferred: only a torchrun process on a machine that may have a GPU asks torch for it
+
+    if torch.cuda.is_available():
         return f"cuda:{rank % torch.cuda.device_count()}"
     return device
 

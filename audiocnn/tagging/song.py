@@ -7,14 +7,14 @@ samples or frames of one unfinished window, and its small per-window score rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
-from audiocnn.features.frontends import MelStream, even_chunk_starts
+from audiocnn.features.configs import even_chunk_starts
+from audiocnn.features.streaming import FrameStream
 
 
 @dataclass(frozen=True)
@@ -187,18 +187,19 @@ class EvenChunks:
 
 
 class Song:
-    """One song being scored: its mel stream (song framing), its windower, how much audio
-    came in, and the score rows of its windows as they come back from the network.
-    ``options``: the run's :class:`audiocnn.tagging.options.TagOptions`.
+    """One song being scored: its mel stream (song framing: made by ``mel_stream``, the
+    backend's), its windower, how much audio came in, and the score rows of its windows as
+    they come back from the network. ``options``: the run's
+    :class:`audiocnn.tagging.options.TagOptions`.
 
     Blocks go in with :meth:`push`, the last windows come out of :meth:`finish`; every
     window handed out is scored later (:meth:`scored`), in the order handed out.
     """
 
-    def __init__(self, index: int, plan: WindowPlan, options: Any, frontend: Any, device: torch.device) -> None:
+    def __init__(self, index: int, plan: WindowPlan, options: Any, mel_stream: Callable[[], FrameStream]) -> None:
         self.index = index
         self.plan = plan
-        self.mel = MelStream(frontend, device) if plan.framing == "song" else None
+        self.mel = mel_stream() if plan.framing == "song" else None
         if options.chunks is None:
             self.windower: Windower | EvenChunks = Windower(plan.size, plan.hop, options.tail)
         else:

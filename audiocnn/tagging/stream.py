@@ -89,7 +89,7 @@ class _Batcher:
     def song(self, i: int) -> Song:
         if i not in self.songs:
             t = self.tagger
-            self.songs[i] = Song(i, self.plan, self.options, t.model.frontend, t.device)
+            self.songs[i] = Song(i, self.plan, self.options, t.backend.mel_stream)
             self.stats.max_songs_in_flight = max(self.stats.max_songs_in_flight, len(self.songs))
         return self.songs[i]
 

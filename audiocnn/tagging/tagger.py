@@ -28,34 +28,29 @@ alone or in a library, is scored by :func:`audiocnn.tagging.stream.tag_stream`.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from audiocnn.checkpoint_file import DEFAULT_THRESHOLD
 from audiocnn.constants import DEFAULT_MODEL, SINGLE_LABEL, Aggregate
-from audiocnn.devices import resolve_device
 from audiocnn.errors import AudiocnnError, AudioDecodeError, CheckpointError, ModelError, UsageError
-from audiocnn.features.frontends import MelConfig, MelStream
-from audiocnn.models.checkpoint import DEFAULT_THRESHOLD, load_checkpoint, thresholds_of
 from audiocnn.pretrained import resolve_model
-from audiocnn.tagging.backends import check_arrays, make_backend
+from audiocnn.tagging.backends import ModelInfo, auto_backend, check_arrays, check_backend
 from audiocnn.tagging.options import MAX_WINDOW_FACTOR, TagOptions, tag_options
+from audiocnn.tagging.ort_backend import OrtBackend, onnx_files
 from audiocnn.tagging.song import Song, StreamStats, TagResult, WindowPlan
 from audiocnn.tagging.stream import tag_stream
 
+log = logging.getLogger("audiocnn.tagging")
+
 CPU_BATCH_SIZE = 1
 ACCELERATOR_BATCH_SIZE = 32
-
-
-def _song_framing_supported(frontend: torch.nn.Module) -> bool:
-    """Whole-song mel framing needs a streamable mel front-end whose compression is per
-    frame (dB with ``top_db`` clips relative to the whole example's peak)."""
-    c = getattr(frontend, "config", None)
-    return isinstance(c, MelConfig) and MelStream.supports(c) and not (c.compression == "db" and c.top_db is not None)
 
 
 def shown_name(checkpoint_or_name: str | os.PathLike, path: Path) -> str:
@@ -73,8 +68,11 @@ class Tagger:
     ``musicnn-mtt`` (see :func:`audiocnn.pretrained.resolve_model`; pretrained imports and
     ONNX exports live under ``cache_dir``, by default
     :func:`audiocnn.constants.default_cache_dir`).
-    ``backend``: ``torch``, or ``onnxruntime`` to run the network in ONNX Runtime
-    (:mod:`audiocnn.tagging.backends`).
+    ``backend``: ``torch``; ``onnxruntime`` to run the front-end and the network in ONNX
+    Runtime from the model's export in the cache (made and checked against torch on first
+    use; torch is not imported when it is there); ``auto``: ONNX Runtime on a CPU-only
+    machine with onnxruntime installed, else torch (:mod:`audiocnn.tagging.backends`).
+    ``report`` gets the line saying a first-use export was made.
     """
 
     def __init__(
@@ -87,52 +85,50 @@ class Tagger:
         block_seconds: float = 30.0,
         num_threads: int | None = None,
         backend: str = "torch",
+        report: Callable[[str], None] = log.info,
     ) -> None:
         if batch_size is not None and int(batch_size) < 1:
             raise UsageError(f"batch_size must be >= 1, got {batch_size}", arguments=("batch_size",))
         if not block_seconds > 0:
             raise UsageError(f"block_seconds must be > 0, got {block_seconds}", arguments=("block_seconds",))
-        if num_threads is not None:
-            torch.set_num_threads(int(num_threads))
-        self.device = resolve_device(device)
+        check_backend(backend)
+        self.block_seconds = float(block_seconds)
+        self.path = resolve_model(checkpoint_or_name, cache_dir=cache_dir)
+        self.name = shown_name(checkpoint_or_name, self.path)
+        self.backend = load_backend(
+            backend, self.path, self.name, device=device, cache_dir=cache_dir, num_threads=num_threads, report=report
+        )
+        self.info: ModelInfo = self.backend.info
+        self.model = self.backend.model  # the torch model (torch backend), else None
+        self.meta = self.backend.meta
+        self.device = self.backend.device
         if batch_size is None:
             # On a CPU, one window already makes large matrix products, so bigger batches
             # buy no speed while activation memory grows with them (musicnn: ~25 MiB per
             # 3 s window); accelerators want larger batches.
-            batch_size = CPU_BATCH_SIZE if self.device.type == "cpu" else ACCELERATOR_BATCH_SIZE
+            batch_size = CPU_BATCH_SIZE if self.backend.on_cpu else ACCELERATOR_BATCH_SIZE
         self.batch_size = int(batch_size)
-        self.block_seconds = float(block_seconds)
-        self.path = resolve_model(checkpoint_or_name, cache_dir=cache_dir)
-        self.name = shown_name(checkpoint_or_name, self.path)
-        model, meta = load_checkpoint(self.path, map_location="cpu")
-        self.model = model.to(self.device).eval()
-        self.meta = meta
-        self.labels: list[str] = [str(x) for x in meta.get("labels") or []]
-        if len(self.labels) != model.num_classes:
-            raise CheckpointError(
-                f"{self.path}: {len(self.labels)} labels for a model with {model.num_classes} outputs"
-            )
-        self.task: str = model.task
+        self.labels: list[str] = list(self.info.labels)
+        self.task: str = self.info.task
         self.activation = "softmax" if self.task == SINGLE_LABEL else "sigmoid"
         # per-label decision thresholds picked by `train` on the validation split (None:
         # decide at DEFAULT_THRESHOLD, e.g. the pretrained imports, which carry none)
-        self.thresholds: list[float] | None = thresholds_of(meta, self.path)
-        self.sample_rate = int(model.sample_rate)
+        self.thresholds: list[float] | None = self.info.thresholds
+        self.sample_rate = int(self.info.sample_rate)
         self.stats = StreamStats()  # peaks of the last run (tag_stream)
-        self.backend = make_backend(backend, self.model, self.device, self.path, cache_dir)
 
     # ------------------------------------------------------------------ planning
 
     @property
     def input_seconds(self) -> float:
-        return self.model.input_length / self.sample_rate
+        return self.info.input_seconds
 
     def plan(self, options: TagOptions) -> WindowPlan:
         """How a song is cut with ``options`` (see the module docstring), in frames or
         samples, or the UsageError naming the option this model cannot take."""
-        check_arrays(self.backend.name, options, self.model)
-        m, sr = self.model, self.sample_rate
-        song_ok = _song_framing_supported(m.frontend)
+        check_arrays(self.backend.name, options, self.info)
+        m, sr = self.info, self.sample_rate
+        song_ok = m.song_framing
         if options.framing == "song" and not song_ok:
             raise UsageError(
                 f"model {self.name!r} cannot use song framing (it needs a mel front-end with a per-frame "
@@ -142,7 +138,7 @@ class Tagger:
         window, hop = options.window, options.hop
         self._check_window(window)
         if song_ok if options.framing == "auto" else options.framing == "song":
-            c = m.frontend_config
+            c = m.frontend
             unit = c.hop_length / sr
             size = int(m.input_frames) if window is None else max(1, int(round(window / unit)))
             step = size if hop is None else max(1, int(round(hop / unit)))
@@ -207,7 +203,7 @@ class Tagger:
         return TagResult(
             path=str(path),
             model=self.name,
-            architecture=str(self.meta.get("model", "")),
+            architecture=self.info.architecture,
             task=self.task,
             activation=self.activation,
             labels=list(self.labels),
@@ -254,9 +250,9 @@ class Tagger:
         single-threaded batches keep both cores of a small machine busy while decoding
         workers take turns; one batch over all threads stalls whenever a worker holds a
         core); on an accelerator one, which windows of several songs fill."""
-        if int(jobs) <= 1 or self.device.type != "cpu":
+        if int(jobs) <= 1 or not self.backend.on_cpu:
             return 1
-        return max(1, min(int(jobs), torch.get_num_threads()))
+        return max(1, min(int(jobs), self.backend.threads))
 
     def score(
         self, windows: list[np.ndarray], from_features: bool, arrays: tuple[str, ...], custom: bool
@@ -282,3 +278,53 @@ class Tagger:
                 f"model {self.name!r} returned scores of shape {proba.shape}, expected {(x.shape[0], len(self.labels))}"
             )
         return proba, extra
+
+
+def load_backend(
+    name: str,
+    path: Path,
+    shown: str,
+    *,
+    device: str = "auto",
+    cache_dir: str | os.PathLike | None = None,
+    num_threads: int | None = None,
+    report: Callable[[str], None] = log.info,
+) -> Any:
+    """The backend ``name`` (auto | torch | onnxruntime, :mod:`audiocnn.tagging.backends`)
+    for checkpoint ``path``. ONNX Runtime uses the model's export in the cache, written
+    and checked against torch the first time (``report`` says so, with the time it took);
+    with ``auto``, an export that cannot be made falls back to torch, saying why."""
+    check_backend(name)
+    chosen = auto_backend(device)[0] if name == "auto" else name
+    if chosen == "onnxruntime":
+        if str(device).strip().lower() not in ("auto", "cpu"):
+            raise UsageError(
+                f"backend='onnxruntime' runs on the CPU, not {device}: pass device='cpu'",
+                arguments=("backend", "device"),
+            )
+        try:
+            return _ort_backend(path, shown, cache_dir, num_threads, report)
+        except Exception as exc:  # the export could not be made (onnx missing, an operator it cannot take)
+            if name != "auto" or isinstance(exc, CheckpointError):
+                raise
+            why = exc.message if isinstance(exc, AudiocnnError) else f"{type(exc).__name__}: {str(exc)[:200]}"
+            log.warning("%s: tagging with torch instead of ONNX Runtime (%s)", shown, why)
+    from audiocnn.tagging.torch_backend import TorchBackend  # deferred: torch loads only for the torch engine
+
+    return TorchBackend(path, device, num_threads)
+
+
+def _ort_backend(
+    path: Path, shown: str, cache_dir: str | os.PathLike | None, num_threads: int | None, report: Callable[[str], None]
+) -> OrtBackend:
+    files = onnx_files(path, cache_dir)
+    if files.missing():
+        from audiocnn.tagging.export import export_onnx  # deferred: exporting loads torch, once per model
+
+        t0 = time.perf_counter()
+        export_onnx(path, files.network, cache_dir=cache_dir)
+        report(
+            f"exported {shown} to ONNX for the fast CPU engine in {time.perf_counter() - t0:.1f} s, checked against "
+            f"torch (once; kept in {files.network.parent})"
+        )
+    return OrtBackend(path, files, num_threads)
