@@ -23,9 +23,10 @@ Rows (each a fresh process, timed from start to exit; results file deleted first
           && /tmp/tf215/bin/pip install --no-deps musicnn==0.1.0
 
   TensorFlow 2.15 (Keras 2 built in) reproduces musicnn's reference taggram of the chorale
-  to 1.5e-7. Later TensorFlow with ``tf_keras`` and ``TF_USE_LEGACY_KERAS=1`` (which the
-  benchmark sets) runs musicnn 0.1.0 too, but its tags are wrong (a taggram 0.51 away from
+  to 1.5e-7. Later TensorFlow with ``tf_keras`` and ``TF_USE_LEGACY_KERAS=1`` runs
+  musicnn 0.1.0 too, but its tags are wrong (a taggram 0.51 away from
   the reference on the chorale, measured with TensorFlow 2.21): time it, don't trust it.
+  The benchmark sets TF_USE_LEGACY_KERAS=1 only where ``tf_keras`` is installed.
 
 Then in this process: the musicnn network on one 3 s window (median of 50 runs) and one
 whole song (``Tagger.tag_file``, median of 3) with torch and with ONNX Runtime; the
@@ -56,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from tag import bench_env, run_cli, source_audio  # benchmarks/tag.py: this script's folder is on sys.path
+from tag import bench_env, musicnn_env, run_cli, source_audio  # benchmarks/tag.py: this script's folder is on sys.path
 
 from audiocnn.constants import DEFAULT_MODEL
 
@@ -173,12 +174,9 @@ def timed_run(label: str, args: list[str], env: dict, repeat: int, audio_s: floa
     return row
 
 
-MUSICNN_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}  # tf.compat.v1.layers needs Keras 2
-
-
 def musicnn_api_row(python: str, files: list[Path], audio_s: float, repeat: int) -> dict | str:
     """musicnn's own API over the folder in one process, or why it cannot run."""
-    env = {**os.environ, **MUSICNN_ENV}
+    env = musicnn_env(python, dict(os.environ))
     probe = subprocess.run([python, "-c", "import tensorflow, musicnn.tagger"], capture_output=True, text=True, env=env)
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]

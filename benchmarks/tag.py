@@ -80,7 +80,10 @@ def make_song(src: Path, dst: Path, seconds: float, shift: float = 0.0, gain: fl
     tmp = dst.with_name(f".{dst.name}.tmp.flac")
     ogg = dst.suffix.lower() == ".ogg"
     tmp = tmp.with_suffix(".ogg") if ogg else tmp
-    sf.write(str(tmp), np.clip(out, -1, 1), sr, subtype="VORBIS" if ogg else "PCM_16")
+    out = np.clip(out, -1, 1)
+    with sf.SoundFile(str(tmp), "w", sr, 1, subtype="VORBIS" if ogg else "PCM_16") as f:
+        for i in range(0, len(out), 1 << 15):  # libsndfile's Vorbis writer crashes on one long write
+            f.write(out[i : i + (1 << 15)])
     os.replace(tmp, dst)
     return dst
 
@@ -154,7 +157,19 @@ def measure_interleaved(jobs: list[tuple[str, list[str], dict[str, str]]], repea
     return rows
 
 
-MUSICNN_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}  # tf.compat.v1.layers needs Keras 2
+def musicnn_env(python: str, env: dict[str, str]) -> dict[str, str]:
+    """``env`` for running musicnn 0.1.0 under ``python``: its ``tf.compat.v1.layers`` need
+    Keras 2, which TensorFlow >= 2.16 finds only as ``tf_keras`` with TF_USE_LEGACY_KERAS=1
+    (TensorFlow 2.15 has it built in and must not be told)."""
+    has = subprocess.run(
+        [python, "-c", "import importlib.util as u; print(u.find_spec('tf_keras') is not None)"],
+        capture_output=True,
+        text=True,
+    )
+    legacy = {"TF_USE_LEGACY_KERAS": "1"} if has.stdout.strip() == "True" else {}
+    return {**env, "TF_CPP_MIN_LOG_LEVEL": "2", **legacy}
+
+
 TF_MODELS = {"musicnn-mtt": "MTT_musicnn", "musicnn-msd": "MSD_musicnn", "vgg-mtt": "MTT_vgg", "vgg-msd": "MSD_vgg"}
 
 
@@ -167,7 +182,7 @@ def musicnn_tagger_job(
         return "not run: no --musicnn-python given"
     if model not in TF_MODELS:
         return f"not run: {model} is not one of musicnn's models"
-    env = {**env, **MUSICNN_ENV}
+    env = musicnn_env(python, env)
     probe = subprocess.run([python, "-c", "import tensorflow, musicnn.tagger"], capture_output=True, env=env)
     if probe.returncode != 0:
         return f"not run: {python} cannot import TensorFlow and musicnn.tagger"

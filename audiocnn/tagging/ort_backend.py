@@ -52,6 +52,9 @@ def ort_session(ort: Any, path_or_bytes: str | os.PathLike | bytes, threads: int
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
+    # Between windows this process decodes and computes the mel: threads spinning for the
+    # next run would take the cores it needs (a 318 s song: 2.2 s -> 1.9 s on 2 cores).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     src = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
