@@ -227,6 +227,8 @@ WALKS: dict[str, list[str]] = {
         "audiocnn tag ~/Music --output library.jsonl -j 2",
         "audiocnn tag ~/Music --output library.jsonl",
         "audiocnn tag ~/Music --output library.jsonl --force",
+        "audiocnn tag song.mp3",
+        "audiocnn tag song.mp3 --backend torch",
     ],
 }
 
@@ -356,6 +358,7 @@ def test_walk_tagging(box, capsys) -> None:
     assert "skipping 3 files" in _run(box, capsys, walk[4])[1]
     assert "skipping" not in _run(box, capsys, walk[5])[1]
     assert len(_records(box.cwd / "library.jsonl")) == 3
+    assert _run(box, capsys, walk[6])[0] == _run(box, capsys, walk[7])[0]  # both engines print the same table
 
 
 # --------------------------------------------------------------------------- quoted outputs of tag

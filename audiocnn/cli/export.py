@@ -58,6 +58,6 @@ def export(
 
     rep = export_onnx(model, output, audio=audio, report=_progress)
     _progress(f"largest difference {rep.max_abs_diff:.2e} <= {1e-4:g}: the export reproduces the torch model")
-    for p in (rep.model, rep.frontend):
+    for p in (rep.model, rep.frontend, rep.frames):
         if p is not None:
             sys.stdout.write(f"{p}\n")

@@ -295,7 +295,10 @@ def load_backend(
     and checked against torch the first time (``report`` says so, with the time it took);
     with ``auto``, an export that cannot be made falls back to torch, saying why."""
     check_backend(name)
-    chosen = auto_backend(device)[0] if name == "auto" else name
+    chosen = name
+    if name == "auto":
+        chosen, why = auto_backend(device)
+        log.debug("backend auto: %s (%s)", chosen, why)
     if chosen == "onnxruntime":
         if str(device).strip().lower() not in ("auto", "cpu"):
             raise UsageError(

@@ -49,7 +49,7 @@ def test_musicnn_mtt_in_onnxruntime_matches_tag(capsys, tmp_path):
     code = run(["--data-dir", str(data), "export", "musicnn-mtt", "--format", "onnx", "-o", str(out)])
     stdout, err = capsys.readouterr()
     assert code == 0, err
-    assert stdout.split() == [str(out), str(tmp_path / "mtt.frontend.onnx")]
+    assert stdout.split() == [str(out), str(tmp_path / "mtt.frontend.onnx"), str(tmp_path / "mtt.frames.onnx")]
     assert "max abs difference" in err and "largest difference" in err
     meta = _meta(out)
     labels = json.loads(meta["labels"])
