@@ -57,7 +57,13 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from tag import bench_env, musicnn_env, run_cli, source_audio  # benchmarks/tag.py: this script's folder is on sys.path
+from tag import (  # benchmarks/tag.py: this script's folder is on sys.path
+    bench_env,
+    median_s,
+    musicnn_env,
+    run_cli,
+    source_audio,
+)
 
 from audiocnn.constants import DEFAULT_MODEL
 
@@ -210,16 +216,6 @@ def musicnn_api_row(python: str, files: list[Path], audio_s: float, repeat: int)
     }
 
 
-def _median_s(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def backends_rows(model: str, song: Path, repeat: int) -> list[tuple[str, float, float]]:
     """(what, torch s, onnxruntime s): one window of the network, one whole song."""
     import torch
@@ -241,13 +237,13 @@ def backends_rows(model: str, song: Path, repeat: int) -> list[tuple[str, float,
     return [
         (
             f"one {m.input_seconds:.2f} s window (network)",
-            _median_s(torch_window, 50 * repeat),
-            _median_s(ort_window, 50 * repeat),
+            median_s(torch_window, 50 * repeat),
+            median_s(ort_window, 50 * repeat),
         ),
         (
             f"one {sf.info(str(song)).duration:.0f} s song (tag_file)",
-            _median_s(lambda: torch_tagger.tag_file(song), repeat),
-            _median_s(lambda: ort_tagger.tag_file(song), repeat),
+            median_s(lambda: torch_tagger.tag_file(song), repeat),
+            median_s(lambda: ort_tagger.tag_file(song), repeat),
         ),
     ]
 
@@ -271,9 +267,9 @@ def streams_rows(model: str, windows: int = 200) -> list[tuple[str, int, float, 
         def one(_: int, t: Tagger = tagger, w: np.ndarray = window) -> None:
             t.score([w], True, (), False)
 
-        serial = _median_s(lambda: [one(i) for i in range(windows)], 1) / windows
+        serial = median_s(lambda: [one(i) for i in range(windows)], 1) / windows
         with tagger.backend.threads_per_stream(threads), ThreadPoolExecutor(threads) as pool:
-            at_once = _median_s(lambda: list(pool.map(one, range(windows))), 1) / windows
+            at_once = median_s(lambda: list(pool.map(one, range(windows))), 1) / windows
         rows.append((name, threads, serial, at_once))
     return rows
 

@@ -206,7 +206,9 @@ print("torch" in sys.modules)
 """
 
 
-def _best_of(fn, repeat: int) -> float:
+def median_s(fn, repeat: int) -> float:
+    """Median seconds of ``repeat`` calls of ``fn`` after one call to warm up."""
+    fn()
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -233,8 +235,8 @@ def stage_rows(model: str, song: Path, env: dict[str, str], repeat: int) -> list
         startup = [run_process([sys.executable, "-c", _STARTUP, model, backend], env) for _ in range(repeat)]
         tagger = Tagger(model, backend=backend)
         sr = tagger.sample_rate
-        decode = _best_of(lambda: list(iter_audio_blocks(song, native, 30.0)), repeat)
-        both = _best_of(lambda sr=sr: list(iter_audio_blocks(song, sr, 30.0)), repeat)
+        decode = median_s(lambda: list(iter_audio_blocks(song, native, 30.0)), repeat)
+        both = median_s(lambda sr=sr: list(iter_audio_blocks(song, sr, 30.0)), repeat)
         blocks = list(iter_audio_blocks(song, sr, 30.0))
 
         def frontend(blocks=blocks, tagger=tagger):
@@ -244,9 +246,9 @@ def stage_rows(model: str, song: Path, env: dict[str, str], repeat: int) -> list
         mel = frontend()
         size = tagger.info.input_frames
         windows = [mel[None, :, s : s + size] for s in window_starts(mel.shape[-1], size, size)]
-        network = _best_of(lambda t=tagger, w=windows: [t.backend.run(x, True) for x in w], repeat)
+        network = median_s(lambda t=tagger, w=windows: [t.backend.run(x, True) for x in w], repeat)
         result = tagger.tag_file(song, top_k=5)
-        output = _best_of(lambda r=result: json_text(r.to_dict()), repeat)
+        output = median_s(lambda r=result: json_text(r.to_dict()), repeat)
         rows.append(
             {
                 "engine": backend,
@@ -254,7 +256,7 @@ def stage_rows(model: str, song: Path, env: dict[str, str], repeat: int) -> list
                 "torch imported": startup[0][3].strip() == "True",
                 "decode": decode,
                 "resample": max(0.0, both - decode),
-                "front-end": _best_of(frontend, repeat),
+                "front-end": median_s(frontend, repeat),
                 "network": network,
                 "windows": len(windows),
                 "output": output,
