@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 
 import numpy as np
 import torch
@@ -206,13 +207,16 @@ class MelStream(FrameStream):
     def __init__(self, frontend: MelFrontend, device: torch.device | str = "cpu") -> None:
         c = frontend.config
         self.device = torch.device(device)
-        self._fe = copy.copy(frontend)
-        self._fe.config = dataclasses.replace(c, center=False, top_db=None)
-        super().__init__(c)
+        inner = copy.copy(frontend)
+        inner.config = dataclasses.replace(c, center=False, top_db=None)
+        # a function of the copy, not a method of the stream: no reference cycle keeps a
+        # finished song's stream alive until the garbage collector runs
+        super().__init__(c, functools.partial(_torch_frames, inner, self.device))
 
-    def compute(self, seg: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return self._fe(torch.from_numpy(seg).to(self.device)[None])[0].float().cpu().numpy()
+
+def _torch_frames(frontend: MelFrontend, device: torch.device, seg: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return frontend(torch.from_numpy(seg).to(device)[None])[0].float().cpu().numpy()
 
 
 def build_frontend(config: FrontendConfig) -> nn.Module:

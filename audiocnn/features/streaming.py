@@ -36,17 +36,16 @@ class FrameStream:
     to applying it to the whole signal.
 
     ``frames`` computes the compressed frames of whole ``center=False`` frames (what the
-    front-end gives with ``center=False, top_db=None``; a subclass may override
-    :meth:`compute` instead). ``push`` returns the frames a
+    front-end gives with ``center=False, top_db=None``). ``push`` returns the frames a
     block completes, ``(n_mels, frames)``; ``finish`` those left at the end. Per-example
     ``top_db`` clipping needs the whole signal's peak: it is left out of ``push`` and
     applied by :meth:`clip_top_db`.
     """
 
-    def __init__(self, config: MelConfig, frames: FramesFn | None = None) -> None:
+    def __init__(self, config: MelConfig, frames: FramesFn) -> None:
         if not streamable(config):
             raise ConfigError(f"mel pad_mode {config.pad_mode!r} cannot be streamed")
-        self.config, self._frames_fn = config, frames
+        self.config, self._compute = config, frames
         self.pad = config.n_fft // 2 if config.center else 0
         self._np_mode = NP_PAD_MODES.get(config.pad_mode, "constant")
         self._started = self.pad == 0
@@ -55,8 +54,6 @@ class FrameStream:
         self._buf = np.zeros(0, np.float32)  # padded-domain samples not yet framed
         self.samples = 0  # input samples pushed so far
         self.peak = 0  # largest buffer held, in samples
-
-    supports = staticmethod(streamable)
 
     def push(self, y: np.ndarray) -> np.ndarray:
         """The next block of the signal; returns the frames it completes."""
@@ -101,13 +98,7 @@ class FrameStream:
             return np.zeros((c.n_mels, 0), np.float32)
         seg = np.ascontiguousarray(buf[: (n - 1) * c.hop_length + c.n_fft], dtype=np.float32)
         self._buf = buf[n * c.hop_length :]
-        return self.compute(seg)
-
-    def compute(self, seg: np.ndarray) -> np.ndarray:
-        """The compressed frames of ``seg`` (whole frames): ``frames``, or a subclass's own."""
-        if self._frames_fn is None:
-            raise NotImplementedError("a FrameStream needs a frames function")
-        return self._frames_fn(seg)
+        return self._compute(seg)
 
     def clip_top_db(self, mel: np.ndarray) -> np.ndarray:
         """The config's ``top_db`` clipping over the whole signal's frames (no-op without)."""

@@ -24,6 +24,7 @@ from audiocnn.audio import iter_audio_blocks
 from audiocnn.errors import AudiocnnError, FeatureError
 from audiocnn.features.frontends import FrontendConfig, MelConfig, MelStream, build_frontend, config_from_dict
 from audiocnn.features.store.layout import WAVEFORM_SCALE, storage, write_json
+from audiocnn.features.streaming import streamable
 
 _FP16_MAX = float(np.finfo(np.float16).max)
 # Decoding block length (iter_audio_blocks keeps MP3 blocks on MPEG frame boundaries).
@@ -91,7 +92,7 @@ def _clip_mel(config: MelConfig, blocks: Iterator[np.ndarray]) -> tuple[np.ndarr
     end because ``top_db`` needs its peak, and it is small next to the clip's waveform.
     """
     frontend = _mel_frontend(config)
-    if not MelStream.supports(config):
+    if not streamable(config):
         # e.g. circular padding needs the end before the start: whole-file fallback
         y = np.concatenate(list(blocks))
         with torch.no_grad():
