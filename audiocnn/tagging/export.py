@@ -246,8 +246,7 @@ def export_onnx(
             rep.frames = sibling(out, "frames")
             _export_frames(onnx, net, rep)
             written.append(rep.frames)
-        _check_real_song(ort, net, rep, audio, report)
-        _check_engine(net, path, rep, audio, report)
+        _check_real_song(ort, net, path, rep, audio, report)
     except BaseException:
         for p in written:
             with contextlib.suppress(OSError):
@@ -333,7 +332,7 @@ def _export_frontend(
 def _export_frames(onnx: Any, net: nn.Module, rep: ExportReport) -> None:
     """The front-end of whole frames without centring or ``top_db`` (what a song streamed
     block by block needs: :class:`audiocnn.features.streaming.FrameStream`); checked with
-    the whole engine by :func:`_check_engine`."""
+    the whole engine by :func:`_check_real_song`."""
     c = net.frontend.config
     inner = copy.copy(net.frontend)
     inner.config = dataclasses.replace(c, center=False, top_db=None)
@@ -344,47 +343,47 @@ def _export_frames(onnx: Any, net: nn.Module, rep: ExportReport) -> None:
     _write(onnx, rep.frames, data, {**props, "output": "log-mel", "center": "false"})
 
 
-def _check_engine(net: nn.Module, path: Path, rep: ExportReport, audio: str | os.PathLike | None, report) -> None:
-    """``tag``'s ONNX Runtime engine (:class:`OrtBackend`) against the torch path on 30 s
-    of real music: the mel of the song streamed in blocks of 7 s (mel models), consecutive
-    windows, the network; the scores must agree to :data:`TOLERANCE`."""
-    engine = OrtBackend(path, OnnxFiles(rep.model, rep.frontend, rep.frames))
-    y = _real_audio(audio, net.sample_rate, 30.0)
-    if rep.frames is not None:
-        stream, block, size = engine.mel_stream(), 7 * net.sample_rate, net.input_frames
-        parts = [stream.push(y[i : i + block]) for i in range(0, len(y), block)]
-        x = np.concatenate([*parts, stream.finish()], axis=-1)
-        torch_x, from_features = _song_patches(net, y, size), True
-    else:
-        x, size, from_features = y, net.input_length, False
-    windows = [x[..., s : s + size] for s in window_starts(x.shape[-1], size, size)]
-    got = np.concatenate([engine.run(w[None], from_features)[0] for w in windows])
-    with torch.inference_mode():
-        if not from_features:
-            torch_x = net.frontend(torch.from_numpy(np.stack(windows)))
-        want = _Network(net).eval()(torch_x).numpy()
-    key = "scores of a real song, the tagger's ONNX Runtime engine (streamed in blocks)"
-    rep.checks[key] = float(np.abs(got - want).max()) if got.shape == want.shape else math.inf
-    report(f"{key}: max abs difference {rep.checks[key]:.2e} (vs torch)")
-    _fail_above(rep, "engine")
-
-
-def _check_real_song(ort: Any, net: nn.Module, rep: ExportReport, audio: str | os.PathLike | None, report) -> None:
-    """Scores of 30 s of real music: the torch path ``tag`` takes against ONNX Runtime alone."""
+def _check_real_song(
+    ort: Any, net: nn.Module, path: Path, rep: ExportReport, audio: str | os.PathLike | None, report
+) -> None:
+    """Scores of 30 s of real music, the torch path ``tag`` takes (computed once) against
+    ONNX Runtime twice: alone, as the recipe in the docs does it (the front-end over the
+    whole song), and as ``tag``'s engine does it (:class:`OrtBackend`: the mel streamed in
+    blocks of 7 s, one window at a time)."""
     y = _real_audio(audio, net.sample_rate, 30.0)
     wrapper = _Network(net).eval()
+    size = net.input_frames if rep.frontend else net.input_length
     if rep.frontend is None:
-        size = net.input_length
         x = torch.from_numpy(np.stack([y[s : s + size] for s in window_starts(len(y), size, size)]))
     else:
-        x = _song_patches(net, y, net.input_frames)
+        x = _song_patches(net, y, size)
     with torch.inference_mode():
         want = wrapper(x).numpy()
-    got = onnx_scores(ort, rep.model, rep.frontend, y, net.input_frames if rep.frontend else net.input_length)
+        # the engine runs a waveform model's own front-end (identity, or unit RMS) first
+        want_engine = want if rep.frontend else wrapper(net.frontend(x)).numpy()
     key = "scores of a real song, onnxruntime only" + (" (front-end included)" if rep.frontend else "")
+    _compare(rep, key, onnx_scores(ort, rep.model, rep.frontend, y, size), want, "model", report)
+    key = "scores of a real song, the tagger's ONNX Runtime engine (streamed in blocks)"
+    _compare(rep, key, _engine_scores(net, path, rep, y, size), want_engine, "engine", report)
+
+
+def _engine_scores(net: nn.Module, path: Path, rep: ExportReport, y: np.ndarray, size: int) -> np.ndarray:
+    """Per-window scores of ``y`` by ``tag``'s engine on the files just written."""
+    engine = OrtBackend(path, OnnxFiles(rep.model, rep.frontend, rep.frames))
+    if rep.frames is not None:
+        stream, block = engine.mel_stream(), 7 * net.sample_rate
+        parts = [stream.push(y[i : i + block]) for i in range(0, len(y), block)]
+        x, from_features = np.concatenate([*parts, stream.finish()], axis=-1), True
+    else:
+        x, from_features = y, False
+    windows = [x[..., s : s + size] for s in window_starts(x.shape[-1], size, size)]
+    return np.concatenate([engine.run(w[None], from_features)[0] for w in windows])
+
+
+def _compare(rep: ExportReport, key: str, got: np.ndarray, want: np.ndarray, what: str, report) -> None:
     rep.checks[key] = float(np.abs(got - want).max()) if got.shape == want.shape else math.inf
     report(f"{key}: max abs difference {rep.checks[key]:.2e} (vs torch)")
-    _fail_above(rep, "model")
+    _fail_above(rep, what)
 
 
 def onnx_scores(
