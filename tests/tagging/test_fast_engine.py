@@ -43,6 +43,22 @@ def test_both_engines_give_the_same_scores_on_real_music(arch, tmp_path, cache_d
     assert a.taggram.std() > 1e-4  # scores that differ between windows and tags: a real comparison
 
 
+def test_a_waveform_front_end_that_normalizes_runs_the_same_on_both_engines(tmp_path, cache_dir):
+    """A waveform model whose front-end scales each window to unit RMS (the engine does it
+    in numpy before the network) scores a quiet song as torch does."""
+    from audiocnn.features import WaveformConfig
+
+    ckpt = make_checkpoint(
+        tmp_path / "w.safetensors",
+        "samplecnn",
+        labels=LABELS,
+        frontend=WaveformConfig(sample_rate=22050, normalize=True),
+    )
+    song = write_audio(tmp_path / "quiet.wav", 0.05 * synth_tone(8.0, 22050, seed=3), 22050)
+    a, b = (Tagger(ckpt, backend=name).tag_file(song, taggram=True) for name in ("torch", "onnxruntime"))
+    assert np.abs(a.taggram - b.taggram).max() < 1e-5 and a.taggram.std() > 1e-4
+
+
 def test_a_whole_tag_run_never_imports_torch(tmp_path, cache_dir):
     """Once the export is in the cache, a full `tag` (one song with a taggram, then a
     library run into a results file with two decoding workers, then its resume) runs in a
